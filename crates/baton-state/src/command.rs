@@ -1,0 +1,167 @@
+//! The commands carried in log entries, their responses and the change
+//! events they cause.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommandError;
+use crate::primitive::{Primitive, PrimitiveKey, PrimitiveSnapshot};
+
+/// Every state change is one of these, applied in log order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A client's operation on a latch or an election.
+    Client(ClientRequest),
+    /// Opens the client's session, or changes its timeout and renews it.
+    /// `timeout_ms` 0 means the default.
+    OpenSession {
+        /// The client.
+        client_id: String,
+        /// Requested timeout in ms (0: default).
+        timeout_ms: u64,
+    },
+    /// Renews the sessions of these clients (one explicit keep-alive, or a
+    /// node's batch for all its open Events streams). Clients without a
+    /// session are reported back, not recreated.
+    KeepAlive {
+        /// The clients to renew.
+        client_ids: Vec<String>,
+    },
+    /// Closes the client's session: it leaves every primitive at once.
+    CloseSession {
+        /// The client.
+        client_id: String,
+    },
+    /// Expires every session due at this entry's time. Proposed by the Raft
+    /// leader when a session falls due.
+    ExpireDue,
+    /// Proposed by a new Raft leader as its first entry: every session gets a
+    /// full timeout from now, so an outage or a leader change never expires
+    /// healthy clients.
+    LeaderGrace,
+}
+
+/// An operation sent by a client, with its identity and retry token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The caller; its participant / candidate id.
+    pub client_id: String,
+    /// Non-zero makes the request exactly-once for this client.
+    pub request_id: u64,
+    /// What to do.
+    pub operation: Operation,
+}
+
+/// An operation on one primitive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Latch: add the caller to the participants.
+    Join {
+        /// Latch name.
+        latch: String,
+    },
+    /// Election: add the caller to the candidates.
+    Enter {
+        /// Election name.
+        election: String,
+    },
+    /// Election: remove the caller from the candidates.
+    Withdraw {
+        /// Election name.
+        election: String,
+    },
+    /// Election: move `candidate` to the front.
+    Anoint {
+        /// Election name.
+        election: String,
+        /// The candidate to make leader.
+        candidate: String,
+    },
+    /// Election: move `candidate` up one place.
+    Promote {
+        /// Election name.
+        election: String,
+        /// The candidate to move.
+        candidate: String,
+    },
+    /// Election: remove `candidate`.
+    Evict {
+        /// Election name.
+        election: String,
+        /// The candidate to remove.
+        candidate: String,
+    },
+    /// Replace one primitive's state with a snapshot.
+    Restore {
+        /// The primitive.
+        key: PrimitiveKey,
+        /// Its new state.
+        snapshot: PrimitiveSnapshot,
+    },
+}
+
+impl Operation {
+    /// The primitive this operation acts on.
+    pub fn key(&self) -> PrimitiveKey {
+        match self {
+            Operation::Join { latch } => PrimitiveKey::latch(latch.clone()),
+            Operation::Enter { election }
+            | Operation::Withdraw { election }
+            | Operation::Anoint { election, .. }
+            | Operation::Promote { election, .. }
+            | Operation::Evict { election, .. } => PrimitiveKey::election(election.clone()),
+            Operation::Restore { key, .. } => key.clone(),
+        }
+    }
+}
+
+/// What a successfully applied command answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The primitive's state after the operation (latch or term).
+    Primitive(Primitive),
+    /// A Restore was applied.
+    Restored,
+    /// The session is open with this timeout.
+    SessionOpen {
+        /// Timeout in force, ms.
+        timeout_ms: u64,
+    },
+    /// Keep-alive result: the clients that had no session to renew.
+    KeptAlive {
+        /// Clients not renewed because they have no session.
+        missing: Vec<String>,
+    },
+    /// The session is closed (`existed` is false if there was none).
+    SessionClosed {
+        /// Whether a session was open.
+        existed: bool,
+    },
+    /// These clients' sessions expired.
+    Expired {
+        /// The expired clients, in id order.
+        client_ids: Vec<String>,
+    },
+    /// The grace entry renewed this many sessions.
+    GraceApplied {
+        /// Number of sessions renewed.
+        sessions: usize,
+    },
+}
+
+/// A primitive changed; its full new state. Watchers receive these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// Which primitive.
+    pub key: PrimitiveKey,
+    /// Its state after the change.
+    pub state: Primitive,
+}
+
+/// The outcome of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The answer for the caller.
+    pub result: Result<Response, CommandError>,
+    /// One event per primitive that changed, in key order.
+    pub events: Vec<ChangeEvent>,
+}

@@ -1,0 +1,119 @@
+//! Why a command was rejected. A rejected command changes nothing.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The class of a rejection, one per gRPC status code the service maps it to
+/// (DESIGN §8). The mapping itself lives in the server crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The input itself is wrong: missing or oversized ids, bad timeout,
+    /// wrong primitive type, malformed snapshot.
+    InvalidArgument,
+    /// The input is well formed but the state does not allow it, e.g. naming
+    /// a client that is not a candidate.
+    FailedPrecondition,
+    /// A limit of the cluster would be exceeded.
+    ResourceExhausted,
+    /// The caller has no session (it expired or was never opened).
+    NotFound,
+}
+
+/// A rejected command, with enough detail for a readable client message.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum CommandError {
+    /// A required identifier (`what` names which) is empty.
+    #[error("{what} is required and must not be empty")]
+    EmptyId {
+        /// Which identifier: "client_id", "primitive name", "candidate_id", ...
+        what: &'static str,
+    },
+    /// An identifier is longer than the limit.
+    #[error("{what} is {len} bytes long; the limit is {max} bytes")]
+    IdTooLong {
+        /// Which identifier.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The primitive type in the request header names another primitive.
+    #[error("primitive type {given:?} is not valid here; expected {expected:?} or empty")]
+    WrongPrimitiveType {
+        /// The type string the client sent.
+        given: String,
+        /// The type string this service accepts.
+        expected: &'static str,
+    },
+    /// A session timeout outside the allowed range.
+    #[error(
+        "session timeout {requested_ms} ms is outside the allowed range {min_ms}..={max_ms} ms"
+    )]
+    InvalidTimeout {
+        /// What the client asked for.
+        requested_ms: u64,
+        /// Smallest allowed timeout.
+        min_ms: u64,
+        /// Largest allowed timeout.
+        max_ms: u64,
+    },
+    /// A snapshot handed to Restore is not a valid primitive state.
+    #[error("malformed snapshot: {reason}")]
+    MalformedSnapshot {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Anoint, Promote or Evict named a client that is not a candidate.
+    #[error("{candidate:?} is not a candidate in election {election:?}")]
+    NotACandidate {
+        /// The election.
+        election: String,
+        /// The client that was named.
+        candidate: String,
+    },
+    /// The primitive already has the maximum number of members.
+    #[error("{name:?} already has {max} members, the limit")]
+    TooManyMembers {
+        /// The primitive.
+        name: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The cluster already holds the maximum number of primitives.
+    #[error("the cluster already holds {max} primitives, the limit")]
+    TooManyPrimitives {
+        /// The limit.
+        max: usize,
+    },
+    /// The cluster already holds the maximum number of sessions.
+    #[error("the cluster already holds {max} sessions, the limit")]
+    TooManySessions {
+        /// The limit.
+        max: usize,
+    },
+    /// A keep-alive for a client that has no session (it expired or closed).
+    #[error("client {client_id:?} has no open session (expired or closed)")]
+    SessionNotFound {
+        /// The client.
+        client_id: String,
+    },
+}
+
+impl CommandError {
+    /// The class of this error, which decides the gRPC status code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CommandError::EmptyId { .. }
+            | CommandError::IdTooLong { .. }
+            | CommandError::WrongPrimitiveType { .. }
+            | CommandError::InvalidTimeout { .. }
+            | CommandError::MalformedSnapshot { .. } => ErrorKind::InvalidArgument,
+            CommandError::NotACandidate { .. } => ErrorKind::FailedPrecondition,
+            CommandError::TooManyMembers { .. }
+            | CommandError::TooManyPrimitives { .. }
+            | CommandError::TooManySessions { .. } => ErrorKind::ResourceExhausted,
+            CommandError::SessionNotFound { .. } => ErrorKind::NotFound,
+        }
+    }
+}

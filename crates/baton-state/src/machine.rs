@@ -1,0 +1,412 @@
+//! The deterministic state machine: a pure function of the command log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Applied, ChangeEvent, ClientRequest, Command, Operation, Response};
+use crate::error::CommandError;
+use crate::limits::{resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS};
+use crate::primitive::{Primitive, PrimitiveKey, PrimitiveSnapshot};
+use crate::session::Session;
+
+/// All latches, elections and sessions of a cluster.
+///
+/// It reads no clock and does no I/O: "now" is the timestamp of the entry
+/// being applied, so every replica that applies the same log reaches the
+/// same state. Serialize it to take a whole-state snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    limits: Limits,
+    now_ms: u64,
+    #[serde(with = "entries")]
+    primitives: BTreeMap<PrimitiveKey, Primitive>,
+    sessions: BTreeMap<String, Session>,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine::new(Limits::default())
+    }
+}
+
+impl StateMachine {
+    /// An empty state machine with the given limits.
+    pub fn new(limits: Limits) -> Self {
+        StateMachine {
+            limits,
+            now_ms: 0,
+            primitives: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    /// The limits this state machine enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Log time of the latest applied entry (ms since the Unix epoch). Never
+    /// decreases, even if an entry carries an older stamp.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The state of a primitive; one never written reads as empty, epoch 0.
+    pub fn primitive(&self, key: &PrimitiveKey) -> Primitive {
+        self.primitives.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Every primitive that has been written, in key order.
+    pub fn primitives(&self) -> impl Iterator<Item = (&PrimitiveKey, &Primitive)> {
+        self.primitives.iter()
+    }
+
+    /// A primitive's state in the form the Snapshot RPC returns it.
+    pub fn snapshot_of(&self, key: &PrimitiveKey) -> PrimitiveSnapshot {
+        let primitive = self.primitive(key);
+        PrimitiveSnapshot {
+            leader: primitive.leader().unwrap_or_default().to_owned(),
+            members: primitive.members,
+            epoch: primitive.epoch,
+        }
+    }
+
+    /// A client's session, if open.
+    pub fn session(&self, client_id: &str) -> Option<&Session> {
+        self.sessions.get(client_id)
+    }
+
+    /// Every open session, by client id.
+    pub fn sessions(&self) -> impl Iterator<Item = (&String, &Session)> {
+        self.sessions.iter()
+    }
+
+    /// The earliest time at which some session falls due, if any is open.
+    /// The Raft leader proposes [`Command::ExpireDue`] once its clock passes it.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.sessions.values().map(|s| s.expires_at_ms).min()
+    }
+
+    /// Applies one command stamped with the log time `stamp_ms`.
+    ///
+    /// A rejected command leaves every primitive and session as it was.
+    pub fn apply(&mut self, command: &Command, stamp_ms: u64) -> Applied {
+        self.now_ms = self.now_ms.max(stamp_ms);
+        let mut changed = BTreeSet::new();
+        let result = match command {
+            Command::Client(request) => self.apply_client(request, &mut changed),
+            Command::OpenSession {
+                client_id,
+                timeout_ms,
+            } => self.open_session(client_id, *timeout_ms),
+            Command::KeepAlive { client_ids } => Ok(self.keep_alive(client_ids)),
+            Command::CloseSession { client_id } => {
+                let existed = self.sessions.contains_key(client_id);
+                self.end_sessions(std::slice::from_ref(client_id), &mut changed);
+                Ok(Response::SessionClosed { existed })
+            }
+            Command::ExpireDue => {
+                let now = self.now_ms;
+                let due: Vec<String> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.expires_at_ms <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                self.end_sessions(&due, &mut changed);
+                Ok(Response::Expired { client_ids: due })
+            }
+            Command::LeaderGrace => {
+                let now = self.now_ms;
+                self.sessions.values_mut().for_each(|s| s.renew(now));
+                Ok(Response::GraceApplied {
+                    sessions: self.sessions.len(),
+                })
+            }
+        };
+        let events = changed
+            .into_iter()
+            .map(|key| ChangeEvent {
+                state: self.primitive(&key),
+                key,
+            })
+            .collect();
+        Applied { result, events }
+    }
+
+    fn apply_client(
+        &mut self,
+        request: &ClientRequest,
+        changed: &mut BTreeSet<PrimitiveKey>,
+    ) -> Result<Response, CommandError> {
+        validate_id("client_id", &request.client_id)?;
+        let now = self.now_ms;
+        if request.request_id != 0 {
+            if let Some(session) = self.sessions.get_mut(&request.client_id) {
+                if let Some((id, response)) = &session.last_request {
+                    if *id == request.request_id {
+                        let response = response.clone();
+                        session.renew(now);
+                        return Ok(response);
+                    }
+                }
+            }
+        }
+
+        let key = request.operation.key();
+        validate_id("primitive name", &key.name)?;
+        let current = self.primitive(&key);
+        let members = plan_members(&request.client_id, &request.operation, &current)?;
+
+        if members.len() > self.limits.max_members_per_primitive
+            && members.len() > current.members.len()
+        {
+            return Err(CommandError::TooManyMembers {
+                name: key.name.clone(),
+                max: self.limits.max_members_per_primitive,
+            });
+        }
+        let is_restore = matches!(request.operation, Operation::Restore { .. });
+        let creates = !self.primitives.contains_key(&key) && (is_restore || !members.is_empty());
+        if creates && self.primitives.len() >= self.limits.max_primitives {
+            return Err(CommandError::TooManyPrimitives {
+                max: self.limits.max_primitives,
+            });
+        }
+        let mut new_sessions: BTreeSet<&String> = BTreeSet::new();
+        new_sessions.insert(&request.client_id);
+        if is_restore {
+            new_sessions.extend(members.iter());
+        }
+        new_sessions.retain(|id| !self.sessions.contains_key(id.as_str()));
+        if self.sessions.len() + new_sessions.len() > self.limits.max_sessions {
+            return Err(CommandError::TooManySessions {
+                max: self.limits.max_sessions,
+            });
+        }
+
+        // Every check has passed: from here on the command takes effect.
+        for id in new_sessions {
+            self.sessions
+                .insert(id.clone(), Session::new(DEFAULT_SESSION_TIMEOUT_MS, now));
+        }
+        if let Some(caller) = self.sessions.get_mut(&request.client_id) {
+            caller.renew(now);
+        }
+        if creates {
+            self.primitives.insert(key.clone(), Primitive::default());
+        }
+        let epoch_before = current.epoch;
+        if self.replace_members(&key, members) {
+            changed.insert(key.clone());
+        }
+        let response = match &request.operation {
+            Operation::Restore { snapshot, .. } => {
+                if let Some(primitive) = self.primitives.get_mut(&key) {
+                    primitive.epoch = epoch_before.max(snapshot.epoch) + 1;
+                    primitive.changed_at_ms = now;
+                    primitive.leader_since_ms = now;
+                }
+                changed.insert(key.clone());
+                Response::Restored
+            }
+            _ => Response::Primitive(self.primitive(&key)),
+        };
+        if request.request_id != 0 {
+            if let Some(caller) = self.sessions.get_mut(&request.client_id) {
+                caller.last_request = Some((request.request_id, response.clone()));
+            }
+        }
+        Ok(response)
+    }
+
+    fn open_session(&mut self, client_id: &str, timeout_ms: u64) -> Result<Response, CommandError> {
+        validate_id("client_id", client_id)?;
+        let timeout_ms = resolve_session_timeout(timeout_ms)?;
+        let now = self.now_ms;
+        match self.sessions.get_mut(client_id) {
+            Some(session) => {
+                session.timeout_ms = timeout_ms;
+                session.expires_at_ms = now.saturating_add(timeout_ms);
+            }
+            None => {
+                if self.sessions.len() >= self.limits.max_sessions {
+                    return Err(CommandError::TooManySessions {
+                        max: self.limits.max_sessions,
+                    });
+                }
+                self.sessions
+                    .insert(client_id.to_owned(), Session::new(timeout_ms, now));
+            }
+        }
+        Ok(Response::SessionOpen { timeout_ms })
+    }
+
+    fn keep_alive(&mut self, client_ids: &[String]) -> Response {
+        let now = self.now_ms;
+        let mut missing = Vec::new();
+        for id in client_ids {
+            match self.sessions.get_mut(id) {
+                Some(session) => session.renew(now),
+                None => missing.push(id.clone()),
+            }
+        }
+        Response::KeptAlive { missing }
+    }
+
+    /// Closes or expires sessions: their clients leave every primitive in
+    /// this one step, so a primitive that loses several members (say its
+    /// leader and the next in line) changes once and its epoch rises once.
+    fn end_sessions(&mut self, client_ids: &[String], changed: &mut BTreeSet<PrimitiveKey>) {
+        let leaving: BTreeSet<&String> = client_ids
+            .iter()
+            .filter(|id| self.sessions.contains_key(id.as_str()))
+            .collect();
+        let affected: BTreeSet<PrimitiveKey> = leaving
+            .iter()
+            .filter_map(|id| self.sessions.get(id.as_str()))
+            .flat_map(|s| s.memberships.iter().cloned())
+            .collect();
+        for key in affected {
+            let members: Vec<String> = self
+                .primitive(&key)
+                .members
+                .into_iter()
+                .filter(|m| !leaving.contains(m))
+                .collect();
+            if self.replace_members(&key, members) {
+                changed.insert(key);
+            }
+        }
+        for id in leaving {
+            self.sessions.remove(id.as_str());
+        }
+    }
+
+    /// Sets a primitive's member list, keeping each session's membership
+    /// index in step. Members added here must already have a session.
+    fn replace_members(&mut self, key: &PrimitiveKey, members: Vec<String>) -> bool {
+        let now = self.now_ms;
+        let Some(primitive) = self.primitives.get_mut(key) else {
+            return false;
+        };
+        let before: BTreeSet<String> = primitive.members.iter().cloned().collect();
+        let after: BTreeSet<String> = members.iter().cloned().collect();
+        if !primitive.set_members(members, now) {
+            return false;
+        }
+        for gone in before.difference(&after) {
+            if let Some(session) = self.sessions.get_mut(gone) {
+                session.memberships.remove(key);
+            }
+        }
+        for joined in after.difference(&before) {
+            if let Some(session) = self.sessions.get_mut(joined) {
+                session.memberships.insert(key.clone());
+            }
+        }
+        true
+    }
+}
+
+/// The member list an operation would leave, or why it is rejected.
+fn plan_members(
+    caller: &str,
+    operation: &Operation,
+    current: &Primitive,
+) -> Result<Vec<String>, CommandError> {
+    let mut members = current.members.clone();
+    let position = |candidate: &str, election: &str| {
+        validate_id("candidate_id", candidate)?;
+        members
+            .iter()
+            .position(|m| m == candidate)
+            .ok_or_else(|| CommandError::NotACandidate {
+                election: election.to_owned(),
+                candidate: candidate.to_owned(),
+            })
+    };
+    match operation {
+        Operation::Join { .. } | Operation::Enter { .. } => {
+            if !current.contains(caller) {
+                members.push(caller.to_owned());
+            }
+        }
+        Operation::Withdraw { .. } => members.retain(|m| m != caller),
+        Operation::Anoint {
+            election,
+            candidate,
+        } => {
+            let index = position(candidate, election)?;
+            let anointed = members.remove(index);
+            members.insert(0, anointed);
+        }
+        Operation::Promote {
+            election,
+            candidate,
+        } => {
+            let index = position(candidate, election)?;
+            if index > 0 {
+                members.swap(index - 1, index);
+            }
+        }
+        Operation::Evict {
+            election,
+            candidate,
+        } => {
+            let index = position(candidate, election)?;
+            members.remove(index);
+        }
+        Operation::Restore { snapshot, .. } => {
+            validate_snapshot(snapshot)?;
+            members = snapshot.members.clone();
+        }
+    }
+    Ok(members)
+}
+
+fn validate_snapshot(snapshot: &PrimitiveSnapshot) -> Result<(), CommandError> {
+    let malformed = |reason: String| CommandError::MalformedSnapshot { reason };
+    let mut seen = BTreeSet::new();
+    for member in &snapshot.members {
+        validate_id("member id", member).map_err(|e| malformed(e.to_string()))?;
+        if !seen.insert(member) {
+            return Err(malformed(format!("member {member:?} appears twice")));
+        }
+    }
+    let first = snapshot.members.first().map(String::as_str).unwrap_or("");
+    if !snapshot.leader.is_empty() && snapshot.leader != first {
+        return Err(malformed(format!(
+            "leader {:?} is not the first member {first:?}",
+            snapshot.leader
+        )));
+    }
+    Ok(())
+}
+
+/// Serializes a map with structured keys as a sequence of pairs, so the
+/// snapshot encodes in formats whose map keys must be strings (JSON).
+mod entries {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}

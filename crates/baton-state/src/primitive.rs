@@ -1,0 +1,126 @@
+//! Latches and elections: an ordered member list whose head is the leader,
+//! plus the epoch that fences each leadership.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommandError;
+
+/// Which of the two primitives a name refers to. Latches and elections live
+/// in separate namespaces: latch "x" and election "x" are unrelated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PrimitiveKind {
+    /// A leader latch (`atomix.primitive.leader`).
+    Latch,
+    /// A leader election (`atomix.primitive.election`).
+    Election,
+}
+
+impl PrimitiveKind {
+    /// The `PrimitiveId.type` string upstream clients send for this kind.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            PrimitiveKind::Latch => "LeaderLatch",
+            PrimitiveKind::Election => "Election",
+        }
+    }
+
+    /// Checks a request's `PrimitiveId.type` against the service it was sent
+    /// to: it must be empty or this kind's type name.
+    pub fn check_type_name(self, given: &str) -> Result<(), CommandError> {
+        if given.is_empty() || given == self.type_name() {
+            Ok(())
+        } else {
+            Err(CommandError::WrongPrimitiveType {
+                given: given.to_owned(),
+                expected: self.type_name(),
+            })
+        }
+    }
+}
+
+/// The full name of a primitive in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PrimitiveKey {
+    /// Latch or election.
+    pub kind: PrimitiveKind,
+    /// `PrimitiveId.name`.
+    pub name: String,
+}
+
+impl PrimitiveKey {
+    /// The latch called `name`.
+    pub fn latch(name: impl Into<String>) -> Self {
+        PrimitiveKey {
+            kind: PrimitiveKind::Latch,
+            name: name.into(),
+        }
+    }
+
+    /// The election called `name`.
+    pub fn election(name: impl Into<String>) -> Self {
+        PrimitiveKey {
+            kind: PrimitiveKind::Election,
+            name: name.into(),
+        }
+    }
+}
+
+/// The replicated state of one latch or election. A primitive that was never
+/// written reads as `Primitive::default()`: no members, epoch 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Primitive {
+    /// Participants (latch) or candidates (election) in order; the first one
+    /// is the leader.
+    pub members: Vec<String>,
+    /// Fencing token: +1 each time leadership passes to a new non-empty
+    /// leader; never decreases. Latch `meta.revision.num`, election `Term.id.num`.
+    pub epoch: u64,
+    /// Time (ms since the Unix epoch, from the log) of the last change.
+    pub changed_at_ms: u64,
+    /// Time of the last leadership change (the election's `Term.timestamp`).
+    pub leader_since_ms: u64,
+}
+
+impl Primitive {
+    /// The current leader, if any: the first member.
+    pub fn leader(&self) -> Option<&str> {
+        self.members.first().map(String::as_str)
+    }
+
+    /// Whether `client_id` is a member.
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.members.iter().any(|m| m == client_id)
+    }
+
+    /// Replaces the member list at time `now_ms`, advancing the epoch if
+    /// leadership passed to a new non-empty leader. Returns whether anything
+    /// changed.
+    pub(crate) fn set_members(&mut self, members: Vec<String>, now_ms: u64) -> bool {
+        if members == self.members {
+            return false;
+        }
+        let leader_changed = members.first() != self.members.first();
+        if leader_changed {
+            if !members.is_empty() {
+                self.epoch += 1;
+            }
+            self.leader_since_ms = now_ms;
+        }
+        self.members = members;
+        self.changed_at_ms = now_ms;
+        true
+    }
+}
+
+/// A primitive's state as given to or taken from the Snapshot and Restore
+/// RPCs: the members in order and the epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimitiveSnapshot {
+    /// The leader named in the snapshot ("" for none). Must be the first
+    /// member, which is how the wire format carries it redundantly.
+    pub leader: String,
+    /// Members in order.
+    pub members: Vec<String>,
+    /// The epoch recorded in the snapshot.
+    pub epoch: u64,
+}

@@ -1,0 +1,432 @@
+//! Property test: random command sequences (including expiries, closes,
+//! restores and bad input) run against the state machine and against a
+//! small, deliberately naive reference model; they must agree at every step,
+//! and the invariants of DESIGN §3–§6 must hold after every step.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use baton_state::{
+    validate_id, ClientRequest, Command, ErrorKind, Limits, Operation, Primitive, PrimitiveKey,
+    PrimitiveKind, PrimitiveSnapshot, Response, StateMachine,
+};
+use proptest::prelude::*;
+
+const LIMITS: Limits = Limits {
+    max_members_per_primitive: 3,
+    max_primitives: 4,
+    max_sessions: 5,
+};
+const DEFAULT_TIMEOUT: u64 = 10_000;
+
+#[derive(Clone, Debug)]
+struct ModelSession {
+    timeout: u64,
+    expires: u64,
+    last: Option<(u64, Response)>,
+}
+
+/// The specification, written as plainly as possible: no indexes, full scans.
+#[derive(Default)]
+struct Model {
+    now: u64,
+    primitives: BTreeMap<PrimitiveKey, Primitive>,
+    sessions: BTreeMap<String, ModelSession>,
+}
+
+impl Model {
+    fn get(&self, key: &PrimitiveKey) -> Primitive {
+        self.primitives.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Sets members; the epoch rises when the first member changes to someone.
+    fn set(&mut self, key: &PrimitiveKey, members: Vec<String>) {
+        let now = self.now;
+        let Some(p) = self.primitives.get_mut(key) else {
+            return; // only a write that adds members or restores creates a primitive
+        };
+        if p.members == members {
+            return;
+        }
+        if p.members.first() != members.first() {
+            if !members.is_empty() {
+                p.epoch += 1;
+            }
+            p.leader_since_ms = now;
+        }
+        p.members = members;
+        p.changed_at_ms = now;
+    }
+
+    fn remove_clients(&mut self, gone: &BTreeSet<String>) {
+        let keys: Vec<PrimitiveKey> = self.primitives.keys().cloned().collect();
+        for key in keys {
+            let kept: Vec<String> = self
+                .get(&key)
+                .members
+                .into_iter()
+                .filter(|m| !gone.contains(m))
+                .collect();
+            self.set(&key, kept);
+        }
+        for id in gone {
+            self.sessions.remove(id);
+        }
+    }
+
+    fn renew(&mut self, id: &str) {
+        let now = self.now;
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.expires = s.expires.max(now + s.timeout);
+        }
+    }
+
+    fn apply(&mut self, command: &Command, stamp: u64) -> Result<Response, ErrorKind> {
+        self.now = self.now.max(stamp);
+        let now = self.now;
+        match command {
+            Command::OpenSession {
+                client_id,
+                timeout_ms,
+            } => {
+                validate_id("c", client_id).map_err(|e| e.kind())?;
+                let timeout = if *timeout_ms == 0 {
+                    DEFAULT_TIMEOUT
+                } else {
+                    *timeout_ms
+                };
+                if !(1_000..=300_000).contains(&timeout) {
+                    return Err(ErrorKind::InvalidArgument);
+                }
+                if !self.sessions.contains_key(client_id)
+                    && self.sessions.len() >= LIMITS.max_sessions
+                {
+                    return Err(ErrorKind::ResourceExhausted);
+                }
+                let last = self.sessions.get(client_id).and_then(|s| s.last.clone());
+                self.sessions.insert(
+                    client_id.clone(),
+                    ModelSession {
+                        timeout,
+                        expires: now + timeout,
+                        last,
+                    },
+                );
+                Ok(Response::SessionOpen {
+                    timeout_ms: timeout,
+                })
+            }
+            Command::KeepAlive { client_ids } => {
+                let missing = client_ids
+                    .iter()
+                    .filter(|c| !self.sessions.contains_key(*c))
+                    .cloned()
+                    .collect();
+                for c in client_ids {
+                    self.renew(c);
+                }
+                Ok(Response::KeptAlive { missing })
+            }
+            Command::CloseSession { client_id } => {
+                let existed = self.sessions.contains_key(client_id);
+                self.remove_clients(&BTreeSet::from([client_id.clone()]));
+                Ok(Response::SessionClosed { existed })
+            }
+            Command::ExpireDue => {
+                let due: BTreeSet<String> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.expires <= now)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                self.remove_clients(&due);
+                Ok(Response::Expired {
+                    client_ids: due.into_iter().collect(),
+                })
+            }
+            Command::LeaderGrace => {
+                let ids: Vec<String> = self.sessions.keys().cloned().collect();
+                for id in &ids {
+                    self.renew(id);
+                }
+                Ok(Response::GraceApplied {
+                    sessions: ids.len(),
+                })
+            }
+            Command::Client(request) => self.apply_client(request),
+        }
+    }
+
+    fn apply_client(&mut self, r: &ClientRequest) -> Result<Response, ErrorKind> {
+        validate_id("c", &r.client_id).map_err(|e| e.kind())?;
+        if r.request_id != 0 {
+            if let Some((id, response)) =
+                self.sessions.get(&r.client_id).and_then(|s| s.last.clone())
+            {
+                if id == r.request_id {
+                    self.renew(&r.client_id);
+                    return Ok(response);
+                }
+            }
+        }
+        let key = r.operation.key();
+        validate_id("n", &key.name).map_err(|e| e.kind())?;
+        let old = self.get(&key).members;
+        let mut new = old.clone();
+        let find = |c: &str, members: &[String]| -> Result<usize, ErrorKind> {
+            validate_id("c", c).map_err(|e| e.kind())?;
+            members
+                .iter()
+                .position(|m| m == c)
+                .ok_or(ErrorKind::FailedPrecondition)
+        };
+        let mut restored_epoch = None;
+        match &r.operation {
+            Operation::Join { .. } | Operation::Enter { .. } => {
+                if !new.contains(&r.client_id) {
+                    new.push(r.client_id.clone());
+                }
+            }
+            Operation::Withdraw { .. } => new.retain(|m| *m != r.client_id),
+            Operation::Anoint { candidate, .. } => {
+                let i = find(candidate, &new)?;
+                let c = new.remove(i);
+                new.insert(0, c);
+            }
+            Operation::Promote { candidate, .. } => {
+                let i = find(candidate, &new)?;
+                if i > 0 {
+                    new.swap(i - 1, i);
+                }
+            }
+            Operation::Evict { candidate, .. } => {
+                let i = find(candidate, &new)?;
+                new.remove(i);
+            }
+            Operation::Restore { snapshot, .. } => {
+                let distinct: BTreeSet<&String> = snapshot.members.iter().collect();
+                let ids_ok = snapshot.members.iter().all(|m| validate_id("m", m).is_ok());
+                let leader_ok = snapshot.leader.is_empty()
+                    || Some(&snapshot.leader) == snapshot.members.first();
+                if !ids_ok || distinct.len() != snapshot.members.len() || !leader_ok {
+                    return Err(ErrorKind::InvalidArgument);
+                }
+                new = snapshot.members.clone();
+                restored_epoch = Some(snapshot.epoch);
+            }
+        }
+        if new.len() > LIMITS.max_members_per_primitive && new.len() > old.len() {
+            return Err(ErrorKind::ResourceExhausted);
+        }
+        let creates =
+            !self.primitives.contains_key(&key) && (restored_epoch.is_some() || !new.is_empty());
+        if creates && self.primitives.len() >= LIMITS.max_primitives {
+            return Err(ErrorKind::ResourceExhausted);
+        }
+        let mut needed: BTreeSet<String> = BTreeSet::from([r.client_id.clone()]);
+        if restored_epoch.is_some() {
+            needed.extend(new.iter().cloned());
+        }
+        needed.retain(|c| !self.sessions.contains_key(c));
+        if self.sessions.len() + needed.len() > LIMITS.max_sessions {
+            return Err(ErrorKind::ResourceExhausted);
+        }
+        for c in needed {
+            self.sessions.insert(
+                c,
+                ModelSession {
+                    timeout: DEFAULT_TIMEOUT,
+                    expires: self.now + DEFAULT_TIMEOUT,
+                    last: None,
+                },
+            );
+        }
+        self.renew(&r.client_id);
+        let epoch_before = self.get(&key).epoch;
+        if creates {
+            self.primitives.insert(key.clone(), Primitive::default());
+        }
+        self.set(&key, new);
+        let response = match restored_epoch {
+            Some(restored) => {
+                let now = self.now;
+                let p = self.primitives.get_mut(&key).expect("restore created it");
+                p.epoch = epoch_before.max(restored) + 1;
+                p.changed_at_ms = now;
+                p.leader_since_ms = now;
+                Response::Restored
+            }
+            None => Response::Primitive(self.get(&key)),
+        };
+        if r.request_id != 0 {
+            if let Some(s) = self.sessions.get_mut(&r.client_id) {
+                s.last = Some((r.request_id, response.clone()));
+            }
+        }
+        Ok(response)
+    }
+}
+
+fn client() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => prop::sample::select(vec!["a", "b", "c", "d", "e", "f"]).prop_map(String::from),
+        1 => Just(String::new()),
+        1 => Just("z".repeat(257)),
+    ]
+}
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        9 => prop::sample::select(vec!["p", "q", "r"]).prop_map(String::from),
+        1 => prop::sample::select(vec!["".to_string(), "n".repeat(257)]),
+    ]
+}
+fn key() -> impl Strategy<Value = PrimitiveKey> {
+    (prop::bool::ANY, name()).prop_map(|(latch, name)| PrimitiveKey {
+        kind: if latch {
+            PrimitiveKind::Latch
+        } else {
+            PrimitiveKind::Election
+        },
+        name,
+    })
+}
+fn operation() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        3 => name().prop_map(|latch| Operation::Join { latch }),
+        3 => name().prop_map(|election| Operation::Enter { election }),
+        1 => name().prop_map(|election| Operation::Withdraw { election }),
+        1 => (name(), client()).prop_map(|(election, candidate)| Operation::Anoint { election, candidate }),
+        1 => (name(), client()).prop_map(|(election, candidate)| Operation::Promote { election, candidate }),
+        1 => (name(), client()).prop_map(|(election, candidate)| Operation::Evict { election, candidate }),
+        1 => (key(), prop::collection::vec(client(), 0..5), prop::bool::weighted(0.8), 0u64..6)
+            .prop_map(|(key, members, consistent, epoch)| {
+                let leader = if consistent { members.first().cloned().unwrap_or_default() } else { "b".into() };
+                Operation::Restore { key, snapshot: PrimitiveSnapshot { leader, members, epoch } }
+            }),
+    ]
+}
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        10 => (client(), 0u64..4, operation())
+            .prop_map(|(client_id, request_id, operation)| Command::Client(ClientRequest { client_id, request_id, operation })),
+        2 => (client(), prop::sample::select(vec![0u64, 500, 1_000, 2_000, 5_000, 400_000]))
+            .prop_map(|(client_id, timeout_ms)| Command::OpenSession { client_id, timeout_ms }),
+        2 => prop::collection::vec(client(), 0..4).prop_map(|client_ids| Command::KeepAlive { client_ids }),
+        1 => client().prop_map(|client_id| Command::CloseSession { client_id }),
+        3 => Just(Command::ExpireDue),
+        1 => Just(Command::LeaderGrace),
+    ]
+}
+/// Commands with stamps that mostly advance, sometimes jump, sometimes go back.
+fn history() -> impl Strategy<Value = Vec<(Command, u64)>> {
+    prop::collection::vec((command(), -1_000i64..4_000), 1..80).prop_map(|steps| {
+        let mut t: i64 = 1_000_000;
+        steps
+            .into_iter()
+            .map(|(c, dt)| {
+                t = (t + dt).max(0);
+                (c, t as u64)
+            })
+            .collect()
+    })
+}
+
+fn check_invariants(sm: &StateMachine, previous: &StateMachine) {
+    for (key, p) in sm.primitives() {
+        let distinct: BTreeSet<&String> = p.members.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            p.members.len(),
+            "{key:?}: a member twice means two leaders"
+        );
+        assert_eq!(
+            p.leader(),
+            p.members.first().map(String::as_str),
+            "leader is the first member"
+        );
+        for m in &p.members {
+            let session = sm
+                .session(m)
+                .unwrap_or_else(|| panic!("{key:?}: member {m} has no live session"));
+            assert!(
+                session.memberships.contains(key),
+                "membership index misses {key:?} for {m}"
+            );
+        }
+    }
+    for (client, session) in sm.sessions() {
+        for key in &session.memberships {
+            assert!(
+                sm.primitive(key).contains(client),
+                "stale membership index {key:?} for {client}"
+            );
+        }
+    }
+    for (key, before) in previous.primitives() {
+        let after = sm.primitive(key);
+        assert!(
+            after.epoch >= before.epoch,
+            "{key:?}: epoch went back {} -> {}",
+            before.epoch,
+            after.epoch
+        );
+    }
+    assert!(sm.now_ms() >= previous.now_ms(), "log time went back");
+    let round_trip: StateMachine =
+        serde_json::from_str(&serde_json::to_string(sm).unwrap()).unwrap();
+    assert_eq!(&round_trip, sm, "snapshot round trip");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn state_machine_agrees_with_the_reference_model(steps in history(), split in any::<prop::sample::Index>()) {
+        let mut sm = StateMachine::new(LIMITS);
+        let mut model = Model::default();
+        let split = split.index(steps.len());
+        let mut snapshot_at_split = None;
+        for (i, (command, stamp)) in steps.iter().enumerate() {
+            if i == split {
+                snapshot_at_split = Some(serde_json::to_vec(&sm).unwrap());
+            }
+            let before = sm.clone();
+            let applied = sm.apply(command, *stamp);
+            let expected = model.apply(command, *stamp);
+            prop_assert_eq!(applied.result.clone().map_err(|e| e.kind()), expected, "step {}: {:?}", i, command);
+
+            let keys: BTreeSet<PrimitiveKey> = model.primitives.keys().cloned().collect();
+            prop_assert_eq!(sm.primitives().map(|(k, _)| k.clone()).collect::<BTreeSet<_>>(), keys.clone());
+            for key in &keys {
+                prop_assert_eq!(sm.primitive(key), model.get(key), "step {}: {:?}", i, key);
+            }
+            let sessions: Vec<(String, u64, u64)> =
+                sm.sessions().map(|(c, s)| (c.clone(), s.timeout_ms, s.expires_at_ms)).collect();
+            let expected_sessions: Vec<(String, u64, u64)> =
+                model.sessions.iter().map(|(c, s)| (c.clone(), s.timeout, s.expires)).collect();
+            prop_assert_eq!(sessions, expected_sessions, "step {}", i);
+
+            let changed: BTreeSet<PrimitiveKey> = keys
+                .iter()
+                .filter(|k| before.primitive(k) != sm.primitive(k))
+                .cloned()
+                .collect();
+            let evented: BTreeSet<PrimitiveKey> = applied.events.iter().map(|e| e.key.clone()).collect();
+            prop_assert_eq!(evented, changed, "one event per changed primitive");
+            for event in &applied.events {
+                prop_assert_eq!(&event.state, &sm.primitive(&event.key));
+            }
+            if applied.result.is_err() {
+                prop_assert_eq!(sm.primitives().collect::<Vec<_>>(), before.primitives().collect::<Vec<_>>());
+                prop_assert_eq!(sm.sessions().collect::<Vec<_>>(), before.sessions().collect::<Vec<_>>());
+            }
+            check_invariants(&sm, &before);
+        }
+
+        // Determinism: replaying the tail from the snapshot reaches the same state.
+        let mut replica: StateMachine = serde_json::from_slice(&snapshot_at_split.expect("split within steps")).unwrap();
+        for (command, stamp) in &steps[split..] {
+            replica.apply(command, *stamp);
+        }
+        prop_assert_eq!(replica, sm);
+    }
+}

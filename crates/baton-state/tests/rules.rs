@@ -1,0 +1,847 @@
+//! One test per rule of DESIGN §3–§6, each named after its rule.
+
+use baton_state::{
+    ClientRequest, Command, CommandError, ErrorKind, Limits, Operation, PrimitiveKey,
+    PrimitiveSnapshot, Response, StateMachine, DEFAULT_SESSION_TIMEOUT_MS, MAX_ID_BYTES,
+};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn op(client: &str, request_id: u64, operation: Operation) -> Command {
+    Command::Client(ClientRequest {
+        client_id: client.into(),
+        request_id,
+        operation,
+    })
+}
+fn join(client: &str, latch: &str) -> Command {
+    op(
+        client,
+        0,
+        Operation::Join {
+            latch: latch.into(),
+        },
+    )
+}
+fn enter(client: &str, election: &str) -> Command {
+    op(
+        client,
+        0,
+        Operation::Enter {
+            election: election.into(),
+        },
+    )
+}
+fn withdraw(client: &str, election: &str) -> Command {
+    op(
+        client,
+        0,
+        Operation::Withdraw {
+            election: election.into(),
+        },
+    )
+}
+fn anoint(caller: &str, election: &str, candidate: &str) -> Command {
+    op(
+        caller,
+        0,
+        Operation::Anoint {
+            election: election.into(),
+            candidate: candidate.into(),
+        },
+    )
+}
+fn promote(caller: &str, election: &str, candidate: &str) -> Command {
+    op(
+        caller,
+        0,
+        Operation::Promote {
+            election: election.into(),
+            candidate: candidate.into(),
+        },
+    )
+}
+fn evict(caller: &str, election: &str, candidate: &str) -> Command {
+    op(
+        caller,
+        0,
+        Operation::Evict {
+            election: election.into(),
+            candidate: candidate.into(),
+        },
+    )
+}
+fn restore(caller: &str, key: PrimitiveKey, members: &[&str], epoch: u64) -> Command {
+    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    op(
+        caller,
+        0,
+        Operation::Restore {
+            key,
+            snapshot: PrimitiveSnapshot {
+                leader: members.first().cloned().unwrap_or_default(),
+                members,
+                epoch,
+            },
+        },
+    )
+}
+
+/// Applies and expects success.
+fn ok(sm: &mut StateMachine, command: Command, at: u64) -> Response {
+    let applied = sm.apply(&command, at);
+    applied
+        .result
+        .unwrap_or_else(|e| panic!("{command:?} rejected: {e}"))
+}
+/// Applies and expects a rejection that changes nothing.
+fn rejected(sm: &mut StateMachine, command: Command, at: u64) -> CommandError {
+    let before = sm.clone();
+    let applied = sm.apply(&command, at);
+    let error = applied
+        .result
+        .expect_err("command should have been rejected");
+    assert!(applied.events.is_empty());
+    assert_eq!(
+        sm.primitives().collect::<Vec<_>>(),
+        before.primitives().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sm.sessions().collect::<Vec<_>>(),
+        before.sessions().collect::<Vec<_>>()
+    );
+    error
+}
+fn members(sm: &StateMachine, key: &PrimitiveKey) -> Vec<String> {
+    sm.primitive(key).members
+}
+
+#[test]
+fn join_is_idempotent() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "l"), T0);
+    let applied = sm.apply(&join("a", "l"), T0 + 1);
+    assert!(applied.result.is_ok());
+    assert!(applied.events.is_empty(), "a repeated join changes nothing");
+    assert_eq!(members(&sm, &PrimitiveKey::latch("l")), ["a"]);
+    assert_eq!(sm.primitive(&PrimitiveKey::latch("l")).epoch, 1);
+}
+
+#[test]
+fn enter_is_idempotent() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, enter("a", "e"), T0);
+    ok(&mut sm, enter("b", "e"), T0);
+    assert!(sm.apply(&enter("a", "e"), T0).events.is_empty());
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["a", "b"]);
+}
+
+#[test]
+fn first_participant_of_empty_latch_becomes_leader() {
+    let mut sm = StateMachine::default();
+    let Response::Primitive(latch) = ok(&mut sm, join("a", "l"), T0) else {
+        panic!()
+    };
+    assert_eq!(latch.leader(), Some("a"));
+    assert_eq!(latch.epoch, 1);
+    let Response::Primitive(latch) = ok(&mut sm, join("b", "l"), T0) else {
+        panic!()
+    };
+    assert_eq!(
+        latch.leader(),
+        Some("a"),
+        "later participants queue behind the leader"
+    );
+    assert_eq!(latch.members, ["a", "b"]);
+}
+
+#[test]
+fn leader_is_first_member() {
+    let mut sm = StateMachine::default();
+    for c in ["c", "a", "b"] {
+        ok(&mut sm, enter(c, "e"), T0);
+    }
+    let term = sm.primitive(&PrimitiveKey::election("e"));
+    assert_eq!(term.leader(), Some("c"));
+    assert_eq!(term.leader(), term.members.first().map(String::as_str));
+}
+
+#[test]
+fn never_written_primitive_reads_empty_with_epoch_zero() {
+    let sm = StateMachine::default();
+    for key in [PrimitiveKey::latch("nope"), PrimitiveKey::election("nope")] {
+        let p = sm.primitive(&key);
+        assert!(p.members.is_empty());
+        assert_eq!(p.epoch, 0);
+        assert_eq!(p.leader(), None);
+    }
+}
+
+#[test]
+fn latches_and_elections_of_the_same_name_are_independent() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "x"), T0);
+    assert!(members(&sm, &PrimitiveKey::election("x")).is_empty());
+}
+
+#[test]
+fn epoch_rises_by_one_when_leadership_passes_to_a_new_leader() {
+    let mut sm = StateMachine::default();
+    let e = PrimitiveKey::election("e");
+    ok(&mut sm, enter("a", "e"), T0);
+    ok(&mut sm, enter("b", "e"), T0);
+    ok(&mut sm, enter("c", "e"), T0);
+    assert_eq!(sm.primitive(&e).epoch, 1);
+    ok(&mut sm, anoint("x", "e", "c"), T0);
+    assert_eq!(sm.primitive(&e).epoch, 2);
+    ok(&mut sm, withdraw("c", "e"), T0);
+    assert_eq!(sm.primitive(&e).epoch, 3);
+    assert_eq!(sm.primitive(&e).leader(), Some("a"));
+}
+
+#[test]
+fn epoch_unchanged_when_leader_stays() {
+    let mut sm = StateMachine::default();
+    let e = PrimitiveKey::election("e");
+    ok(&mut sm, enter("a", "e"), T0);
+    ok(&mut sm, enter("b", "e"), T0);
+    ok(&mut sm, enter("c", "e"), T0);
+    ok(&mut sm, promote("x", "e", "c"), T0); // a, c, b
+    ok(&mut sm, evict("x", "e", "b"), T0);
+    ok(&mut sm, anoint("x", "e", "a"), T0);
+    let term = sm.primitive(&e);
+    assert_eq!(term.members, ["a", "c"]);
+    assert_eq!(term.epoch, 1);
+}
+
+#[test]
+fn epoch_not_raised_when_primitive_becomes_empty_and_raised_when_refilled() {
+    let mut sm = StateMachine::default();
+    let e = PrimitiveKey::election("e");
+    ok(&mut sm, enter("a", "e"), T0);
+    ok(&mut sm, withdraw("a", "e"), T0);
+    assert_eq!(sm.primitive(&e).epoch, 1);
+    assert_eq!(sm.primitive(&e).leader(), None);
+    ok(&mut sm, enter("a", "e"), T0);
+    assert_eq!(
+        sm.primitive(&e).epoch,
+        2,
+        "a leader that returns gets a new fencing token"
+    );
+}
+
+#[test]
+fn restore_sets_epoch_above_current_and_restored() {
+    let mut sm = StateMachine::default();
+    let l = PrimitiveKey::latch("l");
+    for c in ["a", "b"] {
+        ok(&mut sm, join(c, "l"), T0);
+    }
+    // Current 1, restored 7: above both.
+    ok(&mut sm, restore("op", l.clone(), &["b", "a"], 7), T0);
+    assert_eq!(sm.primitive(&l).epoch, 8);
+    // Current 8, restored 2: still above both, never lower.
+    ok(&mut sm, restore("op", l.clone(), &["a"], 2), T0);
+    assert_eq!(sm.primitive(&l).epoch, 9);
+    assert_eq!(members(&sm, &l), ["a"]);
+}
+
+#[test]
+fn restore_opens_default_sessions_for_members_without_one() {
+    let mut sm = StateMachine::default();
+    ok(
+        &mut sm,
+        restore("op", PrimitiveKey::election("e"), &["p", "q"], 3),
+        T0,
+    );
+    for c in ["p", "q", "op"] {
+        let s = sm.session(c).expect("session opened by restore");
+        assert_eq!(s.timeout_ms, DEFAULT_SESSION_TIMEOUT_MS);
+        assert_eq!(s.expires_at_ms, T0 + DEFAULT_SESSION_TIMEOUT_MS);
+    }
+    assert!(sm
+        .session("p")
+        .unwrap()
+        .memberships
+        .contains(&PrimitiveKey::election("e")));
+}
+
+#[test]
+fn malformed_snapshot_is_rejected() {
+    let mut sm = StateMachine::default();
+    let key = PrimitiveKey::latch("l");
+    let bad = |leader: &str, members: &[&str]| {
+        op(
+            "op",
+            0,
+            Operation::Restore {
+                key: key.clone(),
+                snapshot: PrimitiveSnapshot {
+                    leader: leader.into(),
+                    members: members.iter().map(|m| m.to_string()).collect(),
+                    epoch: 1,
+                },
+            },
+        )
+    };
+    for command in [
+        bad("b", &["a", "b"]),
+        bad("a", &["a", "a"]),
+        bad("", &["a", ""]),
+        bad("x", &[]),
+    ] {
+        let error = rejected(&mut sm, command, T0);
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    }
+    // An empty leader with members is accepted: the leader is implied.
+    ok(&mut sm, bad("", &["a", "b"]), T0);
+    assert_eq!(sm.primitive(&key).leader(), Some("a"));
+}
+
+#[test]
+fn timestamps_come_from_the_applied_entry() {
+    let mut sm = StateMachine::default();
+    let l = PrimitiveKey::latch("l");
+    ok(&mut sm, join("a", "l"), T0 + 5);
+    assert_eq!(sm.primitive(&l).changed_at_ms, T0 + 5);
+    assert_eq!(sm.primitive(&l).leader_since_ms, T0 + 5);
+    ok(&mut sm, join("b", "l"), T0 + 9);
+    assert_eq!(
+        sm.primitive(&l).changed_at_ms,
+        T0 + 9,
+        "any change stamps the latch"
+    );
+    assert_eq!(
+        sm.primitive(&l).leader_since_ms,
+        T0 + 5,
+        "the leader did not change"
+    );
+    assert_eq!(
+        sm.session("b").unwrap().expires_at_ms,
+        T0 + 9 + DEFAULT_SESSION_TIMEOUT_MS
+    );
+}
+
+#[test]
+fn log_time_never_goes_backwards() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "l"), T0 + 100);
+    ok(&mut sm, join("b", "l"), T0 + 50);
+    assert_eq!(sm.now_ms(), T0 + 100);
+    assert_eq!(
+        sm.primitive(&PrimitiveKey::latch("l")).changed_at_ms,
+        T0 + 100
+    );
+}
+
+#[test]
+fn retried_request_id_is_answered_from_the_record_not_applied_twice() {
+    let mut sm = StateMachine::default();
+    let e = PrimitiveKey::election("e");
+    ok(&mut sm, enter("a", "e"), T0);
+    ok(&mut sm, enter("b", "e"), T0);
+    let first = ok(
+        &mut sm,
+        op(
+            "x",
+            7,
+            Operation::Promote {
+                election: "e".into(),
+                candidate: "b".into(),
+            },
+        ),
+        T0,
+    );
+    // A promote applied twice would be visible if "a" were moved back first.
+    ok(&mut sm, anoint("y", "e", "a"), T0);
+    let applied = sm.apply(
+        &op(
+            "x",
+            7,
+            Operation::Promote {
+                election: "e".into(),
+                candidate: "b".into(),
+            },
+        ),
+        T0 + 1,
+    );
+    assert_eq!(
+        applied.result,
+        Ok(first),
+        "the retry gets the original response"
+    );
+    assert!(applied.events.is_empty());
+    assert_eq!(members(&sm, &e), ["a", "b"]);
+    // A new request id is applied.
+    ok(
+        &mut sm,
+        op(
+            "x",
+            8,
+            Operation::Promote {
+                election: "e".into(),
+                candidate: "b".into(),
+            },
+        ),
+        T0,
+    );
+    assert_eq!(members(&sm, &e), ["b", "a"]);
+}
+
+#[test]
+fn request_id_zero_is_not_deduplicated() {
+    let mut sm = StateMachine::default();
+    for c in ["a", "b", "c"] {
+        ok(&mut sm, enter(c, "e"), T0);
+    }
+    ok(&mut sm, promote("x", "e", "c"), T0);
+    ok(&mut sm, promote("x", "e", "c"), T0);
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["c", "a", "b"]);
+}
+
+#[test]
+fn first_request_opens_a_session_with_the_default_timeout() {
+    let mut sm = StateMachine::default();
+    assert!(sm.session("a").is_none());
+    ok(&mut sm, join("a", "l"), T0);
+    let s = sm.session("a").unwrap();
+    assert_eq!(s.timeout_ms, DEFAULT_SESSION_TIMEOUT_MS);
+    assert_eq!(s.expires_at_ms, T0 + DEFAULT_SESSION_TIMEOUT_MS);
+}
+
+#[test]
+fn any_request_renews_the_session() {
+    let mut sm = StateMachine::default();
+    ok(
+        &mut sm,
+        Command::OpenSession {
+            client_id: "a".into(),
+            timeout_ms: 2_000,
+        },
+        T0,
+    );
+    ok(&mut sm, join("a", "l"), T0 + 1_500);
+    assert_eq!(sm.session("a").unwrap().expires_at_ms, T0 + 3_500);
+    ok(
+        &mut sm,
+        Command::KeepAlive {
+            client_ids: vec!["a".into()],
+        },
+        T0 + 3_000,
+    );
+    assert_eq!(sm.session("a").unwrap().expires_at_ms, T0 + 5_000);
+}
+
+#[test]
+fn session_timeout_must_be_between_one_second_and_five_minutes() {
+    let mut sm = StateMachine::default();
+    for bad in [1, 999, 300_001] {
+        let error = rejected(
+            &mut sm,
+            Command::OpenSession {
+                client_id: "a".into(),
+                timeout_ms: bad,
+            },
+            T0,
+        );
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+    }
+    for good in [1_000, 300_000] {
+        assert_eq!(
+            ok(
+                &mut sm,
+                Command::OpenSession {
+                    client_id: "a".into(),
+                    timeout_ms: good
+                },
+                T0
+            ),
+            Response::SessionOpen { timeout_ms: good }
+        );
+    }
+}
+
+#[test]
+fn keep_alive_reports_clients_without_a_session() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "l"), T0);
+    let response = ok(
+        &mut sm,
+        Command::KeepAlive {
+            client_ids: vec!["a".into(), "ghost".into()],
+        },
+        T0,
+    );
+    assert_eq!(
+        response,
+        Response::KeptAlive {
+            missing: vec!["ghost".into()]
+        }
+    );
+    assert!(
+        sm.session("ghost").is_none(),
+        "keep-alive does not resurrect sessions"
+    );
+}
+
+#[test]
+fn session_expiry_removes_the_client_from_every_primitive_in_one_step() {
+    let mut sm = StateMachine::default();
+    ok(
+        &mut sm,
+        Command::OpenSession {
+            client_id: "a".into(),
+            timeout_ms: 1_000,
+        },
+        T0,
+    );
+    ok(&mut sm, join("a", "l1"), T0);
+    ok(&mut sm, join("a", "l2"), T0);
+    ok(&mut sm, enter("a", "e"), T0);
+    for key in ["l1", "l2"] {
+        ok(&mut sm, join("b", key), T0);
+    }
+    ok(&mut sm, enter("b", "e"), T0);
+    // Not yet due: nothing happens.
+    let applied = sm.apply(&Command::ExpireDue, T0 + 999);
+    assert_eq!(applied.result, Ok(Response::Expired { client_ids: vec![] }));
+    // Due: one entry removes "a" everywhere and "b" leads all three.
+    let applied = sm.apply(&Command::ExpireDue, T0 + 1_000);
+    assert_eq!(
+        applied.result,
+        Ok(Response::Expired {
+            client_ids: vec!["a".into()]
+        })
+    );
+    assert_eq!(applied.events.len(), 3);
+    for event in &applied.events {
+        assert_eq!(event.state.members, ["b"]);
+        assert_eq!(event.state.epoch, 2);
+        assert_eq!(event.state.leader_since_ms, T0 + 1_000);
+    }
+    assert!(sm.session("a").is_none());
+    assert!(sm.session("b").is_some(), "b was not due");
+}
+
+#[test]
+fn leader_and_successor_expiring_together_raise_the_epoch_once() {
+    let mut sm = StateMachine::default();
+    for c in ["a", "b", "c"] {
+        let timeout_ms = if c == "c" { 60_000 } else { 1_000 };
+        ok(
+            &mut sm,
+            Command::OpenSession {
+                client_id: c.into(),
+                timeout_ms,
+            },
+            T0,
+        );
+        ok(&mut sm, enter(c, "e"), T0);
+    }
+    let applied = sm.apply(&Command::ExpireDue, T0 + 2_000);
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].state.members, ["c"]);
+    assert_eq!(applied.events[0].state.epoch, 2);
+}
+
+#[test]
+fn closing_a_session_hands_over_at_once() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "l"), T0);
+    ok(&mut sm, join("b", "l"), T0);
+    let applied = sm.apply(
+        &Command::CloseSession {
+            client_id: "a".into(),
+        },
+        T0 + 1,
+    );
+    assert_eq!(
+        applied.result,
+        Ok(Response::SessionClosed { existed: true })
+    );
+    let latch = sm.primitive(&PrimitiveKey::latch("l"));
+    assert_eq!(latch.leader(), Some("b"));
+    assert_eq!(latch.epoch, 2);
+    assert_eq!(applied.events.len(), 1);
+    let again = sm.apply(
+        &Command::CloseSession {
+            client_id: "a".into(),
+        },
+        T0 + 2,
+    );
+    assert_eq!(again.result, Ok(Response::SessionClosed { existed: false }));
+}
+
+#[test]
+fn leader_grace_gives_every_session_a_fresh_timeout() {
+    let mut sm = StateMachine::default();
+    ok(
+        &mut sm,
+        Command::OpenSession {
+            client_id: "a".into(),
+            timeout_ms: 1_000,
+        },
+        T0,
+    );
+    ok(&mut sm, join("a", "l"), T0);
+    // The cluster was down for a minute; the new leader's first entry is grace.
+    let outage_end = T0 + 60_000;
+    ok(&mut sm, Command::LeaderGrace, outage_end);
+    assert_eq!(sm.session("a").unwrap().expires_at_ms, outage_end + 1_000);
+    ok(&mut sm, Command::ExpireDue, outage_end + 1);
+    assert_eq!(sm.primitive(&PrimitiveKey::latch("l")).leader(), Some("a"));
+}
+
+#[test]
+fn anoint_moves_the_candidate_to_the_front() {
+    let mut sm = StateMachine::default();
+    for c in ["a", "b", "c"] {
+        ok(&mut sm, enter(c, "e"), T0);
+    }
+    ok(&mut sm, anoint("x", "e", "c"), T0 + 3);
+    let term = sm.primitive(&PrimitiveKey::election("e"));
+    assert_eq!(term.members, ["c", "a", "b"]);
+    assert_eq!(term.leader_since_ms, T0 + 3);
+}
+
+#[test]
+fn promote_moves_the_candidate_up_one_place() {
+    let mut sm = StateMachine::default();
+    for c in ["a", "b", "c"] {
+        ok(&mut sm, enter(c, "e"), T0);
+    }
+    ok(&mut sm, promote("x", "e", "c"), T0);
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["a", "c", "b"]);
+    ok(&mut sm, promote("x", "e", "c"), T0);
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["c", "a", "b"]);
+    assert!(
+        sm.apply(&promote("x", "e", "c"), T0).events.is_empty(),
+        "the leader cannot go higher"
+    );
+}
+
+#[test]
+fn evict_and_withdraw_remove_the_candidate() {
+    let mut sm = StateMachine::default();
+    for c in ["a", "b", "c"] {
+        ok(&mut sm, enter(c, "e"), T0);
+    }
+    ok(&mut sm, evict("x", "e", "b"), T0);
+    ok(&mut sm, withdraw("a", "e"), T0);
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["c"]);
+    assert!(!sm
+        .session("b")
+        .unwrap()
+        .memberships
+        .contains(&PrimitiveKey::election("e")));
+    // Withdrawing when not a candidate is a successful no-op.
+    assert!(sm.apply(&withdraw("a", "e"), T0).result.is_ok());
+}
+
+#[test]
+fn naming_a_non_candidate_is_failed_precondition() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, enter("a", "e"), T0);
+    for command in [
+        anoint("x", "e", "zz"),
+        promote("x", "e", "zz"),
+        evict("x", "e", "zz"),
+        anoint("x", "never", "a"),
+    ] {
+        let error = rejected(&mut sm, command, T0);
+        assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
+    }
+    assert!(
+        sm.session("x").is_none(),
+        "a rejected caller gets no session"
+    );
+}
+
+#[test]
+fn missing_or_oversized_ids_are_invalid_argument() {
+    let mut sm = StateMachine::default();
+    let long = "x".repeat(MAX_ID_BYTES + 1);
+    let exact = "y".repeat(MAX_ID_BYTES);
+    for command in [
+        join("", "l"),
+        join("a", ""),
+        join(&long, "l"),
+        join("a", &long),
+        anoint("a", "e", ""),
+        anoint("a", "e", &long),
+        Command::OpenSession {
+            client_id: "".into(),
+            timeout_ms: 0,
+        },
+    ] {
+        let error = rejected(&mut sm, command, T0);
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    }
+    ok(&mut sm, join(&exact, &exact), T0);
+}
+
+#[test]
+fn member_limit_is_resource_exhausted() {
+    let mut sm = StateMachine::new(Limits {
+        max_members_per_primitive: 2,
+        ..Limits::default()
+    });
+    ok(&mut sm, join("a", "l"), T0);
+    ok(&mut sm, join("b", "l"), T0);
+    let error = rejected(&mut sm, join("c", "l"), T0);
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+    let error = rejected(
+        &mut sm,
+        restore("op", PrimitiveKey::latch("m"), &["a", "b", "c"], 0),
+        T0,
+    );
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+    ok(&mut sm, join("a", "l"), T0); // an idempotent join of a member still works at the limit
+}
+
+#[test]
+fn primitive_limit_is_resource_exhausted() {
+    let mut sm = StateMachine::new(Limits {
+        max_primitives: 2,
+        ..Limits::default()
+    });
+    ok(&mut sm, join("a", "l1"), T0);
+    ok(&mut sm, enter("a", "e1"), T0);
+    let error = rejected(&mut sm, join("a", "l2"), T0);
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+    ok(&mut sm, join("b", "l1"), T0); // existing primitives still take members
+}
+
+#[test]
+fn session_limit_is_resource_exhausted() {
+    let mut sm = StateMachine::new(Limits {
+        max_sessions: 1,
+        ..Limits::default()
+    });
+    ok(&mut sm, join("a", "l"), T0);
+    let error = rejected(&mut sm, join("b", "l"), T0);
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+    let error = rejected(
+        &mut sm,
+        Command::OpenSession {
+            client_id: "c".into(),
+            timeout_ms: 0,
+        },
+        T0,
+    );
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+}
+
+#[test]
+fn rejected_command_changes_nothing_not_even_the_exactly_once_record() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, enter("a", "e"), T0);
+    rejected(
+        &mut sm,
+        op(
+            "a",
+            5,
+            Operation::Anoint {
+                election: "e".into(),
+                candidate: "b".into(),
+            },
+        ),
+        T0,
+    );
+    ok(&mut sm, enter("b", "e"), T0);
+    // The same request id is retried after it became valid: it is applied.
+    ok(
+        &mut sm,
+        op(
+            "a",
+            5,
+            Operation::Anoint {
+                election: "e".into(),
+                candidate: "b".into(),
+            },
+        ),
+        T0,
+    );
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["b", "a"]);
+}
+
+#[test]
+fn change_events_carry_the_full_new_state_and_only_real_changes() {
+    let mut sm = StateMachine::default();
+    let applied = sm.apply(&join("a", "l"), T0);
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].key, PrimitiveKey::latch("l"));
+    assert_eq!(
+        applied.events[0].state,
+        sm.primitive(&PrimitiveKey::latch("l"))
+    );
+    assert!(sm.apply(&join("a", "l"), T0).events.is_empty());
+    assert!(sm
+        .apply(
+            &Command::KeepAlive {
+                client_ids: vec!["a".into()]
+            },
+            T0
+        )
+        .events
+        .is_empty());
+}
+
+#[test]
+fn snapshot_round_trip_gives_an_equal_state() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "l"), T0);
+    ok(
+        &mut sm,
+        op(
+            "b",
+            3,
+            Operation::Enter {
+                election: "e".into(),
+            },
+        ),
+        T0,
+    );
+    let bytes = serde_json::to_vec(&sm).unwrap();
+    let restored: StateMachine = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(restored, sm);
+}
+
+#[test]
+fn primitive_snapshot_matches_the_held_state() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, enter("a", "e"), T0);
+    ok(&mut sm, enter("b", "e"), T0);
+    let snapshot = sm.snapshot_of(&PrimitiveKey::election("e"));
+    assert_eq!(
+        snapshot,
+        PrimitiveSnapshot {
+            leader: "a".into(),
+            members: vec!["a".into(), "b".into()],
+            epoch: 1
+        }
+    );
+}
+
+#[test]
+fn next_expiry_is_the_earliest_session_deadline() {
+    let mut sm = StateMachine::default();
+    assert_eq!(sm.next_expiry_ms(), None);
+    ok(
+        &mut sm,
+        Command::OpenSession {
+            client_id: "a".into(),
+            timeout_ms: 5_000,
+        },
+        T0,
+    );
+    ok(
+        &mut sm,
+        Command::OpenSession {
+            client_id: "b".into(),
+            timeout_ms: 2_000,
+        },
+        T0,
+    );
+    assert_eq!(sm.next_expiry_ms(), Some(T0 + 2_000));
+}
