@@ -1,6 +1,23 @@
 //! Baton: a Raft-replicated service for the Atomix leader latch and leader
 //! election gRPC APIs.
+//!
+//! Layout: [`proto`] is the generated wire code; [`service`] the thin gRPC
+//! handlers; [`convert`] the wire <-> state-machine translation; [`error`]
+//! the one mapping of failures to gRPC statuses; [`replication`] the door to
+//! Raft (leader stamping, forwarding, read index, leader duties);
+//! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
+//! renewal on clients' behalf; [`node`] wires one node together; [`client`]
+//! is a small failover client.
 
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod convert;
+pub mod error;
+pub mod keepalive;
+pub mod network;
+pub mod node;
+pub mod peer;
 pub mod proto;
+pub mod replication;
+pub mod service;

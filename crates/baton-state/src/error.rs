@@ -26,13 +26,13 @@ pub enum CommandError {
     #[error("{what} is required and must not be empty")]
     EmptyId {
         /// Which identifier: "client_id", "primitive name", "candidate_id", ...
-        what: &'static str,
+        what: String,
     },
     /// An identifier is longer than the limit.
     #[error("{what} is {len} bytes long; the limit is {max} bytes")]
     IdTooLong {
         /// Which identifier.
-        what: &'static str,
+        what: String,
         /// Its length in bytes.
         len: usize,
         /// The limit in bytes.
@@ -44,7 +44,7 @@ pub enum CommandError {
         /// The type string the client sent.
         given: String,
         /// The type string this service accepts.
-        expected: &'static str,
+        expected: String,
     },
     /// A session timeout outside the allowed range.
     #[error(

@@ -38,11 +38,13 @@ impl Default for Limits {
 /// Checks that a required identifier is present and not oversized.
 pub fn validate_id(what: &'static str, id: &str) -> Result<(), CommandError> {
     if id.is_empty() {
-        return Err(CommandError::EmptyId { what });
+        return Err(CommandError::EmptyId {
+            what: what.to_owned(),
+        });
     }
     if id.len() > MAX_ID_BYTES {
         return Err(CommandError::IdTooLong {
-            what,
+            what: what.to_owned(),
             len: id.len(),
             max: MAX_ID_BYTES,
         });

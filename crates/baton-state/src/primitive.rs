@@ -32,7 +32,7 @@ impl PrimitiveKind {
         } else {
             Err(CommandError::WrongPrimitiveType {
                 given: given.to_owned(),
-                expected: self.type_name(),
+                expected: self.type_name().to_owned(),
             })
         }
     }

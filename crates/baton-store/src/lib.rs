@@ -1,1 +1,45 @@
+//! Baton's Raft storage: an openraft (storage-v2) log store and state
+//! machine, persisted in sled under one data directory.
+//!
+//! The log store makes every append and vote durable (sled flush) before
+//! openraft is told so. The state machine keeps the deterministic
+//! [`baton_state::StateMachine`] in memory and persists it as Raft snapshots;
+//! after a restart it loads the latest snapshot and openraft re-applies the
+//! committed log behind it. This crate knows nothing of gRPC: the server
+//! reads state through [`StateHandle`] and watches changes through its
+//! broadcast of [`AppliedChanges`].
 
+#![warn(missing_docs)]
+
+mod log_store;
+mod state_store;
+mod types;
+
+use std::path::Path;
+
+pub use log_store::LogStore;
+pub use state_store::{AppliedChanges, StateHandle, StateMachineStore, StoredSnapshot};
+pub use types::{CommandOutcome, LogCommand, NodeId, TypeConfig};
+
+/// Why the data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// sled could not open or read the database.
+    #[error("cannot open the data directory: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored snapshot could not be decoded.
+    #[error("stored snapshot is corrupt: {0}")]
+    CorruptSnapshot(#[from] serde_json::Error),
+}
+
+/// Opens (or creates) the node's storage in `dir`: the log store and the
+/// state machine store share one sled database.
+pub fn open(
+    dir: &Path,
+    limits: baton_state::Limits,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let db = sled::open(dir)?;
+    let log = LogStore::new(&db)?;
+    let state = StateMachineStore::new(&db, limits)?;
+    Ok((log, state))
+}

@@ -1,0 +1,348 @@
+//! The Raft state machine: the deterministic [`StateMachine`] in memory,
+//! persisted as Raft snapshots in sled.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use baton_state::{ChangeEvent, Limits, PrimitiveKey, StateMachine};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::types::{CommandOutcome, NodeId, TypeConfig};
+use crate::OpenError;
+
+const CURRENT_SNAPSHOT: &[u8] = b"current";
+/// How many applied batches a slow watcher may fall behind before it is told
+/// it lagged (it then re-reads the latest state, so nothing final is lost).
+const CHANGE_BUFFER: usize = 4_096;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// A Raft snapshot as stored on disk and as shipped to a follower: openraft's
+/// metadata plus the serialized [`StateMachine`] (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    /// Last log id and membership covered by the snapshot.
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
+    /// The state machine, serialized with serde_json.
+    pub data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    /// Decodes the state machine held in this snapshot.
+    pub fn state(&self) -> Result<StateMachine, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
+}
+
+/// The changes one applied log entry made, for Events watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedChanges {
+    /// Log index of the entry (or of the installed snapshot).
+    pub index: u64,
+    /// One event per primitive that changed, with its full new state.
+    pub events: Vec<ChangeEvent>,
+}
+
+struct AppliedState {
+    machine: StateMachine,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+}
+
+struct Shared {
+    applied: RwLock<AppliedState>,
+    changes: broadcast::Sender<Arc<AppliedChanges>>,
+}
+
+/// Read access to the applied state, shared with the server.
+#[derive(Clone)]
+pub struct StateHandle {
+    shared: Arc<Shared>,
+}
+
+impl StateHandle {
+    fn read_guard(&self) -> RwLockReadGuard<'_, AppliedState> {
+        // A panic cannot leave the state half-applied (apply never panics on
+        // input), so a poisoned lock still guards a consistent state.
+        self.shared
+            .applied
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_guard(&self) -> RwLockWriteGuard<'_, AppliedState> {
+        self.shared
+            .applied
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the applied state machine and the index of the last
+    /// applied entry (`None` before anything was applied).
+    pub fn read<T>(&self, f: impl FnOnce(&StateMachine, Option<u64>) -> T) -> T {
+        let guard = self.read_guard();
+        f(&guard.machine, guard.last_applied.map(|id| id.index))
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.read_guard().last_applied.map(|id| id.index)
+    }
+
+    /// Subscribes to the changes of every entry applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedChanges>> {
+        self.shared.changes.subscribe()
+    }
+
+    /// A stable digest (FNV-1a, hex) of the serialized state machine, with the
+    /// applied index it belongs to. Converged replicas report equal digests
+    /// at equal indexes.
+    pub fn digest(&self) -> (Option<u64>, String) {
+        let guard = self.read_guard();
+        let bytes = serde_json::to_vec(&guard.machine).unwrap_or_default();
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        (
+            guard.last_applied.map(|id| id.index),
+            format!("{hash:016x}"),
+        )
+    }
+}
+
+/// openraft's state machine: applies entries to the [`StateMachine`] and
+/// builds, stores and installs snapshots.
+pub struct StateMachineStore {
+    handle: StateHandle,
+    db: sled::Db,
+    snapshots: sled::Tree,
+    snapshot_counter: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(db: &sled::Db, limits: Limits) -> Result<Self, OpenError> {
+        let snapshots = db.open_tree("snapshot")?;
+        let applied = match snapshots.get(CURRENT_SNAPSHOT)? {
+            Some(bytes) => {
+                let stored: StoredSnapshot = serde_json::from_slice(&bytes)?;
+                AppliedState {
+                    machine: stored.state()?,
+                    last_applied: stored.meta.last_log_id,
+                    membership: stored.meta.last_membership,
+                }
+            }
+            None => AppliedState {
+                machine: StateMachine::new(limits),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+        };
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        Ok(StateMachineStore {
+            handle: StateHandle {
+                shared: Arc::new(Shared {
+                    applied: RwLock::new(applied),
+                    changes,
+                }),
+            },
+            db: db.clone(),
+            snapshots,
+            snapshot_counter: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A handle for reading the applied state and watching its changes.
+    pub fn handle(&self) -> StateHandle {
+        self.handle.clone()
+    }
+
+    /// The snapshot currently stored on disk, if any.
+    pub fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, OpenError> {
+        match self.snapshots.get(CURRENT_SNAPSHOT)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn persist(&self, snapshot: &StoredSnapshot) -> StorageResult<()> {
+        let signature = Some(snapshot.meta.signature());
+        let bytes = serde_json::to_vec(snapshot)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.snapshots
+            .insert(CURRENT_SNAPSHOT, bytes)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        Ok(())
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken, in log order, when
+/// openraft asked for a builder.
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+    machine: StateMachine,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let data = serde_json::to_vec(&self.machine)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let counter = self.store.snapshot_counter.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{counter}", id.leader_id, id.index),
+            None => format!("empty-{counter}"),
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: self.last_applied,
+                last_membership: self.membership.clone(),
+                snapshot_id,
+            },
+            data,
+        };
+        self.store.persist(&stored).await?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl Clone for StateMachineStore {
+    fn clone(&self) -> Self {
+        StateMachineStore {
+            handle: self.handle.clone(),
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            snapshot_counter: self.snapshot_counter.clone(),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let guard = self.handle.read_guard();
+        Ok((guard.last_applied, guard.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandOutcome>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        {
+            let mut guard = self.handle.write_guard();
+            for entry in entries {
+                guard.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => outcomes.push(CommandOutcome(None)),
+                    EntryPayload::Normal(command) => {
+                        let applied = guard.machine.apply(&command.command, command.stamp_ms);
+                        if !applied.events.is_empty() {
+                            changes.push(AppliedChanges {
+                                index: entry.log_id.index,
+                                events: applied.events,
+                            });
+                        }
+                        outcomes.push(CommandOutcome(Some(applied.result)));
+                    }
+                    EntryPayload::Membership(membership) => {
+                        guard.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        outcomes.push(CommandOutcome(None));
+                    }
+                }
+            }
+        }
+        for change in changes {
+            // No subscriber is fine: nobody is watching.
+            let _ = self.handle.shared.changes.send(Arc::new(change));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let guard = self.handle.read_guard();
+        SnapshotBuilder {
+            store: self.clone(),
+            machine: guard.machine.clone(),
+            last_applied: guard.last_applied,
+            membership: guard.membership.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        let machine = stored
+            .state()
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.persist(&stored).await?;
+        let events = {
+            let mut guard = self.handle.write_guard();
+            let keys: BTreeSet<PrimitiveKey> = guard
+                .machine
+                .primitives()
+                .chain(machine.primitives())
+                .map(|(key, _)| key.clone())
+                .collect();
+            let events: Vec<ChangeEvent> = keys
+                .into_iter()
+                .filter(|key| guard.machine.primitive(key) != machine.primitive(key))
+                .map(|key| ChangeEvent {
+                    state: machine.primitive(&key),
+                    key,
+                })
+                .collect();
+            guard.machine = machine;
+            guard.last_applied = meta.last_log_id;
+            guard.membership = meta.last_membership.clone();
+            events
+        };
+        if let (false, Some(id)) = (events.is_empty(), meta.last_log_id) {
+            let _ = self.handle.shared.changes.send(Arc::new(AppliedChanges {
+                index: id.index,
+                events,
+            }));
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let stored = self
+            .stored_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}

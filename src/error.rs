@@ -1,0 +1,102 @@
+//! Every way a client request can fail, and the one place where failures
+//! become gRPC statuses (DESIGN §8).
+
+use baton_state::{CommandError, ErrorKind};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// Metadata key carrying the Raft leader's client address, when known.
+pub const LEADER_ADDR_METADATA: &str = "baton-leader";
+/// Metadata key carrying the Raft leader's node id, when known.
+pub const LEADER_ID_METADATA: &str = "baton-leader-id";
+
+/// Where the Raft leader is, as far as this node knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderHint {
+    /// The leader's node id.
+    pub id: Option<u64>,
+    /// The leader's client address.
+    pub client_addr: Option<String>,
+}
+
+/// Why a write or a linearizable read could not be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicationError {
+    /// No leader, no quorum, or the leader could not be reached before the
+    /// deadline. Nothing was applied.
+    #[error("no Raft leader with a quorum is reachable: {reason}")]
+    Unavailable {
+        /// What went wrong, for the client's message.
+        reason: String,
+        /// Where the leader is, if known.
+        hint: LeaderHint,
+    },
+    /// The command may or may not have been applied (the leader changed or
+    /// the connection broke mid-call). Retry with the same request_id.
+    #[error("outcome unknown, the write may have been applied: {reason}")]
+    OutcomeUnknown {
+        /// What went wrong.
+        reason: String,
+        /// Where the leader is, if known.
+        hint: LeaderHint,
+    },
+    /// The caller's deadline passed.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+}
+
+/// A failed client request: rejected by the state machine, or not served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The request was bad or not allowed; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] CommandError),
+    /// The cluster could not serve the request.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// A message over the size limit.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+fn with_hint(mut status: Status, hint: &LeaderHint) -> Status {
+    if let Some(addr) = hint
+        .client_addr
+        .as_deref()
+        .and_then(|a| MetadataValue::try_from(a).ok())
+    {
+        status.metadata_mut().insert(LEADER_ADDR_METADATA, addr);
+    }
+    if let Some(id) = hint
+        .id
+        .and_then(|id| MetadataValue::try_from(id.to_string()).ok())
+    {
+        status.metadata_mut().insert(LEADER_ID_METADATA, id);
+    }
+    status
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let message = error.to_string();
+        match error {
+            ApiError::Rejected(rejection) => {
+                let code = match rejection.kind() {
+                    ErrorKind::InvalidArgument => Code::InvalidArgument,
+                    ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+                    ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+                    ErrorKind::NotFound => Code::NotFound,
+                };
+                Status::new(code, message)
+            }
+            ApiError::Replication(ReplicationError::Unavailable { hint, .. })
+            | ApiError::Replication(ReplicationError::OutcomeUnknown { hint, .. }) => {
+                with_hint(Status::unavailable(message), &hint)
+            }
+            ApiError::Replication(ReplicationError::DeadlineExceeded(_)) => {
+                Status::deadline_exceeded(message)
+            }
+            ApiError::TooLarge(_) => Status::resource_exhausted(message),
+        }
+    }
+}

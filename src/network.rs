@@ -1,0 +1,198 @@
+//! Raft traffic between nodes: openraft's network traits over tonic, on the
+//! peer port. Messages travel as serde_json payloads inside `RaftPayload`.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_store::{NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
+use crate::proto::baton::v1::RaftPayload;
+
+/// Largest peer message (snapshot chunks are far smaller; entries batch).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Cached gRPC channels to peers, by peer address. Channels connect lazily
+/// and reconnect by themselves, so one per address is enough.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    /// A client for the peer service at `addr` (host:port).
+    pub fn client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftServiceClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+}
+
+/// Whether a failed call never reached the peer (so retrying cannot apply
+/// anything twice): the connection was refused or could not be made.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = status.source();
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            );
+        }
+        if error.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Encodes a peer message.
+pub fn encode<T: Serialize>(value: &T) -> Result<RaftPayload, serde_json::Error> {
+    Ok(RaftPayload {
+        payload: serde_json::to_vec(value)?,
+    })
+}
+
+/// Decodes a peer message.
+pub fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(&payload.payload)
+}
+
+/// openraft's network factory: one [`PeerConnection`] per target node.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    channels: PeerChannels,
+}
+
+impl PeerNetwork {
+    /// A network that shares `channels` with the rest of the node.
+    pub fn new(channels: PeerChannels) -> Self {
+        PeerNetwork { channels }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.channels.client(&node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Raft RPCs to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+#[derive(Clone, Copy)]
+enum PeerMethod {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: PeerMethod,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, RaftError<NodeId, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: StdError,
+        RaftError<NodeId, E>: DeserializeOwned,
+    {
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| RPCError::Unreachable(Unreachable::from(AnyError::error(e.clone()))))?;
+        let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let call = async {
+            match method {
+                PeerMethod::AppendEntries => client.append_entries(payload).await,
+                PeerMethod::Vote => client.vote(payload).await,
+                PeerMethod::InstallSnapshot => client.install_snapshot(payload).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call(PeerMethod::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call(PeerMethod::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call(PeerMethod::Vote, &rpc, &option).await
+    }
+}

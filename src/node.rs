@@ -1,0 +1,270 @@
+//! One Baton node: storage, Raft, the peer port and the client port, and the
+//! background duties, from start to graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_state::Limits;
+use baton_store::NodeId;
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::keepalive::SessionKeeper;
+use crate::network::{PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
+use crate::peer::PeerService;
+use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionServiceServer;
+use crate::proto::atomix::primitive::leader::leader_latch_service_server::LeaderLatchServiceServer;
+use crate::proto::baton::v1::admin_service_server::AdminServiceServer;
+use crate::proto::baton::v1::raft_service_server::RaftServiceServer;
+use crate::proto::baton::v1::session_service_server::SessionServiceServer;
+use crate::proto::baton::v1::NodeInfoRequest;
+use crate::replication::Replicator;
+use crate::service::{AdminApi, Context, ElectionApi, LatchApi, SessionApi};
+
+/// Largest client message accepted (ids are at most 256 bytes; a restore of
+/// a full primitive is well under this).
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id; must be one of `peers`.
+    pub id: NodeId,
+    /// Client port address to bind.
+    pub listen: SocketAddr,
+    /// Client address other nodes give out as the leader hint.
+    pub advertise: String,
+    /// Peer port address to bind.
+    pub peer_listen: SocketAddr,
+    /// Every voter of the initial cluster: id -> peer address.
+    pub peers: BTreeMap<NodeId, String>,
+    /// sled data directory.
+    pub data_dir: PathBuf,
+    /// Build a Raft snapshot (and purge the log behind it) every this many
+    /// applied entries.
+    pub snapshot_every: u64,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Lower bound of the randomized election timeout (upper is twice it).
+    pub election_timeout: Duration,
+    /// Capacity limits of a new cluster's state machine.
+    pub limits: Limits,
+}
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Storage(#[from] baton_store::OpenError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Raft failed to start or stopped fatally.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn raft_config(config: &NodeConfig) -> Result<Config, NodeError> {
+    let heartbeat = config.heartbeat.as_millis() as u64;
+    let election = config.election_timeout.as_millis() as u64;
+    Config {
+        cluster_name: "baton".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: 0,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })
+}
+
+/// Runs a node until `shutdown` completes, then stops gracefully: open
+/// Events streams end with UNAVAILABLE, Raft shuts down.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    if !config.peers.contains_key(&config.id) {
+        return Err(NodeError::Config(format!(
+            "--peers must include this node's own id {}",
+            config.id
+        )));
+    }
+    let raft_config = Arc::new(raft_config(&config)?);
+    let (log_store, state_store) = baton_store::open(&config.data_dir, config.limits.clone())?;
+    let state = state_store.handle();
+    let channels = PeerChannels::default();
+    let raft = Raft::new(
+        config.id,
+        raft_config,
+        PeerNetwork::new(channels.clone()),
+        log_store,
+        state_store,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let replicator = Replicator::new(
+        config.id,
+        raft.clone(),
+        state,
+        channels.clone(),
+        config.advertise.clone(),
+    );
+
+    let peer_listener = bind(config.peer_listen).await?;
+    let client_listener = bind(config.listen).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let peer_server = Server::builder()
+        .add_service(
+            RaftServiceServer::new(PeerService::new(replicator.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer_server = tokio::spawn(peer_server);
+
+    let sessions = SessionKeeper::default();
+    let context = Context {
+        replicator: replicator.clone(),
+        sessions: sessions.clone(),
+        shutdown: stop_rx.clone(),
+    };
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<LeaderLatchServiceServer<LatchApi>>()
+        .await;
+    health
+        .set_serving::<LeaderElectionServiceServer<ElectionApi>>()
+        .await;
+    health
+        .set_serving::<SessionServiceServer<SessionApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+    let client_server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            LeaderLatchServiceServer::new(LatchApi::new(context.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
+        .add_service(
+            LeaderElectionServiceServer::new(ElectionApi::new(context.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
+        .add_service(
+            SessionServiceServer::new(SessionApi::new(context.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
+        .add_service(AdminServiceServer::new(AdminApi::new(context.clone())))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            stopped(stop_rx.clone()),
+        );
+    let client_server = tokio::spawn(client_server);
+
+    initialize_if_new(&raft, &config, &channels).await?;
+    let duties = tokio::spawn(replicator.clone().run_leader_duties());
+    let keeper = tokio::spawn(sessions.run(replicator.clone(), stop_rx.clone()));
+    tracing::info!(id = config.id, client = %config.listen, peer = %config.peer_listen, "node started");
+
+    shutdown.await;
+    tracing::info!(id = config.id, "shutting down");
+    let _ = stop_tx.send(true);
+    for server in [client_server, peer_server] {
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
+            Err(_) => tracing::warn!("server did not stop within 5 s"),
+            _ => {}
+        }
+    }
+    keeper.abort();
+    duties.abort();
+    raft.shutdown()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    Ok(())
+}
+
+/// Forms the cluster on first start: a node with no Raft state initializes
+/// the membership from `--peers`, unless a peer already belongs to a cluster
+/// (then this node was wiped and rejoins by replication instead). Nodes
+/// starting together all initialize with the same membership, which is safe.
+async fn initialize_if_new(
+    raft: &Raft<baton_store::TypeConfig>,
+    config: &NodeConfig,
+    channels: &PeerChannels,
+) -> Result<(), NodeError> {
+    if raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        return Ok(());
+    }
+    for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
+        let Ok(mut client) = channels.client(addr) else {
+            continue;
+        };
+        let info = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.node_info(NodeInfoRequest {}),
+        )
+        .await;
+        if let Ok(Ok(info)) = info {
+            if info.get_ref().initialized {
+                tracing::info!(
+                    peer = id,
+                    "a peer already belongs to a cluster; waiting to be replicated to"
+                );
+                return Ok(());
+            }
+        }
+    }
+    let members: BTreeMap<NodeId, BasicNode> = config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!("initialized a new cluster"),
+        Err(error) => tracing::info!(%error, "not initializing"),
+    }
+    Ok(())
+}

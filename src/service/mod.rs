@@ -1,0 +1,211 @@
+//! The gRPC services on the client port. Each handler checks its input,
+//! turns it into a state-machine command or read, and maps the answer back;
+//! everything else lives in [`Context`].
+
+mod admin;
+mod election;
+mod latch;
+mod session;
+
+use std::sync::Arc;
+
+use baton_state::{
+    ClientRequest, Command, Operation, Primitive, PrimitiveKey, Response, StateMachine,
+};
+use baton_store::AppliedChanges;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+pub use admin::AdminApi;
+pub use election::ElectionApi;
+pub use latch::LatchApi;
+pub use session::SessionApi;
+
+use crate::convert::Caller;
+use crate::error::{ApiError, ReplicationError};
+use crate::keepalive::SessionKeeper;
+use crate::replication::Replicator;
+
+/// How many updates a watcher's stream buffers before older ones coalesce.
+const WATCH_BUFFER: usize = 64;
+
+/// What every service handler needs: the Raft door, the session keeper and
+/// the node's shutdown signal.
+#[derive(Clone)]
+pub struct Context {
+    /// Writes and linearizable reads.
+    pub replicator: Replicator,
+    /// Keeps streaming and reading clients' sessions alive.
+    pub sessions: SessionKeeper,
+    /// Turns true when the node shuts down; open streams then end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One update of an Events stream: the initial state, then each change.
+pub struct WatchUpdate {
+    /// True for the first message (current state, type NONE).
+    pub initial: bool,
+    /// The primitive's full state.
+    pub state: Primitive,
+}
+
+impl Context {
+    /// Replicates a command and returns the state machine's answer.
+    pub async fn apply(&self, command: Command, deadline: Instant) -> Result<Response, ApiError> {
+        Ok(self.replicator.write(command, deadline).await??)
+    }
+
+    /// Applies a client operation on `caller`'s behalf.
+    pub async fn operate(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        deadline: Instant,
+    ) -> Result<Response, ApiError> {
+        let request = ClientRequest {
+            client_id: caller.client_id.clone(),
+            request_id: caller.request_id,
+            operation,
+        };
+        self.apply(Command::Client(request), deadline).await
+    }
+
+    /// Applies an operation that answers with the primitive's new state.
+    pub async fn operate_on_primitive(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        deadline: Instant,
+    ) -> Result<Primitive, ApiError> {
+        match self.operate(caller, operation, deadline).await? {
+            Response::Primitive(state) => Ok(state),
+            // A retried request id answered with another operation's response.
+            _ => Ok(self
+                .replicator
+                .state()
+                .read(|m, _| m.primitive(&caller.key))),
+        }
+    }
+
+    /// A linearizable read of the applied state; counts as a sign of life
+    /// for the caller's session.
+    pub async fn read<T>(
+        &self,
+        client_id: &str,
+        deadline: Instant,
+        read: impl FnOnce(&StateMachine) -> T,
+    ) -> Result<T, ApiError> {
+        self.replicator.linearizable_barrier(deadline).await?;
+        self.sessions.touch(client_id);
+        Ok(self.replicator.state().read(|machine, _| read(machine)))
+    }
+
+    /// Streams the primitive's current state and then every change, from
+    /// this node's applied state, keeping the caller's session alive (and
+    /// opening one with the default timeout if it has none).
+    pub fn watch(&self, caller: &Caller) -> ReceiverStream<Result<WatchUpdate, Status>> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let context = self.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let hold = context.sessions.hold(&caller.client_id);
+            context.ensure_session(&caller.client_id).await;
+            context.stream_changes(&caller.key, tx).await;
+            drop(hold);
+        });
+        ReceiverStream::new(rx)
+    }
+
+    async fn ensure_session(&self, client_id: &str) {
+        let has_session = self
+            .replicator
+            .state()
+            .read(|machine, _| machine.session(client_id).is_some());
+        if !has_session {
+            let open = Command::OpenSession {
+                client_id: client_id.to_owned(),
+                timeout_ms: 0,
+            };
+            let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
+            if let Err(error) = self.apply(open, deadline).await {
+                tracing::debug!(%error, client_id, "could not open a session for a watcher");
+            }
+        }
+    }
+
+    async fn stream_changes(
+        &self,
+        key: &PrimitiveKey,
+        tx: mpsc::Sender<Result<WatchUpdate, Status>>,
+    ) {
+        let state = self.replicator.state();
+        let mut changes = state.subscribe();
+        let (mut last_sent, seen_index) = state.read(|m, index| (m.primitive(key), index));
+        let update = WatchUpdate {
+            initial: true,
+            state: last_sent.clone(),
+        };
+        if tx.send(Ok(update)).await.is_err() {
+            return;
+        }
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let next: Option<Primitive> = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stopping(&mut shutdown) => {
+                    let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
+                    return;
+                }
+                received = changes.recv() => match received {
+                    Ok(applied) => latest_for(key, &applied, seen_index),
+                    // Fell behind: skip to the latest state (coalescing).
+                    Err(broadcast::error::RecvError::Lagged(_)) => Some(state.read(|m, _| m.primitive(key))),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
+                        return;
+                    }
+                },
+            };
+            if let Some(next) = next.filter(|next| *next != last_sent) {
+                last_sent = next.clone();
+                let update = WatchUpdate {
+                    initial: false,
+                    state: next,
+                };
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await.map(|_| ());
+}
+
+/// The state of `key` in an applied batch, unless the batch is already
+/// reflected in the initial state the watcher was sent.
+fn latest_for(
+    key: &PrimitiveKey,
+    applied: &Arc<AppliedChanges>,
+    seen: Option<u64>,
+) -> Option<Primitive> {
+    if seen.is_some_and(|seen| applied.index <= seen) {
+        return None;
+    }
+    applied
+        .events
+        .iter()
+        .rev()
+        .find(|event| &event.key == key)
+        .map(|event| event.state.clone())
+}
+
+impl From<ReplicationError> for Status {
+    fn from(error: ReplicationError) -> Status {
+        ApiError::from(error).into()
+    }
+}

@@ -1,0 +1,94 @@
+//! `baton.v1.SessionService`: explicit session control.
+
+use baton_state::{validate_id, Command, CommandError, Response as CommandResponse};
+use tonic::{Request, Response, Status};
+
+use super::Context;
+use crate::convert::deadline;
+use crate::error::ApiError;
+use crate::proto::baton::v1::session_service_server::SessionService;
+use crate::proto::baton::v1::{
+    CloseSessionRequest, CloseSessionResponse, KeepAliveRequest, KeepAliveResponse,
+    OpenSessionRequest, OpenSessionResponse,
+};
+
+/// Serves the session API.
+pub struct SessionApi {
+    context: Context,
+}
+
+impl SessionApi {
+    /// A session service over `context`.
+    pub fn new(context: Context) -> Self {
+        SessionApi { context }
+    }
+}
+
+fn unexpected(response: CommandResponse) -> Status {
+    Status::internal(format!("unexpected state machine answer: {response:?}"))
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionApi {
+    async fn open_session(
+        &self,
+        request: Request<OpenSessionRequest>,
+    ) -> Result<Response<OpenSessionResponse>, Status> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let command = Command::OpenSession {
+            client_id: request.client_id,
+            timeout_ms: request.timeout_ms,
+        };
+        match self.context.apply(command, deadline).await? {
+            CommandResponse::SessionOpen { timeout_ms } => {
+                Ok(Response::new(OpenSessionResponse { timeout_ms }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<KeepAliveRequest>,
+    ) -> Result<Response<KeepAliveResponse>, Status> {
+        let deadline = deadline(&request);
+        let client_id = request.into_inner().client_id;
+        validate_id("client_id", &client_id).map_err(ApiError::from)?;
+        let command = Command::KeepAlive {
+            client_ids: vec![client_id.clone()],
+        };
+        match self.context.apply(command, deadline).await? {
+            CommandResponse::KeptAlive { missing } if missing.is_empty() => {
+                let timeout_ms = self
+                    .context
+                    .replicator
+                    .state()
+                    .read(|m, _| m.session(&client_id).map(|s| s.timeout_ms))
+                    .unwrap_or_default();
+                Ok(Response::new(KeepAliveResponse { timeout_ms }))
+            }
+            CommandResponse::KeptAlive { .. } => {
+                Err(ApiError::from(CommandError::SessionNotFound { client_id }).into())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<CloseSessionRequest>,
+    ) -> Result<Response<CloseSessionResponse>, Status> {
+        let deadline = deadline(&request);
+        let client_id = request.into_inner().client_id;
+        validate_id("client_id", &client_id).map_err(ApiError::from)?;
+        match self
+            .context
+            .apply(Command::CloseSession { client_id }, deadline)
+            .await?
+        {
+            CommandResponse::SessionClosed { .. } => Ok(Response::new(CloseSessionResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+}
