@@ -1,0 +1,284 @@
+//! Test harness: real `baton serve` processes on loopback, real gRPC.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use baton::client::header;
+use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
+use baton::proto::atomix::primitive::election::{self as el, Term};
+use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
+use baton::proto::atomix::primitive::leader::{self as la, Latch};
+use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
+use baton::proto::baton::v1::session_service_client::SessionServiceClient;
+use baton::proto::baton::v1::{OpenSessionRequest, StatusRequest, StatusResponse};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+/// Clusters in one test binary run one at a time: two cores cannot host
+/// several clusters' elections side by side without spurious timeouts.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    extra_args: Vec<String>,
+    peers: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts three nodes at once with empty data directories.
+    pub async fn start(extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = (1..=3)
+            .map(|id| Node {
+                id,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            peers,
+            _dir: dir,
+        };
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let extra = self.extra_args.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} is already running");
+        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &node.client_addr])
+            .args(["--peer-listen", &node.peer_addr])
+            .args(["--peers", &peers])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn baton serve");
+        node.child = Some(child);
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    pub fn wipe(&mut self, id: u64) {
+        let node = &self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "stop node {id} before wiping it");
+        std::fs::remove_dir_all(&node.data_dir).unwrap();
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    pub fn channel(&self, id: u64) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.node(id).client_addr))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+            .connect_lazy()
+    }
+
+    pub fn latch(&self, id: u64) -> LeaderLatchServiceClient<Channel> {
+        LeaderLatchServiceClient::new(self.channel(id))
+    }
+
+    pub fn election(&self, id: u64) -> LeaderElectionServiceClient<Channel> {
+        LeaderElectionServiceClient::new(self.channel(id))
+    }
+
+    pub fn sessions(&self, id: u64) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel(id))
+    }
+
+    pub async fn status(&self, id: u64) -> Option<StatusResponse> {
+        let mut admin = AdminServiceClient::new(self.channel(id));
+        let call = admin.status(StatusRequest {});
+        match tokio::time::timeout(Duration::from_secs(1), call).await {
+            Ok(Ok(reply)) => Some(reply.into_inner()),
+            _ => None,
+        }
+    }
+
+    /// Waits until a running node says it leads and the others that run
+    /// agree; returns the leader's id.
+    pub async fn wait_for_leader(&self) -> u64 {
+        eventually(Duration::from_secs(20), "a leader is elected", || async {
+            let mut leader = None;
+            for id in self.running() {
+                let status = self.status(id).await?;
+                if status.role == "leader" {
+                    leader = Some(status.node_id);
+                }
+            }
+            let leader = leader?;
+            for id in self.running() {
+                let status = self.status(id).await?;
+                if !status.has_leader || status.leader_id != leader {
+                    return None;
+                }
+            }
+            Some(leader)
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied the same index with the
+    /// same state digest.
+    pub async fn wait_converged(&self) -> (u64, String) {
+        eventually(Duration::from_secs(20), "all nodes converge", || async {
+            let mut seen = Vec::new();
+            for id in self.running() {
+                let status = self.status(id).await?;
+                seen.push((status.applied_index, status.state_digest));
+            }
+            let first = seen.first()?.clone();
+            seen.iter().all(|s| *s == first).then_some(first)
+        })
+        .await
+    }
+
+    pub fn followers_of(&self, leader: u64) -> Vec<u64> {
+        self.running().into_iter().filter(|id| *id != leader).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `probe` until it returns Some, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn latch_header(client: &str, name: &str) -> Option<baton::proto::atomix::primitive::RequestHeader> {
+    header(client, "LeaderLatch", name, 0)
+}
+
+pub fn election_header(client: &str, name: &str) -> Option<baton::proto::atomix::primitive::RequestHeader> {
+    header(client, "Election", name, 0)
+}
+
+pub async fn join(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Latch, Status> {
+    let request = la::LatchRequest { header: latch_header(client, name), input: Some(la::LatchInput {}) };
+    Ok(c.latch(node).latch(request).await?.into_inner().output.unwrap().latch.unwrap())
+}
+
+pub async fn get_latch(c: &Cluster, node: u64, name: &str) -> Result<Latch, Status> {
+    let request = la::GetRequest { header: latch_header("reader", name), input: Some(la::GetInput {}) };
+    Ok(c.latch(node).get(request).await?.into_inner().output.unwrap().latch.unwrap())
+}
+
+pub async fn enter(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Term, Status> {
+    let request = el::EnterRequest { header: election_header(client, name), input: Some(el::EnterInput {}) };
+    Ok(c.election(node).enter(request).await?.into_inner().output.unwrap().term.unwrap())
+}
+
+pub async fn get_term(c: &Cluster, node: u64, name: &str) -> Result<Term, Status> {
+    let request = el::GetTermRequest { header: election_header("reader", name), input: Some(el::GetTermInput {}) };
+    Ok(c.election(node).get_term(request).await?.into_inner().output.unwrap().term.unwrap())
+}
+
+pub async fn open_session(c: &Cluster, node: u64, client: &str, timeout_ms: u64) -> Result<u64, Status> {
+    let request = OpenSessionRequest { client_id: client.into(), timeout_ms };
+    Ok(c.sessions(node).open_session(request).await?.into_inner().timeout_ms)
+}
+
+pub fn epoch_of_latch(latch: &Latch) -> u64 {
+    latch.meta.as_ref().and_then(|m| m.revision.as_ref()).map(|r| r.num).unwrap_or(0)
+}
+
+pub fn epoch_of_term(term: &Term) -> u64 {
+    term.id.as_ref().map(|e| e.num).unwrap_or(0)
+}
+
+/// Retries `op` until it succeeds (for writes during failover).
+pub async fn until_ok<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    eventually(Duration::from_secs(20), what, || {
+        let attempt = op();
+        async move { attempt.await.ok() }
+    })
+    .await
+}
