@@ -199,7 +199,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     let client_server = tokio::spawn(client_server);
 
-    initialize_if_new(&raft, &config, &channels).await?;
+    if !initialize_if_new(&raft, &config, &channels).await? {
+        replicator.start_rejoining();
+        tokio::spawn(replicator.clone().finish_rejoining());
+    }
     let duties = tokio::spawn(replicator.clone().run_leader_duties());
     let keeper = tokio::spawn(sessions.run(replicator.clone(), stop_rx.clone()));
     tracing::info!(id = config.id, client = %config.listen, peer = %config.peer_listen, "node started");
@@ -226,17 +229,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 /// the membership from `--peers`, unless a peer already belongs to a cluster
 /// (then this node was wiped and rejoins by replication instead). Nodes
 /// starting together all initialize with the same membership, which is safe.
+/// Returns false if the node is empty and joins an existing cluster.
 async fn initialize_if_new(
     raft: &Raft<baton_store::TypeConfig>,
     config: &NodeConfig,
     channels: &PeerChannels,
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
     if raft
         .is_initialized()
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?
     {
-        return Ok(());
+        return Ok(true);
     }
     for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
         let Ok(mut client) = channels.client(addr) else {
@@ -248,12 +252,15 @@ async fn initialize_if_new(
         )
         .await;
         if let Ok(Ok(info)) = info {
-            if info.get_ref().initialized {
+            // Only a cluster that has committed entries can hold a vote this
+            // node cast before its data was wiped; a cluster still forming
+            // needs this node's vote.
+            if info.get_ref().initialized && info.get_ref().applied_index > 0 {
                 tracing::info!(
                     peer = id,
                     "a peer already belongs to a cluster; waiting to be replicated to"
                 );
-                return Ok(());
+                return Ok(false);
             }
         }
     }
@@ -266,5 +273,5 @@ async fn initialize_if_new(
         Ok(()) => tracing::info!("initialized a new cluster"),
         Err(error) => tracing::info!(%error, "not initializing"),
     }
-    Ok(())
+    Ok(true)
 }

@@ -47,6 +47,9 @@ impl RaftService for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        if self.replicator.is_rejoining() {
+            return Err(Status::unavailable("rejoining after a data wipe: not voting until caught up"));
+        }
         let rpc: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.replicator.raft().vote(rpc).await)
     }
@@ -98,6 +101,7 @@ impl RaftService for PeerService {
             node_id: self.replicator.id(),
             client_addr: self.replicator.client_addr().to_owned(),
             initialized,
+            applied_index: self.replicator.state().applied_index().unwrap_or(0),
         }))
     }
 }

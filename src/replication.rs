@@ -3,7 +3,7 @@
 //! on taking office, session expiry).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +58,7 @@ struct Inner {
     client_addr: String,
     client_addrs: Mutex<HashMap<NodeId, String>>,
     last_stamp: AtomicU64,
+    rejoining: AtomicBool,
 }
 
 impl Replicator {
@@ -78,6 +79,7 @@ impl Replicator {
                 client_addr,
                 client_addrs: Mutex::new(HashMap::new()),
                 last_stamp: AtomicU64::new(0),
+                rejoining: AtomicBool::new(false),
             }),
         }
     }
@@ -100,6 +102,33 @@ impl Replicator {
     /// This node's client address, as advertised.
     pub fn client_addr(&self) -> &str {
         &self.inner.client_addr
+    }
+
+    /// Marks this node as rejoining after its data was wiped: it forgot
+    /// whom it voted for, so it must not vote until a leader has replicated
+    /// to it (otherwise it could vote twice in one term and help elect a
+    /// second leader). Cleared by [`Replicator::finish_rejoining`].
+    pub fn start_rejoining(&self) {
+        self.inner.rejoining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the node is rejoining and must refuse votes.
+    pub fn is_rejoining(&self) -> bool {
+        self.inner.rejoining.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a leader has replicated to this node (a committed vote
+    /// for a known leader and something applied), then allows voting again.
+    pub async fn finish_rejoining(self) {
+        let mut metrics = self.inner.raft.metrics();
+        let caught_up = metrics
+            .wait_for(|m| m.current_leader.is_some() && m.vote.is_committed() && m.last_applied.is_some())
+            .await
+            .map(|_| ());
+        if caught_up.is_ok() {
+            self.inner.rejoining.store(false, Ordering::SeqCst);
+            tracing::info!("rejoined the cluster; voting again");
+        }
     }
 
     /// Whether this node currently believes it is the Raft leader.

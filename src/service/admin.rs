@@ -60,6 +60,8 @@ impl AdminService for AdminApi {
             client_addr: replicator.client_addr().to_owned(),
             leader_client_addr,
             state_digest: digest,
+            snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or_default(),
+            purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
         }))
     }
 }

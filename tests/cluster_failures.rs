@@ -1,0 +1,193 @@
+//! Node failures against a real three-node cluster: kill -9 of the leader,
+//! restart and catch-up, a wiped node rejoining from a snapshot, all nodes
+//! killed and restarted, and sessions that lapse or close.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton::proto::atomix::primitive::leader as la;
+use baton::proto::baton::v1::{CloseSessionRequest, KeepAliveRequest};
+use common::*;
+use tokio_stream::StreamExt;
+
+const LONG_SESSION_MS: u64 = 300_000;
+
+/// Joins `count` writers (with long sessions) to `latch` and returns them.
+async fn acknowledged_joins(cluster: &Cluster, node: u64, latch: &str, prefix: &str, count: usize) -> Vec<String> {
+    let mut joined = Vec::new();
+    for i in 0..count {
+        let client = format!("{prefix}{i}");
+        open_session(cluster, node, &client, LONG_SESSION_MS).await.unwrap();
+        join(cluster, node, &client, latch).await.unwrap();
+        joined.push(client);
+    }
+    joined
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_the_leader_then_restart_it() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers = cluster.followers_of(leader);
+    let acknowledged = acknowledged_joins(&cluster, followers[0], "durable", "w", 10).await;
+
+    let mut stream = cluster
+        .latch(followers[1])
+        .events(la::EventsRequest { header: latch_header("watcher", "durable"), input: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let initial = stream.next().await.unwrap().unwrap().output.unwrap().latch.unwrap();
+    assert_eq!(initial.participants, acknowledged);
+
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Writes succeed again, through either survivor.
+    open_session(&cluster, followers[0], "after", LONG_SESSION_MS).await.ok();
+    until_ok("a write after failover", || join(&cluster, followers[0], "after", "durable")).await;
+    let latch = until_ok("a read after failover", || get_latch(&cluster, followers[1], "durable")).await;
+    let mut expected = acknowledged.clone();
+    expected.push("after".into());
+    assert_eq!(latch.participants, expected, "no acknowledged write lost");
+
+    // The stream on a surviving node kept going and saw the new member.
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = stream.next().await {
+            let latch = event.expect("stream survives the leader's death").output.unwrap().latch.unwrap();
+            if latch.participants.contains(&"after".to_string()) {
+                return latch;
+            }
+        }
+        panic!("stream ended");
+    })
+    .await
+    .expect("the change arrives on the surviving stream");
+    assert_eq!(seen.participants, expected);
+
+    // The killed node comes back and catches up.
+    cluster.restart(leader);
+    let (index, _) = cluster.wait_converged().await;
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status.applied_index, index);
+    assert_eq!(get_latch(&cluster, leader, "durable").await.unwrap().participants, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_node_rejoins_from_a_snapshot() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(&["--snapshot-every", "10"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let acknowledged = acknowledged_joins(&cluster, leader, "snap", "s", 15).await;
+    let victim = cluster.followers_of(leader)[0];
+    let purged = eventually(Duration::from_secs(10), "the leader purges its log", || async {
+        let status = cluster.status(leader).await?;
+        (status.purged_index > 0).then_some(status.purged_index)
+    })
+    .await;
+
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    cluster.restart(victim);
+    cluster.wait_converged().await;
+    let status = cluster.status(victim).await.unwrap();
+    assert!(
+        status.snapshot_index >= purged,
+        "the wiped node got a snapshot covering the purged log ({} < {purged})",
+        status.snapshot_index
+    );
+    let latch = get_latch(&cluster, victim, "snap").await.unwrap();
+    assert_eq!(latch.participants, acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_all_three_and_restart_them() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let acknowledged = acknowledged_joins(&cluster, leader, "all", "k", 8).await;
+    for c in ["e1", "e2"] {
+        open_session(&cluster, leader, c, LONG_SESSION_MS).await.unwrap();
+        enter(&cluster, leader, c, "vote").await.unwrap();
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    let leader = cluster.wait_for_leader().await;
+    let latch = until_ok("a read after a full restart", || get_latch(&cluster, leader, "all")).await;
+    assert_eq!(latch.participants, acknowledged);
+    assert_eq!(epoch_of_latch(&latch), 1);
+    let term = get_term(&cluster, leader, "vote").await.unwrap();
+    assert_eq!(term.candidates, ["e1", "e2"]);
+    cluster.wait_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
+    let _serial = serial();
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+
+    open_session(&cluster, node, "short", 1_000).await.unwrap();
+    open_session(&cluster, node, "next", LONG_SESSION_MS).await.unwrap();
+    join(&cluster, node, "short", "lease").await.unwrap();
+    let latch = join(&cluster, node, "next", "lease").await.unwrap();
+    assert_eq!((latch.leader.as_str(), epoch_of_latch(&latch)), ("short", 1));
+
+    // Kept alive by explicit keep-alives for three timeouts: keeps its place.
+    let mut sessions = cluster.sessions(node);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        sessions.keep_alive(KeepAliveRequest { client_id: "short".into() }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(get_latch(&cluster, node, "lease").await.unwrap().leader, "short");
+
+    // Then it stops: the next in line leads, with the epoch raised by one.
+    let stopped = Instant::now();
+    let latch = eventually(Duration::from_secs(10), "the lapsed leader is replaced", || async {
+        let latch = get_latch(&cluster, node, "lease").await.ok()?;
+        (latch.leader == "next").then_some(latch)
+    })
+    .await;
+    assert!(stopped.elapsed() >= Duration::from_millis(500), "expired before its timeout");
+    assert_eq!(latch.participants, ["next"]);
+    assert_eq!(epoch_of_latch(&latch), 2);
+
+    // A client whose only sign of life is an open Events stream stays.
+    open_session(&cluster, node, "streamer", 1_000).await.unwrap();
+    enter(&cluster, node, "streamer", "watched").await.unwrap();
+    let mut stream = cluster
+        .election(node)
+        .events(baton::proto::atomix::primitive::election::EventsRequest {
+            header: election_header("streamer", "watched"),
+            input: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let term = get_term(&cluster, node, "watched").await.unwrap();
+    assert_eq!(term.leader, "streamer", "the open stream kept the session alive");
+    drop(stream);
+
+    // Closing hands over at once: the very next read sees the successor.
+    open_session(&cluster, node, "closer", LONG_SESSION_MS).await.unwrap();
+    join(&cluster, node, "closer", "handover").await.unwrap();
+    join(&cluster, node, "next", "handover").await.unwrap();
+    cluster
+        .sessions(leader)
+        .close_session(CloseSessionRequest { client_id: "closer".into() })
+        .await
+        .unwrap();
+    let latch = get_latch(&cluster, node, "handover").await.unwrap();
+    assert_eq!((latch.leader.as_str(), epoch_of_latch(&latch)), ("next", 2));
+}
