@@ -128,7 +128,7 @@ impl Client {
                 Some(hinted) if hinted != index % self.channels.len() => hinted,
                 _ => index + 1,
             };
-            if attempts % self.channels.len() == 0 {
+            if attempts.is_multiple_of(self.channels.len()) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if Instant::now() >= deadline {

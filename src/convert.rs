@@ -148,7 +148,9 @@ pub fn term_snapshot(
     })
 }
 
-/// The caller's deadline from its `grpc-timeout` header (default 5 s).
+/// The time by which to answer: the caller's `grpc-timeout` (default 5 s)
+/// less a small margin, so that the caller receives our UNAVAILABLE or
+/// DEADLINE_EXCEEDED (with its leader hint) rather than timing out itself.
 pub fn deadline<T>(request: &tonic::Request<T>) -> Instant {
     let timeout = request
         .metadata()
@@ -157,7 +159,8 @@ pub fn deadline<T>(request: &tonic::Request<T>) -> Instant {
         .and_then(parse_grpc_timeout)
         .unwrap_or(DEFAULT_DEADLINE)
         .min(MAX_DEADLINE);
-    Instant::now() + timeout
+    let margin = (timeout / 10).min(Duration::from_millis(200));
+    Instant::now() + timeout - margin
 }
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H M S m u n).

@@ -10,6 +10,8 @@
 //! is a small failover client.
 
 #![warn(missing_docs)]
+// tonic::Status and openraft's errors are the types their traits require.
+#![allow(clippy::result_large_err)]
 
 pub mod client;
 pub mod convert;

@@ -48,7 +48,9 @@ impl RaftService for PeerService {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         if self.replicator.is_rejoining() {
-            return Err(Status::unavailable("rejoining after a data wipe: not voting until caught up"));
+            return Err(Status::unavailable(
+                "rejoining after a data wipe: not voting until caught up",
+            ));
         }
         let rpc: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.replicator.raft().vote(rpc).await)

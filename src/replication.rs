@@ -122,7 +122,9 @@ impl Replicator {
     pub async fn finish_rejoining(self) {
         let mut metrics = self.inner.raft.metrics();
         let caught_up = metrics
-            .wait_for(|m| m.current_leader.is_some() && m.vote.is_committed() && m.last_applied.is_some())
+            .wait_for(|m| {
+                m.current_leader.is_some() && m.vote.is_committed() && m.last_applied.is_some()
+            })
             .await
             .map(|_| ());
         if caught_up.is_ok() {

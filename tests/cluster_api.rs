@@ -17,7 +17,7 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_on_every_node() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let mut order = vec![leader];
@@ -37,16 +37,24 @@ async fn every_rpc_on_every_node() {
         assert_eq!(read, latch, "Get on node {node} sees the write");
         let response = cluster
             .latch(node)
-            .get(la::GetRequest { header: latch_header("r", &latch_name), input: None })
+            .get(la::GetRequest {
+                header: latch_header("r", &latch_name),
+                input: None,
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(response.header.unwrap().response_type, ResponseType::Response as i32);
+        assert_eq!(
+            response.header.unwrap().response_type,
+            ResponseType::Response as i32
+        );
 
         // Latch snapshot and restore.
         let snapshot = cluster
             .latch(node)
-            .snapshot(la::SnapshotRequest { header: latch_header("op", &latch_name) })
+            .snapshot(la::SnapshotRequest {
+                header: latch_header("op", &latch_name),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -54,7 +62,10 @@ async fn every_rpc_on_every_node() {
             .unwrap();
         assert_eq!(snapshot.latch.as_ref().unwrap().participants, ["a", "b"]);
         let restored = la::Latch {
-            meta: Some(ObjectMeta { revision: Some(Revision { num: 5 }), timestamp: None }),
+            meta: Some(ObjectMeta {
+                revision: Some(Revision { num: 5 }),
+                timestamp: None,
+            }),
             leader: "b".into(),
             participants: vec!["b".into(), "a".into()],
         };
@@ -62,24 +73,39 @@ async fn every_rpc_on_every_node() {
             .latch(node)
             .restore(la::RestoreRequest {
                 header: latch_header("op", &latch_name),
-                snapshot: Some(la::Snapshot { latch: Some(restored) }),
+                snapshot: Some(la::Snapshot {
+                    latch: Some(restored),
+                }),
             })
             .await
             .unwrap();
         let read = get_latch(&cluster, node, &latch_name).await.unwrap();
-        assert_eq!((read.leader.as_str(), epoch_of_latch(&read)), ("b", 6), "epoch above restored 5");
+        assert_eq!(
+            (read.leader.as_str(), epoch_of_latch(&read)),
+            ("b", 6),
+            "epoch above restored 5"
+        );
 
         // Election: enter, withdraw, anoint, promote, evict, term.
         for c in ["x", "y", "z"] {
             enter(&cluster, node, c, &election_name).await.unwrap();
         }
         let term = get_term(&cluster, node, &election_name).await.unwrap();
-        assert_eq!((term.leader.as_str(), term.candidates.clone(), epoch_of_term(&term)), ("x", vec!["x".to_string(), "y".into(), "z".into()], 1));
+        assert_eq!(
+            (
+                term.leader.as_str(),
+                term.candidates.clone(),
+                epoch_of_term(&term)
+            ),
+            ("x", vec!["x".to_string(), "y".into(), "z".into()], 1)
+        );
         let mut election = cluster.election(node);
         let term = election
             .anoint(el::AnointRequest {
                 header: election_header("admin", &election_name),
-                input: Some(el::AnointInput { candidate_id: "z".into() }),
+                input: Some(el::AnointInput {
+                    candidate_id: "z".into(),
+                }),
             })
             .await
             .unwrap()
@@ -92,7 +118,9 @@ async fn every_rpc_on_every_node() {
         let term = election
             .promote(el::PromoteRequest {
                 header: election_header("admin", &election_name),
-                input: Some(el::PromoteInput { candidate_id: "y".into() }),
+                input: Some(el::PromoteInput {
+                    candidate_id: "y".into(),
+                }),
             })
             .await
             .unwrap()
@@ -105,7 +133,9 @@ async fn every_rpc_on_every_node() {
         let term = election
             .evict(el::EvictRequest {
                 header: election_header("admin", &election_name),
-                input: Some(el::EvictInput { candidate_id: "x".into() }),
+                input: Some(el::EvictInput {
+                    candidate_id: "x".into(),
+                }),
             })
             .await
             .unwrap()
@@ -116,7 +146,10 @@ async fn every_rpc_on_every_node() {
             .unwrap();
         assert_eq!(term.candidates, ["z", "y"]);
         let term = election
-            .withdraw(el::WithdrawRequest { header: election_header("z", &election_name), input: None })
+            .withdraw(el::WithdrawRequest {
+                header: election_header("z", &election_name),
+                input: None,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -128,7 +161,9 @@ async fn every_rpc_on_every_node() {
 
         // Election snapshot and restore.
         let snapshot = election
-            .snapshot(el::SnapshotRequest { header: election_header("op", &election_name) })
+            .snapshot(el::SnapshotRequest {
+                header: election_header("op", &election_name),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -150,32 +185,47 @@ async fn every_rpc_on_every_node() {
             .await
             .unwrap();
         let term = get_term(&cluster, node, &election_name).await.unwrap();
-        assert_eq!((term.leader.as_str(), epoch_of_term(&term)), ("q", 4), "epoch above current 3");
+        assert_eq!(
+            (term.leader.as_str(), epoch_of_term(&term)),
+            ("q", 4),
+            "epoch above current 3"
+        );
 
         // Sessions: open with a timeout, keep alive, close (hands over).
         let session_client = format!("s-{node}");
         let mut sessions = cluster.sessions(node);
         let opened = sessions
-            .open_session(OpenSessionRequest { client_id: session_client.clone(), timeout_ms: 30_000 })
+            .open_session(OpenSessionRequest {
+                client_id: session_client.clone(),
+                timeout_ms: 30_000,
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(opened.timeout_ms, 30_000);
-        join(&cluster, node, &session_client, &latch_name).await.unwrap();
+        join(&cluster, node, &session_client, &latch_name)
+            .await
+            .unwrap();
         let kept = sessions
-            .keep_alive(KeepAliveRequest { client_id: session_client.clone() })
+            .keep_alive(KeepAliveRequest {
+                client_id: session_client.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(kept.timeout_ms, 30_000);
         sessions
-            .close_session(CloseSessionRequest { client_id: session_client.clone() })
+            .close_session(CloseSessionRequest {
+                client_id: session_client.clone(),
+            })
             .await
             .unwrap();
         let read = get_latch(&cluster, node, &latch_name).await.unwrap();
         assert!(!read.participants.contains(&session_client));
         let gone = sessions
-            .keep_alive(KeepAliveRequest { client_id: session_client.clone() })
+            .keep_alive(KeepAliveRequest {
+                client_id: session_client.clone(),
+            })
             .await
             .unwrap_err();
         assert_eq!(gone.code(), Code::NotFound);
@@ -185,7 +235,7 @@ async fn every_rpc_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_from_a_follower_see_the_initial_state_and_each_change_in_order() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers_of(leader)[0];
@@ -193,12 +243,18 @@ async fn events_from_a_follower_see_the_initial_state_and_each_change_in_order()
 
     let mut stream = cluster
         .latch(follower)
-        .events(la::EventsRequest { header: latch_header("watcher", "watched"), input: None })
+        .events(la::EventsRequest {
+            header: latch_header("watcher", "watched"),
+            input: None,
+        })
         .await
         .unwrap()
         .into_inner();
     let initial = next(&mut stream).await;
-    assert_eq!(initial.header.unwrap().response_type, ResponseType::ResponseStream as i32);
+    assert_eq!(
+        initial.header.unwrap().response_type,
+        ResponseType::ResponseStream as i32
+    );
     let output = initial.output.unwrap();
     assert_eq!(output.r#type, la::events_output::Type::None as i32);
     assert_eq!(output.latch.unwrap().participants, ["first"]);
@@ -209,22 +265,45 @@ async fn events_from_a_follower_see_the_initial_state_and_each_change_in_order()
         assert_eq!(event.r#type, la::events_output::Type::Change as i32);
         assert_eq!(event.latch.unwrap().participants.len(), i + 2);
     }
-    cluster.sessions(leader).close_session(CloseSessionRequest { client_id: "first".into() }).await.unwrap();
+    cluster
+        .sessions(leader)
+        .close_session(CloseSessionRequest {
+            client_id: "first".into(),
+        })
+        .await
+        .unwrap();
     let event = next(&mut stream).await.output.unwrap().latch.unwrap();
-    assert_eq!((event.leader.as_str(), epoch_of_latch(&event)), ("second", 2));
+    assert_eq!(
+        (event.leader.as_str(), epoch_of_latch(&event)),
+        ("second", 2)
+    );
 
     // Election events too, from the other follower.
     let other = cluster.followers_of(leader)[1];
     let mut terms = cluster
         .election(other)
-        .events(el::EventsRequest { header: election_header("watcher", "vote"), input: None })
+        .events(el::EventsRequest {
+            header: election_header("watcher", "vote"),
+            input: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), terms.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(first.output.unwrap().r#type, el::events_output::Type::None as i32);
+    let first = tokio::time::timeout(Duration::from_secs(10), terms.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.output.unwrap().r#type,
+        el::events_output::Type::None as i32
+    );
     enter(&cluster, leader, "cand", "vote").await.unwrap();
-    let change = tokio::time::timeout(Duration::from_secs(10), terms.next()).await.unwrap().unwrap().unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), terms.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let change = change.output.unwrap();
     assert_eq!(change.r#type, el::events_output::Type::Changed as i32);
     assert_eq!(change.term.unwrap().leader, "cand");
@@ -241,7 +320,10 @@ async fn next(stream: &mut tonic::Streaming<la::EventsResponse>) -> la::EventsRe
 fn header_with(client: &str, type_name: &str, name: &str) -> Option<RequestHeader> {
     Some(RequestHeader {
         client_id: client.into(),
-        primitive_id: Some(PrimitiveId { r#type: type_name.into(), name: name.into() }),
+        primitive_id: Some(PrimitiveId {
+            r#type: type_name.into(),
+            name: name.into(),
+        }),
         request_id: 0,
         request_type: 0,
     })
@@ -249,7 +331,7 @@ fn header_with(client: &str, type_name: &str, name: &str) -> Option<RequestHeade
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_the_right_status_and_changes_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let node = cluster.followers_of(leader)[0];
@@ -263,61 +345,123 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
     let bad_latch_headers = [
         (None, "missing header"),
         (header_with("", "LeaderLatch", "l"), "empty client id"),
-        (header_with(&long, "LeaderLatch", "l"), "oversized client id"),
+        (
+            header_with(&long, "LeaderLatch", "l"),
+            "oversized client id",
+        ),
         (header_with("a", "LeaderLatch", ""), "empty name"),
         (header_with("a", "LeaderLatch", &long), "oversized name"),
         (header_with("a", "Election", "l"), "wrong primitive type"),
         (header_with("a", "Map", "l"), "unknown primitive type"),
     ];
     for (header, what) in bad_latch_headers {
-        let status = latch.latch(la::LatchRequest { header, input: None }).await.unwrap_err();
+        let status = latch
+            .latch(la::LatchRequest {
+                header,
+                input: None,
+            })
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
     }
     let mut election = cluster.election(node);
     let status = election
-        .enter(el::EnterRequest { header: header_with("a", "LeaderLatch", "e"), input: None })
+        .enter(el::EnterRequest {
+            header: header_with("a", "LeaderLatch", "e"),
+            input: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = election
         .anoint(el::AnointRequest {
             header: election_header("admin", "e"),
-            input: Some(el::AnointInput { candidate_id: "nobody".into() }),
+            input: Some(el::AnointInput {
+                candidate_id: "nobody".into(),
+            }),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     let status = election
-        .anoint(el::AnointRequest { header: election_header("admin", "e"), input: None })
+        .anoint(el::AnointRequest {
+            header: election_header("admin", "e"),
+            input: None,
+        })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "anoint without a candidate id");
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "anoint without a candidate id"
+    );
 
     let malformed = [
         None,
         Some(la::Snapshot { latch: None }),
-        Some(la::Snapshot { latch: Some(la::Latch { meta: None, leader: "b".into(), participants: vec!["a".into(), "b".into()] }) }),
-        Some(la::Snapshot { latch: Some(la::Latch { meta: None, leader: "".into(), participants: vec!["a".into(), "a".into()] }) }),
+        Some(la::Snapshot {
+            latch: Some(la::Latch {
+                meta: None,
+                leader: "b".into(),
+                participants: vec!["a".into(), "b".into()],
+            }),
+        }),
+        Some(la::Snapshot {
+            latch: Some(la::Latch {
+                meta: None,
+                leader: "".into(),
+                participants: vec!["a".into(), "a".into()],
+            }),
+        }),
     ];
     for snapshot in malformed {
         let status = latch
-            .restore(la::RestoreRequest { header: latch_header("op", "l"), snapshot: snapshot.clone() })
+            .restore(la::RestoreRequest {
+                header: latch_header("op", "l"),
+                snapshot: snapshot.clone(),
+            })
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "malformed restore {snapshot:?}");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "malformed restore {snapshot:?}"
+        );
     }
     let status = cluster
         .sessions(node)
-        .open_session(OpenSessionRequest { client_id: "t".into(), timeout_ms: 10 })
+        .open_session(OpenSessionRequest {
+            client_id: "t".into(),
+            timeout_ms: 10,
+        })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "session timeout below 1 s");
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "session timeout below 1 s"
+    );
 
     // Nothing changed, on any node.
     for id in cluster.running() {
-        assert_eq!(get_latch(&cluster, id, "l").await.unwrap(), latch_before, "latch on node {id}");
-        assert_eq!(get_term(&cluster, id, "e").await.unwrap(), term_before, "election on node {id}");
-        assert_eq!(get_latch(&cluster, id, &long[..256]).await.unwrap().participants.len(), 0);
+        assert_eq!(
+            get_latch(&cluster, id, "l").await.unwrap(),
+            latch_before,
+            "latch on node {id}"
+        );
+        assert_eq!(
+            get_term(&cluster, id, "e").await.unwrap(),
+            term_before,
+            "election on node {id}"
+        );
+        assert_eq!(
+            get_latch(&cluster, id, &long[..256])
+                .await
+                .unwrap()
+                .participants
+                .len(),
+            0
+        );
     }
     cluster.wait_converged().await;
 }

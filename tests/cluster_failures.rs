@@ -14,11 +14,19 @@ use tokio_stream::StreamExt;
 const LONG_SESSION_MS: u64 = 300_000;
 
 /// Joins `count` writers (with long sessions) to `latch` and returns them.
-async fn acknowledged_joins(cluster: &Cluster, node: u64, latch: &str, prefix: &str, count: usize) -> Vec<String> {
+async fn acknowledged_joins(
+    cluster: &Cluster,
+    node: u64,
+    latch: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
     let mut joined = Vec::new();
     for i in 0..count {
         let client = format!("{prefix}{i}");
-        open_session(cluster, node, &client, LONG_SESSION_MS).await.unwrap();
+        open_session(cluster, node, &client, LONG_SESSION_MS)
+            .await
+            .unwrap();
         join(cluster, node, &client, latch).await.unwrap();
         joined.push(client);
     }
@@ -27,7 +35,7 @@ async fn acknowledged_joins(cluster: &Cluster, node: u64, latch: &str, prefix: &
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_the_leader_then_restart_it() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let followers = cluster.followers_of(leader);
@@ -35,11 +43,22 @@ async fn kill_the_leader_then_restart_it() {
 
     let mut stream = cluster
         .latch(followers[1])
-        .events(la::EventsRequest { header: latch_header("watcher", "durable"), input: None })
+        .events(la::EventsRequest {
+            header: latch_header("watcher", "durable"),
+            input: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    let initial = stream.next().await.unwrap().unwrap().output.unwrap().latch.unwrap();
+    let initial = stream
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .output
+        .unwrap()
+        .latch
+        .unwrap();
     assert_eq!(initial.participants, acknowledged);
 
     cluster.kill(leader);
@@ -47,9 +66,17 @@ async fn kill_the_leader_then_restart_it() {
     assert_ne!(new_leader, leader);
 
     // Writes succeed again, through either survivor.
-    open_session(&cluster, followers[0], "after", LONG_SESSION_MS).await.ok();
-    until_ok("a write after failover", || join(&cluster, followers[0], "after", "durable")).await;
-    let latch = until_ok("a read after failover", || get_latch(&cluster, followers[1], "durable")).await;
+    open_session(&cluster, followers[0], "after", LONG_SESSION_MS)
+        .await
+        .ok();
+    until_ok("a write after failover", || {
+        join(&cluster, followers[0], "after", "durable")
+    })
+    .await;
+    let latch = until_ok("a read after failover", || {
+        get_latch(&cluster, followers[1], "durable")
+    })
+    .await;
     let mut expected = acknowledged.clone();
     expected.push("after".into());
     assert_eq!(latch.participants, expected, "no acknowledged write lost");
@@ -57,7 +84,12 @@ async fn kill_the_leader_then_restart_it() {
     // The stream on a surviving node kept going and saw the new member.
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = stream.next().await {
-            let latch = event.expect("stream survives the leader's death").output.unwrap().latch.unwrap();
+            let latch = event
+                .expect("stream survives the leader's death")
+                .output
+                .unwrap()
+                .latch
+                .unwrap();
             if latch.participants.contains(&"after".to_string()) {
                 return latch;
             }
@@ -73,20 +105,30 @@ async fn kill_the_leader_then_restart_it() {
     let (index, _) = cluster.wait_converged().await;
     let status = cluster.status(leader).await.unwrap();
     assert_eq!(status.applied_index, index);
-    assert_eq!(get_latch(&cluster, leader, "durable").await.unwrap().participants, expected);
+    assert_eq!(
+        get_latch(&cluster, leader, "durable")
+            .await
+            .unwrap()
+            .participants,
+        expected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_node_rejoins_from_a_snapshot() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(&["--snapshot-every", "10"]).await;
     let leader = cluster.wait_for_leader().await;
     let acknowledged = acknowledged_joins(&cluster, leader, "snap", "s", 15).await;
     let victim = cluster.followers_of(leader)[0];
-    let purged = eventually(Duration::from_secs(10), "the leader purges its log", || async {
-        let status = cluster.status(leader).await?;
-        (status.purged_index > 0).then_some(status.purged_index)
-    })
+    let purged = eventually(
+        Duration::from_secs(10),
+        "the leader purges its log",
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.purged_index > 0).then_some(status.purged_index)
+        },
+    )
     .await;
 
     cluster.kill(victim);
@@ -105,12 +147,14 @@ async fn a_wiped_node_rejoins_from_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_all_three_and_restart_them() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let acknowledged = acknowledged_joins(&cluster, leader, "all", "k", 8).await;
     for c in ["e1", "e2"] {
-        open_session(&cluster, leader, c, LONG_SESSION_MS).await.unwrap();
+        open_session(&cluster, leader, c, LONG_SESSION_MS)
+            .await
+            .unwrap();
         enter(&cluster, leader, c, "vote").await.unwrap();
     }
     for id in 1..=3 {
@@ -120,7 +164,10 @@ async fn kill_all_three_and_restart_them() {
         cluster.restart(id);
     }
     let leader = cluster.wait_for_leader().await;
-    let latch = until_ok("a read after a full restart", || get_latch(&cluster, leader, "all")).await;
+    let latch = until_ok("a read after a full restart", || {
+        get_latch(&cluster, leader, "all")
+    })
+    .await;
     assert_eq!(latch.participants, acknowledged);
     assert_eq!(epoch_of_latch(&latch), 1);
     let term = get_term(&cluster, leader, "vote").await.unwrap();
@@ -130,39 +177,61 @@ async fn kill_all_three_and_restart_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let node = cluster.followers_of(leader)[0];
 
     open_session(&cluster, node, "short", 1_000).await.unwrap();
-    open_session(&cluster, node, "next", LONG_SESSION_MS).await.unwrap();
+    open_session(&cluster, node, "next", LONG_SESSION_MS)
+        .await
+        .unwrap();
     join(&cluster, node, "short", "lease").await.unwrap();
     let latch = join(&cluster, node, "next", "lease").await.unwrap();
-    assert_eq!((latch.leader.as_str(), epoch_of_latch(&latch)), ("short", 1));
+    assert_eq!(
+        (latch.leader.as_str(), epoch_of_latch(&latch)),
+        ("short", 1)
+    );
 
     // Kept alive by explicit keep-alives for three timeouts: keeps its place.
     let mut sessions = cluster.sessions(node);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
-        sessions.keep_alive(KeepAliveRequest { client_id: "short".into() }).await.unwrap();
+        sessions
+            .keep_alive(KeepAliveRequest {
+                client_id: "short".into(),
+            })
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(get_latch(&cluster, node, "lease").await.unwrap().leader, "short");
+    assert_eq!(
+        get_latch(&cluster, node, "lease").await.unwrap().leader,
+        "short"
+    );
 
     // Then it stops: the next in line leads, with the epoch raised by one.
     let stopped = Instant::now();
-    let latch = eventually(Duration::from_secs(10), "the lapsed leader is replaced", || async {
-        let latch = get_latch(&cluster, node, "lease").await.ok()?;
-        (latch.leader == "next").then_some(latch)
-    })
+    let latch = eventually(
+        Duration::from_secs(10),
+        "the lapsed leader is replaced",
+        || async {
+            let latch = get_latch(&cluster, node, "lease").await.ok()?;
+            (latch.leader == "next").then_some(latch)
+        },
+    )
     .await;
-    assert!(stopped.elapsed() >= Duration::from_millis(500), "expired before its timeout");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(500),
+        "expired before its timeout"
+    );
     assert_eq!(latch.participants, ["next"]);
     assert_eq!(epoch_of_latch(&latch), 2);
 
     // A client whose only sign of life is an open Events stream stays.
-    open_session(&cluster, node, "streamer", 1_000).await.unwrap();
+    open_session(&cluster, node, "streamer", 1_000)
+        .await
+        .unwrap();
     enter(&cluster, node, "streamer", "watched").await.unwrap();
     let mut stream = cluster
         .election(node)
@@ -176,18 +245,92 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     stream.next().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let term = get_term(&cluster, node, "watched").await.unwrap();
-    assert_eq!(term.leader, "streamer", "the open stream kept the session alive");
+    assert_eq!(
+        term.leader, "streamer",
+        "the open stream kept the session alive"
+    );
     drop(stream);
 
     // Closing hands over at once: the very next read sees the successor.
-    open_session(&cluster, node, "closer", LONG_SESSION_MS).await.unwrap();
+    open_session(&cluster, node, "closer", LONG_SESSION_MS)
+        .await
+        .unwrap();
     join(&cluster, node, "closer", "handover").await.unwrap();
     join(&cluster, node, "next", "handover").await.unwrap();
     cluster
         .sessions(leader)
-        .close_session(CloseSessionRequest { client_id: "closer".into() })
+        .close_session(CloseSessionRequest {
+            client_id: "closer".into(),
+        })
         .await
         .unwrap();
     let latch = get_latch(&cluster, node, "handover").await.unwrap();
     assert_eq!((latch.leader.as_str(), epoch_of_latch(&latch)), ("next", 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_quorum_requests_fail_unavailable_within_the_deadline() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let survivor = cluster.followers_of(leader)[0];
+    join(&cluster, survivor, "a", "q").await.unwrap();
+    for id in cluster.followers_of(survivor) {
+        cluster.kill(id);
+    }
+    let mut write = tonic::Request::new(la::LatchRequest {
+        header: latch_header("b", "q"),
+        input: None,
+    });
+    write.set_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let status = cluster.latch(survivor).latch(write).await.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the call hung past its deadline"
+    );
+    let mut read = tonic::Request::new(la::GetRequest {
+        header: latch_header("b", "q"),
+        input: None,
+    });
+    read.set_timeout(Duration::from_secs(2));
+    let status = cluster.latch(survivor).get(read).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unavailable,
+        "a lone node serves no linearizable read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_end_with_unavailable_when_their_node_shuts_down() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+    let mut stream = cluster
+        .latch(node)
+        .events(la::EventsRequest {
+            header: latch_header("w", "s"),
+            input: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    cluster.stop(node);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream ends promptly");
+    match end {
+        Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
 }

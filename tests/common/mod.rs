@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton::client::header;
@@ -22,14 +21,18 @@ use tonic::Status;
 
 /// Clusters in one test binary run one at a time: two cores cannot host
 /// several clusters' elections side by side without spurious timeouts.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Node {
@@ -113,6 +116,18 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM: a graceful shutdown; waits for the process to exit.
+    pub fn stop(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            // SAFETY: kill(2) on a child we spawned, with a valid signal.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            child.wait().unwrap();
+        }
+    }
+
     pub fn restart(&mut self, id: u64) {
         self.spawn(id);
     }
@@ -128,7 +143,11 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<u64> {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
     }
 
     pub fn channel(&self, id: u64) -> Channel {
@@ -198,7 +217,10 @@ impl Cluster {
     }
 
     pub fn followers_of(&self, leader: u64) -> Vec<u64> {
-        self.running().into_iter().filter(|id| *id != leader).collect()
+        self.running()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect()
     }
 }
 
@@ -224,46 +246,112 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-pub fn latch_header(client: &str, name: &str) -> Option<baton::proto::atomix::primitive::RequestHeader> {
+pub fn latch_header(
+    client: &str,
+    name: &str,
+) -> Option<baton::proto::atomix::primitive::RequestHeader> {
     header(client, "LeaderLatch", name, 0)
 }
 
-pub fn election_header(client: &str, name: &str) -> Option<baton::proto::atomix::primitive::RequestHeader> {
+pub fn election_header(
+    client: &str,
+    name: &str,
+) -> Option<baton::proto::atomix::primitive::RequestHeader> {
     header(client, "Election", name, 0)
 }
 
 pub async fn join(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Latch, Status> {
-    let request = la::LatchRequest { header: latch_header(client, name), input: Some(la::LatchInput {}) };
-    Ok(c.latch(node).latch(request).await?.into_inner().output.unwrap().latch.unwrap())
+    let request = la::LatchRequest {
+        header: latch_header(client, name),
+        input: Some(la::LatchInput {}),
+    };
+    Ok(c.latch(node)
+        .latch(request)
+        .await?
+        .into_inner()
+        .output
+        .unwrap()
+        .latch
+        .unwrap())
 }
 
 pub async fn get_latch(c: &Cluster, node: u64, name: &str) -> Result<Latch, Status> {
-    let request = la::GetRequest { header: latch_header("reader", name), input: Some(la::GetInput {}) };
-    Ok(c.latch(node).get(request).await?.into_inner().output.unwrap().latch.unwrap())
+    let request = la::GetRequest {
+        header: latch_header("reader", name),
+        input: Some(la::GetInput {}),
+    };
+    Ok(c.latch(node)
+        .get(request)
+        .await?
+        .into_inner()
+        .output
+        .unwrap()
+        .latch
+        .unwrap())
 }
 
 pub async fn enter(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Term, Status> {
-    let request = el::EnterRequest { header: election_header(client, name), input: Some(el::EnterInput {}) };
-    Ok(c.election(node).enter(request).await?.into_inner().output.unwrap().term.unwrap())
+    let request = el::EnterRequest {
+        header: election_header(client, name),
+        input: Some(el::EnterInput {}),
+    };
+    Ok(c.election(node)
+        .enter(request)
+        .await?
+        .into_inner()
+        .output
+        .unwrap()
+        .term
+        .unwrap())
 }
 
 pub async fn get_term(c: &Cluster, node: u64, name: &str) -> Result<Term, Status> {
-    let request = el::GetTermRequest { header: election_header("reader", name), input: Some(el::GetTermInput {}) };
-    Ok(c.election(node).get_term(request).await?.into_inner().output.unwrap().term.unwrap())
+    let request = el::GetTermRequest {
+        header: election_header("reader", name),
+        input: Some(el::GetTermInput {}),
+    };
+    Ok(c.election(node)
+        .get_term(request)
+        .await?
+        .into_inner()
+        .output
+        .unwrap()
+        .term
+        .unwrap())
 }
 
-pub async fn open_session(c: &Cluster, node: u64, client: &str, timeout_ms: u64) -> Result<u64, Status> {
-    let request = OpenSessionRequest { client_id: client.into(), timeout_ms };
-    Ok(c.sessions(node).open_session(request).await?.into_inner().timeout_ms)
+pub async fn open_session(
+    c: &Cluster,
+    node: u64,
+    client: &str,
+    timeout_ms: u64,
+) -> Result<u64, Status> {
+    let request = OpenSessionRequest {
+        client_id: client.into(),
+        timeout_ms,
+    };
+    Ok(c.sessions(node)
+        .open_session(request)
+        .await?
+        .into_inner()
+        .timeout_ms)
 }
 
 pub fn epoch_of_latch(latch: &Latch) -> u64 {
-    latch.meta.as_ref().and_then(|m| m.revision.as_ref()).map(|r| r.num).unwrap_or(0)
+    latch
+        .meta
+        .as_ref()
+        .and_then(|m| m.revision.as_ref())
+        .map(|r| r.num)
+        .unwrap_or(0)
 }
 
 pub fn epoch_of_term(term: &Term) -> u64 {

@@ -10,6 +10,8 @@
 //! broadcast of [`AppliedChanges`].
 
 #![warn(missing_docs)]
+// openraft's trait signatures fix the (large) StorageError type.
+#![allow(clippy::result_large_err)]
 
 mod log_store;
 mod state_store;
