@@ -305,7 +305,7 @@ fn init_logging(format: &str) {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn termination() {
+pub(crate) async fn termination() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {

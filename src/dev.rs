@@ -18,7 +18,16 @@ fn spawn_node(exe: &Path, data_dir: &Path, base_port: u16, id: u16) -> std::io::
     let peers: Vec<String> = (1..=3)
         .map(|n| format!("{n}={}", local_addrs(base_port, n).1))
         .collect();
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    // SAFETY: prctl(2) is async-signal-safe; the child dies with this process
+    // even if it is killed without a chance to stop its nodes.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command
         .arg("serve")
         .args(["--id", &id.to_string()])
         .args(["--listen", &listen])
@@ -58,7 +67,7 @@ pub async fn run(data_dir: PathBuf, base_port: u16) -> Result<(), Box<dyn std::e
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        _ = crate::cli::termination() => println!("stopping"),
         status = first_exit => println!("a node exited ({status:?}); stopping the others"),
     }
     for child in &mut children {

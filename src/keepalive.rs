@@ -71,6 +71,16 @@ impl SessionKeeper {
     fn due(&self, replicator: &Replicator, now_ms: u64) -> Vec<String> {
         let mut clients = self.lock();
         let touched = std::mem::take(&mut clients.touched);
+        // Forget readers not heard from for longer than any session lives.
+        let Clients {
+            streams,
+            renewed_at_ms,
+            ..
+        } = &mut *clients;
+        renewed_at_ms.retain(|id, at| {
+            streams.contains_key(id)
+                || now_ms.saturating_sub(*at) <= baton_state::MAX_SESSION_TIMEOUT_MS
+        });
         let wanted: HashSet<String> = clients.streams.keys().cloned().chain(touched).collect();
         replicator.state().read(|machine, _| {
             wanted
