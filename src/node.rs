@@ -143,7 +143,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    // Raft RPCs time out by design (heartbeats wait at most one interval),
+    // and every timeout resets an HTTP/2 stream; h2's rapid-reset guard
+    // would otherwise close the peer connection under a partition.
     let peer_server = Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
             RaftServiceServer::new(PeerService::new(replicator.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

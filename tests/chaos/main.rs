@@ -1,0 +1,1075 @@
+//! Chaos suite: a concurrent workload against three real `baton serve`
+//! processes in their own network namespaces while a seeded schedule kills,
+//! pauses, wipes and partitions them; then the recorded history is checked
+//! for linearizability, double leadership, lost writes, convergence and
+//! liveness. `CHAOS_SEED` replays a schedule; `CHAOS_SECS` runs longer.
+//! Needs root (network namespaces); fails loudly otherwise.
+
+// tonic::Status is the error type of every stream here.
+#![allow(clippy::result_large_err)]
+
+mod history;
+mod net;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton::client::{header, with_deadline, Client};
+use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
+use baton::proto::atomix::primitive::election::{self as el};
+use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
+use baton::proto::atomix::primitive::leader::{self as la};
+use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
+use baton::proto::baton::v1::session_service_client::SessionServiceClient;
+use baton::proto::baton::v1::{
+    CloseSessionRequest, OpenSessionRequest, StatusRequest, StatusResponse,
+};
+use history::{check_linearizable, Op, Record, Ret, ThreadId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+
+const CLIENTS: usize = 16;
+const LATCHES: usize = 4;
+const ELECTIONS: usize = 4;
+const SESSION_MS: u64 = 300_000;
+const NODES: [u64; 3] = [1, 2, 3];
+
+fn primitive_name(p: usize) -> String {
+    if p < LATCHES {
+        format!("latch-{p}")
+    } else {
+        format!("election-{}", p - LATCHES)
+    }
+}
+
+fn is_latch(p: usize) -> bool {
+    p < LATCHES
+}
+
+/// A `(primitive, epoch, leader, who)` sighting, from a response or an event.
+type Sighting = (usize, u64, String, String);
+
+#[derive(Default)]
+struct Journal {
+    records: Vec<(Option<usize>, Record)>,
+    sightings: Vec<Sighting>,
+    violations: Vec<String>,
+    ok: usize,
+    failed: usize,
+    unknown: usize,
+    write_successes: Vec<Instant>,
+    /// The latest state each watcher has seen, by primitive.
+    watched: HashMap<usize, Ret>,
+}
+
+type SharedJournal = Arc<Mutex<Journal>>;
+
+fn journal(j: &SharedJournal) -> std::sync::MutexGuard<'_, Journal> {
+    j.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------- cluster
+
+struct ChaosCluster {
+    topology: net::Topology,
+    dir: tempfile::TempDir,
+    children: BTreeMap<u64, Child>,
+    paused: BTreeSet<u64>,
+}
+
+impl ChaosCluster {
+    fn client_addr(id: u64) -> String {
+        format!("{}:7001", net::node_addr(id))
+    }
+
+    fn endpoints() -> Vec<String> {
+        NODES.iter().map(|id| Self::client_addr(*id)).collect()
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers: Vec<String> = NODES
+            .iter()
+            .map(|n| format!("{n}={}:7101", net::node_addr(*n)))
+            .collect();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.topology.netns(id)])
+            .arg(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &Self::client_addr(id)])
+            .args(["--peer-listen", &format!("{}:7101", net::node_addr(id))])
+            .args(["--peers", &peers.join(",")])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--snapshot-every", "300"])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn baton serve in its namespace");
+        self.children.insert(id, child);
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        if let Some(child) = self.children.get(&id) {
+            // SAFETY: kill(2) on a process we spawned (`ip netns exec` execs baton).
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    fn kill(&mut self, id: u64) {
+        self.resume(id);
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn pause(&mut self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+        self.paused.insert(id);
+    }
+
+    fn resume(&mut self, id: u64) {
+        if self.paused.remove(&id) {
+            self.signal(id, libc::SIGCONT);
+        }
+    }
+
+    async fn status(&self, id: u64) -> Option<StatusResponse> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", Self::client_addr(id)))
+                .ok()?
+                .connect_timeout(Duration::from_millis(300))
+                .connect_lazy();
+        let mut admin = AdminServiceClient::new(channel);
+        let call = admin.status(StatusRequest {});
+        tokio::time::timeout(Duration::from_millis(700), call)
+            .await
+            .ok()?
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    async fn leader(&self) -> Option<u64> {
+        for id in NODES {
+            if let Some(s) = self.status(id).await {
+                if s.role == "leader" {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for one leader all three agree on and equal state digests.
+    async fn converged(&self, limit: Duration) -> Result<(u64, String), String> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for id in NODES {
+                match self.status(id).await {
+                    Some(s) => seen.push(s),
+                    None => last = format!("node {id} does not answer"),
+                }
+            }
+            if seen.len() == NODES.len() {
+                let first = &seen[0];
+                let agree = seen.iter().all(|s| {
+                    s.has_leader
+                        && s.leader_id == first.leader_id
+                        && s.applied_index == first.applied_index
+                        && s.state_digest == first.state_digest
+                });
+                if agree {
+                    return Ok((first.applied_index, first.state_digest.clone()));
+                }
+                last = format!(
+                    "{:?}",
+                    seen.iter()
+                        .map(|s| (
+                            s.node_id,
+                            s.leader_id,
+                            s.applied_index,
+                            s.state_digest.clone()
+                        ))
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("no convergence within {limit:?}: {last}"))
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        for id in NODES {
+            self.kill(id);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- workload
+
+fn ret_state(members: Vec<String>, epoch: u64) -> Ret {
+    Ret::State { members, epoch }
+}
+
+fn latch_ret(latch: Option<la::Latch>) -> Ret {
+    let latch = latch.unwrap_or_default();
+    let epoch = latch
+        .meta
+        .and_then(|m| m.revision)
+        .map(|r| r.num)
+        .unwrap_or(0);
+    ret_state(latch.participants, epoch)
+}
+
+fn term_ret(term: Option<el::Term>) -> Ret {
+    let term = term.unwrap_or_default();
+    ret_state(term.candidates, term.id.map(|e| e.num).unwrap_or(0))
+}
+
+/// Sends one operation; Ok(Some(ret)) ok, Ok(None) a definite failure,
+/// Err(status) an unknown outcome.
+async fn perform(
+    client: &Client,
+    who: &str,
+    p: usize,
+    op: &Op,
+    request_id: u64,
+) -> Result<Ret, Status> {
+    let name = primitive_name(p);
+    if is_latch(p) {
+        let h = header(who, "LeaderLatch", &name, request_id);
+        match op {
+            Op::Join(_) => client
+                .call(|ch, t| {
+                    let request = with_deadline(
+                        la::LatchRequest {
+                            header: h.clone(),
+                            input: None,
+                        },
+                        t,
+                    );
+                    async move { LeaderLatchServiceClient::new(ch).latch(request).await }
+                })
+                .await
+                .map(|r| latch_ret(r.output.and_then(|o| o.latch))),
+            Op::Read => client
+                .call(|ch, t| {
+                    let request = with_deadline(
+                        la::GetRequest {
+                            header: h.clone(),
+                            input: None,
+                        },
+                        t,
+                    );
+                    async move { LeaderLatchServiceClient::new(ch).get(request).await }
+                })
+                .await
+                .map(|r| latch_ret(r.output.and_then(|o| o.latch))),
+            other => unreachable!("no {other:?} on a latch"),
+        }
+    } else {
+        let h = header(who, "Election", &name, request_id);
+        macro_rules! call {
+            ($method:ident, $request:expr) => {
+                client
+                    .call(|ch, t| {
+                        let request = with_deadline($request, t);
+                        async move { LeaderElectionServiceClient::new(ch).$method(request).await }
+                    })
+                    .await
+                    .map(|r| term_ret(r.output.and_then(|o| o.term)))
+            };
+        }
+        let result = match op {
+            Op::Join(_) => call!(
+                enter,
+                el::EnterRequest {
+                    header: h.clone(),
+                    input: None
+                }
+            ),
+            Op::Withdraw(_) => call!(
+                withdraw,
+                el::WithdrawRequest {
+                    header: h.clone(),
+                    input: None
+                }
+            ),
+            Op::Anoint(c) => call!(
+                anoint,
+                el::AnointRequest {
+                    header: h.clone(),
+                    input: Some(el::AnointInput {
+                        candidate_id: c.clone()
+                    })
+                }
+            ),
+            Op::Promote(c) => call!(
+                promote,
+                el::PromoteRequest {
+                    header: h.clone(),
+                    input: Some(el::PromoteInput {
+                        candidate_id: c.clone()
+                    })
+                }
+            ),
+            Op::Evict(c) => call!(
+                evict,
+                el::EvictRequest {
+                    header: h.clone(),
+                    input: Some(el::EvictInput {
+                        candidate_id: c.clone()
+                    })
+                }
+            ),
+            Op::Read => call!(
+                get_term,
+                el::GetTermRequest {
+                    header: h.clone(),
+                    input: None
+                }
+            ),
+            Op::Close(_) => unreachable!("close is not per primitive"),
+        };
+        match result {
+            Err(status) if status.code() == Code::FailedPrecondition => Ok(Ret::NotCandidate),
+            other => other,
+        }
+    }
+}
+
+async fn open_long_session(client: &Client, who: &str, stop: &AtomicBool) -> bool {
+    while !stop.load(Ordering::Relaxed) {
+        let opened = client
+            .call(|ch, t| {
+                let request = with_deadline(
+                    OpenSessionRequest {
+                        client_id: who.to_owned(),
+                        timeout_ms: SESSION_MS,
+                    },
+                    t,
+                );
+                async move { SessionServiceClient::new(ch).open_session(request).await }
+            })
+            .await;
+        if opened.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<AtomicBool>) {
+    let who = format!("c{index}");
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let client = Client::new(&ChaosCluster::endpoints(), Duration::from_secs(3)).expect("client");
+    let mut generation = 0u32;
+    let mut last_epoch: HashMap<usize, u64> = HashMap::new();
+    if !open_long_session(&client, &who, &stop).await {
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(40..160))).await;
+        let thread: ThreadId = (index, generation);
+        if rng.gen_ratio(1, 40) {
+            let invoked = Instant::now();
+            let closed = client
+                .call(|ch, t| {
+                    let request = with_deadline(
+                        CloseSessionRequest {
+                            client_id: who.clone(),
+                        },
+                        t,
+                    );
+                    async move { SessionServiceClient::new(ch).close_session(request).await }
+                })
+                .await;
+            let completed = closed.is_ok().then(|| (Instant::now(), Ret::Closed));
+            {
+                let mut j = journal(&journal_);
+                if completed.is_some() {
+                    j.ok += 1;
+                    j.write_successes.push(Instant::now());
+                } else {
+                    j.unknown += 1;
+                    generation += 1;
+                }
+                j.records.push((
+                    None,
+                    Record {
+                        thread,
+                        op: Op::Close(who.clone()),
+                        invoked,
+                        completed,
+                    },
+                ));
+            }
+            if !open_long_session(&client, &who, &stop).await {
+                return;
+            }
+            continue;
+        }
+        let p = rng.gen_range(0..LATCHES + ELECTIONS);
+        let target = format!("c{}", rng.gen_range(0..CLIENTS));
+        let op = if is_latch(p) {
+            if rng.gen_bool(0.4) {
+                Op::Join(who.clone())
+            } else {
+                Op::Read
+            }
+        } else {
+            match rng.gen_range(0..100) {
+                0..=29 => Op::Join(who.clone()),
+                30..=44 => Op::Withdraw(who.clone()),
+                45..=54 => Op::Anoint(target),
+                55..=64 => Op::Promote(target),
+                65..=69 => Op::Evict(target),
+                _ => Op::Read,
+            }
+        };
+        let invoked = Instant::now();
+        let outcome = perform(&client, &who, p, &op, rng.gen::<u64>() | 1).await;
+        let done = Instant::now();
+        let mut j = journal(&journal_);
+        match outcome {
+            Ok(ret) => {
+                j.ok += 1;
+                if op != Op::Read {
+                    j.write_successes.push(done);
+                }
+                if let Ret::State { members, epoch } = &ret {
+                    let previous = last_epoch.insert(p, *epoch).unwrap_or(0);
+                    if *epoch < previous {
+                        j.violations.push(format!(
+                            "{who} saw {} go back from epoch {previous} to {epoch}",
+                            primitive_name(p)
+                        ));
+                    }
+                    if let Some(leader) = members.first() {
+                        j.sightings.push((p, *epoch, leader.clone(), who.clone()));
+                    }
+                }
+                j.records.push((
+                    Some(p),
+                    Record {
+                        thread,
+                        op,
+                        invoked,
+                        completed: Some((done, ret)),
+                    },
+                ));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::ResourceExhausted | Code::NotFound
+                ) =>
+            {
+                j.failed += 1;
+                j.violations
+                    .push(format!("{who}: unexpected rejection of {op:?}: {status:?}"));
+            }
+            Err(_) if op == Op::Read => j.unknown += 1,
+            Err(_) => {
+                j.unknown += 1;
+                generation += 1;
+                j.records.push((
+                    Some(p),
+                    Record {
+                        thread,
+                        op,
+                        invoked,
+                        completed: None,
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// Follows one Events stream until it breaks, stays silent too long, or the
+/// run stops; feeds every state to `on_state`.
+async fn follow<S, F>(mut stream: S, stop: &AtomicBool, mut on_state: F)
+where
+    S: tokio_stream::Stream<Item = Result<Ret, Status>> + Unpin,
+    F: FnMut(Ret),
+{
+    let mut silent = Duration::ZERO;
+    let tick = Duration::from_millis(250);
+    loop {
+        match tokio::time::timeout(tick, stream.next()).await {
+            Ok(Some(Ok(state))) => {
+                silent = Duration::ZERO;
+                on_state(state);
+            }
+            Ok(_) => return,
+            Err(_) => {
+                silent += tick;
+                // A stream silent this long may sit behind a cut link.
+                if stop.load(Ordering::Relaxed) || silent > Duration::from_secs(8) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Watches one primitive, reconnecting to the next node when its stream
+/// breaks; returns the last state it saw.
+async fn run_watcher(p: usize, journal_: SharedJournal, stop: Arc<AtomicBool>) {
+    let who = format!("watcher-{p}");
+    let name = primitive_name(p);
+    let endpoints = ChaosCluster::endpoints();
+    let mut node = p % endpoints.len();
+    while !stop.load(Ordering::Relaxed) {
+        node = (node + 1) % endpoints.len();
+        let Ok(client) = Client::new(&endpoints[node..node + 1], Duration::from_secs(2)) else {
+            continue;
+        };
+        let h = header(
+            &who,
+            if is_latch(p) {
+                "LeaderLatch"
+            } else {
+                "Election"
+            },
+            &name,
+            0,
+        );
+        let mut stream_epoch = 0u64;
+        let on_state = |ret: Ret| {
+            if let Ret::State { members, epoch } = &ret {
+                let mut j = journal(&journal_);
+                if *epoch < stream_epoch {
+                    j.violations.push(format!(
+                        "{who}: one stream went back from epoch {stream_epoch} to {epoch}"
+                    ));
+                }
+                stream_epoch = *epoch;
+                if let Some(leader) = members.first() {
+                    j.sightings.push((p, *epoch, leader.clone(), who.clone()));
+                }
+                // Resume semantics: a lagging node's older state is not news.
+                let older = matches!(j.watched.get(&p), Some(Ret::State { epoch: seen, .. }) if epoch < seen);
+                if !older {
+                    j.watched.insert(p, ret.clone());
+                }
+            }
+        };
+        if is_latch(p) {
+            let stream = client
+                .call(|ch, _| {
+                    let request = la::EventsRequest {
+                        header: h.clone(),
+                        input: None,
+                    };
+                    async move { LeaderLatchServiceClient::new(ch).events(request).await }
+                })
+                .await;
+            let Ok(stream) = stream else { continue };
+            let states = stream.map(|e| e.map(|e| latch_ret(e.output.and_then(|o| o.latch))));
+            follow(states, &stop, on_state).await;
+        } else {
+            let stream = client
+                .call(|ch, _| {
+                    let request = el::EventsRequest {
+                        header: h.clone(),
+                        input: None,
+                    };
+                    async move { LeaderElectionServiceClient::new(ch).events(request).await }
+                })
+                .await;
+            let Ok(stream) = stream else { continue };
+            let states = stream.map(|e| e.map(|e| term_ret(e.output.and_then(|o| o.term))));
+            follow(states, &stop, on_state).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- faults
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    WipeFollower,
+    KillAll,
+    IsolateLeader,
+    IsolateFollower,
+    SplitClients,
+}
+
+const ALL_FAULTS: [Fault; 8] = [
+    Fault::KillLeader,
+    Fault::KillFollower,
+    Fault::PauseLeader,
+    Fault::WipeFollower,
+    Fault::KillAll,
+    Fault::IsolateLeader,
+    Fault::IsolateFollower,
+    Fault::SplitClients,
+];
+
+async fn inject(
+    cluster: &mut ChaosCluster,
+    fault: Fault,
+    rng: &mut StdRng,
+) -> Result<String, String> {
+    let leader = match cluster.leader().await {
+        Some(leader) => leader,
+        None => return Err("no leader before the fault".into()),
+    };
+    let followers: Vec<u64> = NODES.iter().copied().filter(|n| *n != leader).collect();
+    let follower = followers[rng.gen_range(0..followers.len())];
+    let hold = Duration::from_millis(rng.gen_range(2_000..4_000));
+    let what = match fault {
+        Fault::KillLeader | Fault::KillFollower => {
+            let victim = if fault == Fault::KillLeader {
+                leader
+            } else {
+                follower
+            };
+            cluster.kill(victim);
+            tokio::time::sleep(hold).await;
+            cluster.spawn(victim);
+            format!("SIGKILL node {victim}, restart after {hold:?}")
+        }
+        Fault::PauseLeader => {
+            cluster.pause(leader);
+            tokio::time::sleep(hold).await;
+            cluster.resume(leader);
+            format!("SIGSTOP leader {leader} for {hold:?}, SIGCONT")
+        }
+        Fault::WipeFollower => {
+            cluster.kill(follower);
+            std::fs::remove_dir_all(cluster.data_dir(follower)).map_err(|e| e.to_string())?;
+            cluster.spawn(follower);
+            format!("wipe follower {follower} and restart")
+        }
+        Fault::KillAll => {
+            for id in NODES {
+                cluster.kill(id);
+            }
+            tokio::time::sleep(hold / 2).await;
+            for id in NODES {
+                cluster.spawn(id);
+            }
+            "SIGKILL all three, restart".to_string()
+        }
+        Fault::IsolateLeader | Fault::IsolateFollower => {
+            let victim = if fault == Fault::IsolateLeader {
+                leader
+            } else {
+                follower
+            };
+            for other in NODES.iter().filter(|n| **n != victim) {
+                cluster.topology.cut_pair(victim, *other);
+            }
+            tokio::time::sleep(hold).await;
+            cluster.topology.heal_all();
+            format!("isolate node {victim} from its peers for {hold:?}")
+        }
+        Fault::SplitClients => {
+            let cut: Vec<u64> = NODES
+                .iter()
+                .copied()
+                .filter(|_| rng.gen_bool(0.5))
+                .take(2)
+                .collect();
+            let cut = if cut.is_empty() { vec![leader] } else { cut };
+            for id in &cut {
+                cluster.topology.cut_client(*id);
+            }
+            tokio::time::sleep(hold).await;
+            cluster.topology.heal_all();
+            format!("cut clients from nodes {cut:?} for {hold:?}")
+        }
+    };
+    Ok(what)
+}
+
+// ---------------------------------------------------------------- the run
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn chaos() {
+    let seed = env_u64("CHAOS_SEED").unwrap_or_else(rand::random);
+    let soak = env_u64("CHAOS_SECS").map(Duration::from_secs);
+    println!("CHAOS_SEED={seed} (set it to replay this schedule)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let violations = runtime.block_on(run(seed, soak));
+    assert!(
+        violations.is_empty(),
+        "CHAOS_SEED={seed}: {} violation(s):\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+}
+
+async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
+    let topology = net::Topology::create(&NODES);
+    let mut cluster = ChaosCluster {
+        topology,
+        dir: tempfile::tempdir().expect("tempdir"),
+        children: BTreeMap::new(),
+        paused: BTreeSet::new(),
+    };
+    for id in NODES {
+        cluster.spawn(id);
+    }
+    cluster
+        .converged(Duration::from_secs(30))
+        .await
+        .expect("the cluster forms");
+
+    let journal_: SharedJournal = Arc::default();
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let stop_watchers = Arc::new(AtomicBool::new(false));
+    let watchers: Vec<_> = (0..LATCHES + ELECTIONS)
+        .map(|p| tokio::spawn(run_watcher(p, journal_.clone(), stop_watchers.clone())))
+        .collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(run_client(i, seed, journal_.clone(), stop_clients.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The schedule: every kind of fault once, in a seeded order; a soak
+    // repeats shuffled rounds until CHAOS_SECS have passed.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
+    let mut violations = Vec::new();
+    loop {
+        let mut round = ALL_FAULTS.to_vec();
+        for i in (1..round.len()).rev() {
+            round.swap(i, rng.gen_range(0..=i));
+        }
+        for fault in round {
+            match inject(&mut cluster, fault, &mut rng).await {
+                Ok(what) => println!("[{:>6.1}s] fault: {what}", started.elapsed().as_secs_f64()),
+                Err(e) => violations.push(format!("could not inject {fault:?}: {e}")),
+            }
+            *injected.entry(fault).or_default() += 1;
+            if let Err(e) = cluster.converged(Duration::from_secs(30)).await {
+                violations.push(format!("no recovery after {fault:?}: {e}"));
+                cluster.topology.heal_all();
+                for id in NODES {
+                    cluster.resume(id);
+                    if !cluster.children.contains_key(&id) {
+                        cluster.spawn(id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1_500))).await;
+        }
+        if soak.is_none_or(|soak| started.elapsed() >= soak) {
+            break;
+        }
+    }
+
+    // Liveness: after healing, a write succeeds within 5 s.
+    let liveness_client =
+        Client::new(&ChaosCluster::endpoints(), Duration::from_secs(5)).expect("client");
+    let healed = Instant::now();
+    let liveness_thread: ThreadId = (CLIENTS, 0);
+    let mut recovered = None;
+    while healed.elapsed() < Duration::from_secs(5) {
+        let invoked = Instant::now();
+        match perform(
+            &liveness_client,
+            "liveness",
+            0,
+            &Op::Join("liveness".into()),
+            7,
+        )
+        .await
+        {
+            Ok(ret) => {
+                journal(&journal_).records.push((
+                    Some(0),
+                    Record {
+                        thread: liveness_thread,
+                        op: Op::Join("liveness".into()),
+                        invoked,
+                        completed: Some((Instant::now(), ret)),
+                    },
+                ));
+                recovered = Some(healed.elapsed());
+                break;
+            }
+            Err(_) => {
+                journal(&journal_).records.push((
+                    Some(0),
+                    Record {
+                        thread: (CLIENTS, invoked.elapsed().as_nanos() as u32 | 1),
+                        op: Op::Join("liveness".into()),
+                        invoked,
+                        completed: None,
+                    },
+                ));
+            }
+        }
+    }
+    if recovered.is_none() {
+        violations.push("liveness: no write succeeded within 5 s of healing".into());
+    }
+
+    stop_clients.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+
+    // Final reads (also what every watcher must have seen); a lost
+    // acknowledged write makes them fail the linearizability check.
+    let reader = Client::new(&ChaosCluster::endpoints(), Duration::from_secs(10)).expect("client");
+    let mut finals = HashMap::new();
+    for p in 0..LATCHES + ELECTIONS {
+        let invoked = Instant::now();
+        match perform(&reader, "final-reader", p, &Op::Read, 0).await {
+            Ok(ret) => {
+                finals.insert(p, ret.clone());
+                journal(&journal_).records.push((
+                    Some(p),
+                    Record {
+                        thread: (CLIENTS + 1, p as u32),
+                        op: Op::Read,
+                        invoked,
+                        completed: Some((Instant::now(), ret)),
+                    },
+                ));
+            }
+            Err(status) => violations.push(format!(
+                "final read of {} failed: {status:?}",
+                primitive_name(p)
+            )),
+        }
+    }
+    if let Err(e) = cluster.converged(Duration::from_secs(15)).await {
+        violations.push(format!("convergence: {e}"));
+    }
+    let watch_deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lagging: Vec<usize> = {
+            let j = journal(&journal_);
+            finals
+                .iter()
+                .filter(|(p, ret)| j.watched.get(p) != Some(ret))
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        if lagging.is_empty() {
+            break;
+        }
+        if Instant::now() > watch_deadline {
+            for p in lagging {
+                let seen = journal(&journal_).watched.get(&p).cloned();
+                violations.push(format!(
+                    "watcher of {} never saw the final state {:?}; last saw {seen:?}",
+                    primitive_name(p),
+                    finals[&p]
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_watchers.store(true, Ordering::Relaxed);
+    for watcher in watchers {
+        let _ = watcher.await;
+    }
+
+    let j = std::mem::take(&mut *journal(&journal_));
+    violations.extend(j.violations.iter().cloned());
+
+    // No double leadership: one leader per (primitive, epoch), whoever saw it.
+    let mut leaders: BTreeMap<(usize, u64), BTreeSet<String>> = BTreeMap::new();
+    for (p, epoch, leader, _) in &j.sightings {
+        leaders
+            .entry((*p, *epoch))
+            .or_default()
+            .insert(leader.clone());
+    }
+    for ((p, epoch), seen) in &leaders {
+        if seen.len() > 1 {
+            violations.push(format!(
+                "double leadership: {} epoch {epoch} led by {seen:?}",
+                primitive_name(*p)
+            ));
+        }
+    }
+
+    // Linearizability, one primitive at a time (a Close acts on all).
+    let check_started = Instant::now();
+    let mut checked_ops = 0;
+    for p in 0..LATCHES + ELECTIONS {
+        let history: Vec<Record> = j
+            .records
+            .iter()
+            .filter(|(on, _)| on.is_none_or(|on| on == p))
+            .map(|(_, r)| r.clone())
+            .collect();
+        checked_ops += history.len();
+        if let Err(e) = check_linearizable(&history) {
+            violations.push(format!("{}: {e}", primitive_name(p)));
+        }
+    }
+
+    let mut successes = j.write_successes.clone();
+    successes.sort();
+    let longest_gap = successes
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    println!("---------------------------------------------------------------- chaos summary");
+    println!(
+        "seed {seed}, {:.1} s of faults, {CLIENTS} clients, {} primitives, {} watchers",
+        started.elapsed().as_secs_f64(),
+        LATCHES + ELECTIONS,
+        LATCHES + ELECTIONS
+    );
+    println!(
+        "operations: {} ok, {} failed, {} unknown; {} sightings of a leader",
+        j.ok,
+        j.failed,
+        j.unknown,
+        j.sightings.len()
+    );
+    println!(
+        "faults: {}",
+        injected
+            .iter()
+            .map(|(f, n)| format!("{f:?} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "longest unavailability (gap between acknowledged writes): {} ms",
+        longest_gap.as_millis()
+    );
+    println!(
+        "write after healing succeeded in {} ms",
+        recovered
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "linearizability: {checked_ops} operations over {} histories checked in {} ms",
+        LATCHES + ELECTIONS,
+        check_started.elapsed().as_millis()
+    );
+    println!("violations: {}", violations.len());
+    violations
+}
+
+/// The checker itself must be able to fail: a read that misses an
+/// acknowledged join, and two leaders at one epoch, are caught.
+#[test]
+fn the_checker_catches_a_lost_write() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let joined = Record {
+        thread: (0, 0),
+        op: Op::Join("a".into()),
+        invoked: at(0),
+        completed: Some((
+            at(10),
+            Ret::State {
+                members: vec!["a".into()],
+                epoch: 1,
+            },
+        )),
+    };
+    let stale = Record {
+        thread: (1, 0),
+        op: Op::Read,
+        invoked: at(20),
+        completed: Some((
+            at(30),
+            Ret::State {
+                members: vec![],
+                epoch: 0,
+            },
+        )),
+    };
+    let fresh = Record {
+        thread: (1, 0),
+        op: Op::Read,
+        invoked: at(20),
+        completed: Some((
+            at(30),
+            Ret::State {
+                members: vec!["a".into()],
+                epoch: 1,
+            },
+        )),
+    };
+    assert!(check_linearizable(&[joined.clone(), stale.clone()]).is_err());
+    assert!(check_linearizable(&[joined.clone(), fresh]).is_ok());
+    // Concurrent with the read, the join may come after it.
+    let concurrent = Record {
+        invoked: at(5),
+        ..stale
+    };
+    assert!(check_linearizable(&[
+        Record {
+            completed: Some((
+                at(25),
+                Ret::State {
+                    members: vec!["a".into()],
+                    epoch: 1
+                }
+            )),
+            ..joined.clone()
+        },
+        concurrent
+    ])
+    .is_ok());
+    // An unknown outcome may or may not have happened.
+    let unknown = Record {
+        completed: None,
+        ..joined
+    };
+    let read_empty = Record {
+        thread: (1, 0),
+        op: Op::Read,
+        invoked: at(20),
+        completed: Some((
+            at(30),
+            Ret::State {
+                members: vec![],
+                epoch: 0,
+            },
+        )),
+    };
+    assert!(check_linearizable(&[unknown.clone(), read_empty]).is_ok());
+    let mut spec = history::Spec::default();
+    assert_eq!(spec.invoke(&Op::Anoint("x".into())), Ret::NotCandidate);
+}
