@@ -26,7 +26,7 @@ use baton::proto::atomix::primitive::leader::{self as la};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::session_service_client::SessionServiceClient;
 use baton::proto::baton::v1::{
-    CloseSessionRequest, OpenSessionRequest, StatusRequest, StatusResponse,
+    CloseSessionRequest, KeepAliveRequest, OpenSessionRequest, StatusRequest, StatusResponse,
 };
 use history::{check_linearizable, Op, Record, Ret, ThreadId};
 use rand::rngs::StdRng;
@@ -96,6 +96,16 @@ impl ChaosCluster {
         self.dir.path().join(format!("node{id}"))
     }
 
+    /// Each node's log, kept beside the data directories (printed on failure).
+    fn log_file(&self, id: u64) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null())
+    }
+
     fn spawn(&mut self, id: u64) {
         let peers: Vec<String> = NODES
             .iter()
@@ -112,9 +122,10 @@ impl ChaosCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--snapshot-every", "300"])
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(self.log_file(id))
             .spawn()
             .expect("spawn baton serve in its namespace");
         self.children.insert(id, child);
@@ -426,6 +437,30 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
             }
             if !open_long_session(&client, &who, &stop).await {
                 return;
+            }
+            continue;
+        }
+        if rng.gen_ratio(1, 20) {
+            let kept = client
+                .call(|ch, t| {
+                    let request = with_deadline(
+                        KeepAliveRequest {
+                            client_id: who.clone(),
+                        },
+                        t,
+                    );
+                    async move { SessionServiceClient::new(ch).keep_alive(request).await }
+                })
+                .await;
+            let mut j = journal(&journal_);
+            match kept {
+                Ok(_) => j.ok += 1,
+                Err(status) if status.code() == Code::NotFound => {
+                    j.failed += 1;
+                    j.violations
+                        .push(format!("{who}: its long session vanished: {status:?}"));
+                }
+                Err(_) => j.unknown += 1,
             }
             continue;
         }
@@ -986,6 +1021,15 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         check_started.elapsed().as_millis()
     );
     println!("violations: {}", violations.len());
+    if !violations.is_empty() {
+        let kept = cluster.dir.path().to_path_buf();
+        // Forgetting the TempDir keeps the directory for a post-mortem.
+        std::mem::forget(std::mem::replace(
+            &mut cluster.dir,
+            tempfile::tempdir().expect("tempdir"),
+        ));
+        println!("node logs and data kept in {}", kept.display());
+    }
     violations
 }
 

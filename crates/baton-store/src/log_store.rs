@@ -140,9 +140,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        // Not flushed on its own: it only speeds up recovery, and a stale
-        // value is safe (openraft re-learns the commit index from the leader).
-        self.write_meta(COMMITTED, &committed)
+        // Flushed before openraft applies (and acknowledges) the entries: a
+        // node that was leader restarts as leader without a new term and
+        // serves reads at this commit index, so it must cover every
+        // acknowledged write.
+        self.write_meta(COMMITTED, &committed)?;
+        self.flush().await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
