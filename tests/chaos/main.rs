@@ -12,6 +12,7 @@ mod history;
 mod net;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,7 +112,16 @@ impl ChaosCluster {
             .iter()
             .map(|n| format!("{n}={}:7101", net::node_addr(*n)))
             .collect();
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        // SAFETY: prctl(2) is async-signal-safe. The flag survives the exec
+        // into baton, so nodes die with the test even if it is killed.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .args(["netns", "exec", &self.topology.netns(id)])
             .arg(env!("CARGO_BIN_EXE_baton"))
             .arg("serve")

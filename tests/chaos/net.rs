@@ -35,6 +35,27 @@ fn must(args: &[&str]) {
     }
 }
 
+/// Deletes namespaces left by an earlier run that was killed before it could
+/// clean up (named `b<pid>n<id>` after a process that no longer exists).
+fn remove_abandoned_namespaces() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix('b') else {
+            continue;
+        };
+        let Some((pid, node)) = rest.split_once('n') else {
+            continue;
+        };
+        let ours = pid.parse::<u32>().is_ok() && node.parse::<u32>().is_ok();
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
 /// The namespaces and links of one run; removed on drop.
 pub struct Topology {
     tag: String,
@@ -67,6 +88,7 @@ impl Topology {
             "THE CHAOS TEST NEEDS ROOT: it builds network namespaces (ip netns) to cut links. \
              Run it as root (CI does); it refuses to pass without its partitions."
         );
+        remove_abandoned_namespaces();
         let tag = format!("b{}", std::process::id() % 100_000);
         let topology = Topology {
             tag,
