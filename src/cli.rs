@@ -1,5 +1,8 @@
 //! Command-line interface: `serve`, `dev`, and client commands for every RPC.
 
+// tonic::Status is the error type of every RPC and stream here.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -240,6 +243,43 @@ impl Output {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A watch stream, already turned into printable states.
+type JsonStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<PrimitiveJson, tonic::Status>> + Send>,
+>;
+
+/// Prints the primitive and every change until Ctrl-C. When a stream breaks
+/// it reconnects (the client tries the next endpoint) and resumes: a state
+/// older than the newest epoch already printed (a lagging node) is skipped.
+async fn watch_forever<F, Fut>(label: &str, out: &Output, mut open: F) -> CliResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<JsonStream, tonic::Status>>,
+{
+    let mut newest_epoch = 0;
+    loop {
+        match open().await {
+            Ok(mut stream) => {
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(state) if state.epoch >= newest_epoch => {
+                            newest_epoch = state.epoch;
+                            out.primitive(label, &state);
+                        }
+                        Ok(_) => {}
+                        Err(status) => {
+                            eprintln!("watch: stream ended ({}); reconnecting", status.message());
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => eprintln!("watch: {}; retrying", status.message()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(args: Args) -> CliResult {
     let client_id = args
@@ -420,37 +460,28 @@ async fn latch_command(
                 .await?;
             println!("restored latch {name}");
         }
-        LatchAction::Watch { name } => loop {
-            let stream = client
-                .call(|ch, _| {
-                    let request = latch_pb::EventsRequest {
-                        header: h(&name, 0),
-                        input: Some(latch_pb::EventsInput {}),
-                    };
-                    async move { LeaderLatchServiceClient::new(ch).events(request).await }
-                })
-                .await;
-            let mut stream = match stream {
-                Ok(stream) => stream,
-                Err(status) => {
-                    eprintln!("watch: {}; retrying", status.message());
-                    continue;
-                }
-            };
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => {
-                        let latch = event.output.and_then(|o| o.latch).unwrap_or_default();
-                        out.primitive("latch", &latch_json(&name, &latch));
-                    }
-                    Err(status) => {
-                        eprintln!("watch: stream ended ({}); reconnecting", status.message());
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        },
+        LatchAction::Watch { name } => {
+            return watch_forever("latch", out, || async {
+                let request = latch_pb::EventsRequest {
+                    header: h(&name, 0),
+                    input: Some(latch_pb::EventsInput {}),
+                };
+                let stream = client
+                    .call(|ch, _| {
+                        let request = request.clone();
+                        async move { LeaderLatchServiceClient::new(ch).events(request).await }
+                    })
+                    .await?;
+                let name = name.clone();
+                let states = stream.map(move |event| {
+                    event.map(|e| {
+                        latch_json(&name, &e.output.and_then(|o| o.latch).unwrap_or_default())
+                    })
+                });
+                Ok(Box::pin(states) as JsonStream)
+            })
+            .await;
+        }
     }
     Ok(())
 }
@@ -608,37 +639,28 @@ async fn election_command(
             println!("restored election {name}");
             return Ok(());
         }
-        ElectionAction::Watch { name } => loop {
-            let stream = client
-                .call(|ch, _| {
-                    let request = EventsRequest {
-                        header: h(&name, 0),
-                        input: Some(EventsInput {}),
-                    };
-                    async move { svc(ch).events(request).await }
-                })
-                .await;
-            let mut stream = match stream {
-                Ok(stream) => stream,
-                Err(status) => {
-                    eprintln!("watch: {}; retrying", status.message());
-                    continue;
-                }
-            };
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => {
-                        let term = event.output.and_then(|o| o.term).unwrap_or_default();
-                        out.primitive("election", &term_json(&name, &term));
-                    }
-                    Err(status) => {
-                        eprintln!("watch: stream ended ({}); reconnecting", status.message());
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        },
+        ElectionAction::Watch { name } => {
+            return watch_forever("election", out, || async {
+                let request = EventsRequest {
+                    header: h(&name, 0),
+                    input: Some(EventsInput {}),
+                };
+                let stream = client
+                    .call(|ch, _| {
+                        let request = request.clone();
+                        async move { svc(ch).events(request).await }
+                    })
+                    .await?;
+                let name = name.clone();
+                let states = stream.map(move |event| {
+                    event.map(|e| {
+                        term_json(&name, &e.output.and_then(|o| o.term).unwrap_or_default())
+                    })
+                });
+                Ok(Box::pin(states) as JsonStream)
+            })
+            .await;
+        }
     };
     out.primitive("election", &term_json(&name, &term.unwrap_or_default()));
     Ok(())

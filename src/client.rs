@@ -83,11 +83,6 @@ impl Client {
         })
     }
 
-    /// The endpoints, in order.
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
-    }
-
     /// The channel to endpoint `index`.
     pub fn channel(&self, index: usize) -> Channel {
         self.channels[index % self.channels.len()].clone()

@@ -54,9 +54,10 @@ pub enum ApiError {
     /// The cluster could not serve the request.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    /// A message over the size limit.
-    #[error("{0}")]
-    TooLarge(String),
+    /// The state machine answered something the handler did not expect (a
+    /// bug, never bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn with_hint(mut status: Status, hint: &LeaderHint) -> Status {
@@ -96,7 +97,7 @@ impl From<ApiError> for Status {
             ApiError::Replication(ReplicationError::DeadlineExceeded(_)) => {
                 Status::deadline_exceeded(message)
             }
-            ApiError::TooLarge(_) => Status::resource_exhausted(message),
+            ApiError::Internal(_) => Status::internal(message),
         }
     }
 }

@@ -1,12 +1,9 @@
 //! `atomix.primitive.election.LeaderElectionService`.
 
-use std::pin::Pin;
-
-use baton_state::{Operation, PrimitiveKind, Response as CommandResponse};
-use tokio_stream::{Stream, StreamExt};
+use baton_state::{Operation, PrimitiveKind};
 use tonic::{Request, Response, Status};
 
-use super::Context;
+use super::{Context, EventStream};
 use crate::convert::{
     caller, deadline, stream_header, term_snapshot, term_to_proto, unary_header, Caller,
 };
@@ -32,8 +29,8 @@ impl ElectionApi {
         ElectionApi { context }
     }
 
-    fn caller(header: Option<&RequestHeader>) -> Result<Caller, Status> {
-        Ok(caller(header, PrimitiveKind::Election).map_err(ApiError::from)?)
+    fn caller(header: Option<&RequestHeader>) -> Result<Caller, ApiError> {
+        Ok(caller(header, PrimitiveKind::Election)?)
     }
 
     /// Applies an election operation built from the caller's election name
@@ -48,15 +45,10 @@ impl ElectionApi {
         let body = request.get_ref();
         let caller = Self::caller(header(body))?;
         let operation = operation(caller.key.name.clone(), body);
-        let term = self
-            .context
-            .operate_on_primitive(&caller, operation, deadline)
-            .await?;
+        let term = self.context.operate(&caller, operation, deadline).await?;
         Ok(term_to_proto(&term))
     }
 }
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<EventsResponse, Status>> + Send>>;
 
 fn candidate<I: CandidateInput>(input: &Option<I>) -> String {
     input
@@ -187,10 +179,7 @@ impl LeaderElectionService for ElectionApi {
     ) -> Result<Response<GetTermResponse>, Status> {
         let deadline = deadline(&request);
         let caller = Self::caller(request.get_ref().header.as_ref())?;
-        let term = self
-            .context
-            .read(&caller.client_id, deadline, |m| m.primitive(&caller.key))
-            .await?;
+        let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetTermResponse {
             header: unary_header(),
             output: Some(GetTermOutput {
@@ -199,30 +188,28 @@ impl LeaderElectionService for ElectionApi {
         }))
     }
 
-    type EventsStream = EventStream;
+    type EventsStream = EventStream<EventsResponse>;
 
     async fn events(
         &self,
         request: Request<EventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    ) -> Result<Response<Self::EventsStream>, Status> {
         let caller = Self::caller(request.get_ref().header.as_ref())?;
-        let stream = self.context.watch(&caller).map(|update| {
-            update.map(|update| {
-                let kind = if update.initial {
-                    events_output::Type::None
-                } else {
-                    events_output::Type::Changed
-                };
-                EventsResponse {
-                    header: stream_header(),
-                    output: Some(EventsOutput {
-                        r#type: kind as i32,
-                        term: Some(term_to_proto(&update.state)),
-                    }),
-                }
-            })
+        let stream = self.context.events(&caller, |initial, term| {
+            let kind = if initial {
+                events_output::Type::None
+            } else {
+                events_output::Type::Changed
+            };
+            EventsResponse {
+                header: stream_header(),
+                output: Some(EventsOutput {
+                    r#type: kind as i32,
+                    term: Some(term_to_proto(term)),
+                }),
+            }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream))
     }
 
     async fn snapshot(
@@ -231,10 +218,7 @@ impl LeaderElectionService for ElectionApi {
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
         let caller = Self::caller(request.get_ref().header.as_ref())?;
-        let term = self
-            .context
-            .read(&caller.client_id, deadline, |m| m.primitive(&caller.key))
-            .await?;
+        let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
             snapshot: Some(Snapshot {
@@ -250,20 +234,13 @@ impl LeaderElectionService for ElectionApi {
         let deadline = deadline(&request);
         let request = request.into_inner();
         let caller = Self::caller(request.header.as_ref())?;
-        let snapshot = term_snapshot(request.snapshot).map_err(ApiError::from)?;
         let operation = Operation::Restore {
             key: caller.key.clone(),
-            snapshot,
+            snapshot: term_snapshot(request.snapshot).map_err(ApiError::from)?,
         };
-        match self.context.operate(&caller, operation, deadline).await? {
-            CommandResponse::Restored | CommandResponse::Primitive(_) => {
-                Ok(Response::new(RestoreResponse {
-                    header: unary_header(),
-                }))
-            }
-            other => Err(Status::internal(format!(
-                "unexpected answer to restore: {other:?}"
-            ))),
-        }
+        self.context.operate(&caller, operation, deadline).await?;
+        Ok(Response::new(RestoreResponse {
+            header: unary_header(),
+        }))
     }
 }

@@ -1,14 +1,11 @@
 //! `atomix.primitive.leader.LeaderLatchService`.
 
-use std::pin::Pin;
-
-use baton_state::{Operation, PrimitiveKind, Response as CommandResponse};
-use tokio_stream::{Stream, StreamExt};
+use baton_state::{Operation, PrimitiveKind};
 use tonic::{Request, Response, Status};
 
-use super::Context;
+use super::{Context, EventStream};
 use crate::convert::{
-    caller, deadline, latch_snapshot, latch_to_proto, stream_header, unary_header,
+    caller, deadline, latch_snapshot, latch_to_proto, stream_header, unary_header, Caller,
 };
 use crate::error::ApiError;
 use crate::proto::atomix::primitive::leader::leader_latch_service_server::LeaderLatchService;
@@ -17,6 +14,7 @@ use crate::proto::atomix::primitive::leader::{
     LatchOutput, LatchRequest, LatchResponse, RestoreRequest, RestoreResponse, Snapshot,
     SnapshotRequest, SnapshotResponse,
 };
+use crate::proto::atomix::primitive::RequestHeader;
 
 /// Serves the leader latch API.
 pub struct LatchApi {
@@ -30,7 +28,9 @@ impl LatchApi {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<EventsResponse, Status>> + Send>>;
+fn latch_caller(header: Option<&RequestHeader>) -> Result<Caller, ApiError> {
+    Ok(caller(header, PrimitiveKind::Latch)?)
+}
 
 #[tonic::async_trait]
 impl LeaderLatchService for LatchApi {
@@ -39,15 +39,11 @@ impl LeaderLatchService for LatchApi {
         request: Request<LatchRequest>,
     ) -> Result<Response<LatchResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = caller(request.get_ref().header.as_ref(), PrimitiveKind::Latch)
-            .map_err(ApiError::from)?;
+        let caller = latch_caller(request.get_ref().header.as_ref())?;
         let operation = Operation::Join {
             latch: caller.key.name.clone(),
         };
-        let latch = self
-            .context
-            .operate_on_primitive(&caller, operation, deadline)
-            .await?;
+        let latch = self.context.operate(&caller, operation, deadline).await?;
         Ok(Response::new(LatchResponse {
             header: unary_header(),
             output: Some(LatchOutput {
@@ -58,12 +54,8 @@ impl LeaderLatchService for LatchApi {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = caller(request.get_ref().header.as_ref(), PrimitiveKind::Latch)
-            .map_err(ApiError::from)?;
-        let latch = self
-            .context
-            .read(&caller.client_id, deadline, |m| m.primitive(&caller.key))
-            .await?;
+        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetResponse {
             header: unary_header(),
             output: Some(GetOutput {
@@ -72,31 +64,28 @@ impl LeaderLatchService for LatchApi {
         }))
     }
 
-    type EventsStream = EventStream;
+    type EventsStream = EventStream<EventsResponse>;
 
     async fn events(
         &self,
         request: Request<EventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let caller = caller(request.get_ref().header.as_ref(), PrimitiveKind::Latch)
-            .map_err(ApiError::from)?;
-        let stream = self.context.watch(&caller).map(|update| {
-            update.map(|update| {
-                let kind = if update.initial {
-                    events_output::Type::None
-                } else {
-                    events_output::Type::Change
-                };
-                EventsResponse {
-                    header: stream_header(),
-                    output: Some(EventsOutput {
-                        r#type: kind as i32,
-                        latch: Some(latch_to_proto(&update.state)),
-                    }),
-                }
-            })
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let stream = self.context.events(&caller, |initial, latch| {
+            let kind = if initial {
+                events_output::Type::None
+            } else {
+                events_output::Type::Change
+            };
+            EventsResponse {
+                header: stream_header(),
+                output: Some(EventsOutput {
+                    r#type: kind as i32,
+                    latch: Some(latch_to_proto(latch)),
+                }),
+            }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream))
     }
 
     async fn snapshot(
@@ -104,12 +93,8 @@ impl LeaderLatchService for LatchApi {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = caller(request.get_ref().header.as_ref(), PrimitiveKind::Latch)
-            .map_err(ApiError::from)?;
-        let latch = self
-            .context
-            .read(&caller.client_id, deadline, |m| m.primitive(&caller.key))
-            .await?;
+        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
             snapshot: Some(Snapshot {
@@ -124,22 +109,14 @@ impl LeaderLatchService for LatchApi {
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let caller =
-            caller(request.header.as_ref(), PrimitiveKind::Latch).map_err(ApiError::from)?;
-        let snapshot = latch_snapshot(request.snapshot).map_err(ApiError::from)?;
+        let caller = latch_caller(request.header.as_ref())?;
         let operation = Operation::Restore {
             key: caller.key.clone(),
-            snapshot,
+            snapshot: latch_snapshot(request.snapshot).map_err(ApiError::from)?,
         };
-        match self.context.operate(&caller, operation, deadline).await? {
-            CommandResponse::Restored | CommandResponse::Primitive(_) => {
-                Ok(Response::new(RestoreResponse {
-                    header: unary_header(),
-                }))
-            }
-            other => Err(Status::internal(format!(
-                "unexpected answer to restore: {other:?}"
-            ))),
-        }
+        self.context.operate(&caller, operation, deadline).await?;
+        Ok(Response::new(RestoreResponse {
+            header: unary_header(),
+        }))
     }
 }

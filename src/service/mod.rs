@@ -7,15 +7,15 @@ mod election;
 mod latch;
 mod session;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use baton_state::{
-    ClientRequest, Command, Operation, Primitive, PrimitiveKey, Response, StateMachine,
-};
+use baton_state::{ClientRequest, Command, Operation, Primitive, PrimitiveKey, Response};
 use baton_store::AppliedChanges;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
 pub use admin::AdminApi;
@@ -24,7 +24,7 @@ pub use latch::LatchApi;
 pub use session::SessionApi;
 
 use crate::convert::Caller;
-use crate::error::{ApiError, ReplicationError};
+use crate::error::ApiError;
 use crate::keepalive::SessionKeeper;
 use crate::replication::Replicator;
 
@@ -44,12 +44,15 @@ pub struct Context {
 }
 
 /// One update of an Events stream: the initial state, then each change.
-pub struct WatchUpdate {
+struct WatchUpdate {
     /// True for the first message (current state, type NONE).
-    pub initial: bool,
+    initial: bool,
     /// The primitive's full state.
-    pub state: Primitive,
+    state: Primitive,
 }
+
+/// A server stream of Events messages.
+pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Context {
     /// Replicates a command and returns the state machine's answer.
@@ -57,55 +60,57 @@ impl Context {
         Ok(self.replicator.write(command, deadline).await??)
     }
 
-    /// Applies a client operation on `caller`'s behalf.
+    /// Applies a client operation on `caller`'s behalf and returns the
+    /// primitive's new state (every client operation answers with it).
     pub async fn operate(
         &self,
         caller: &Caller,
         operation: Operation,
         deadline: Instant,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Primitive, ApiError> {
         let request = ClientRequest {
             client_id: caller.client_id.clone(),
             request_id: caller.request_id,
             operation,
         };
-        self.apply(Command::Client(request), deadline).await
-    }
-
-    /// Applies an operation that answers with the primitive's new state.
-    pub async fn operate_on_primitive(
-        &self,
-        caller: &Caller,
-        operation: Operation,
-        deadline: Instant,
-    ) -> Result<Primitive, ApiError> {
-        match self.operate(caller, operation, deadline).await? {
+        match self.apply(Command::Client(request), deadline).await? {
             Response::Primitive(state) => Ok(state),
-            // A retried request id answered with another operation's response.
-            _ => Ok(self
-                .replicator
-                .state()
-                .read(|m, _| m.primitive(&caller.key))),
+            other => Err(ApiError::Internal(format!(
+                "a client operation answered {other:?}"
+            ))),
         }
     }
 
-    /// A linearizable read of the applied state; counts as a sign of life
-    /// for the caller's session.
-    pub async fn read<T>(
+    /// A linearizable read of the caller's primitive; counts as a sign of
+    /// life for the caller's session.
+    pub async fn read_primitive(
         &self,
-        client_id: &str,
+        caller: &Caller,
         deadline: Instant,
-        read: impl FnOnce(&StateMachine) -> T,
-    ) -> Result<T, ApiError> {
+    ) -> Result<Primitive, ApiError> {
         self.replicator.linearizable_barrier(deadline).await?;
-        self.sessions.touch(client_id);
-        Ok(self.replicator.state().read(|machine, _| read(machine)))
+        self.sessions.touch(&caller.client_id);
+        Ok(self
+            .replicator
+            .state()
+            .read(|machine, _| machine.primitive(&caller.key)))
+    }
+
+    /// The Events stream of the caller's primitive, each update turned into
+    /// the service's message by `to_message(initial, state)`.
+    pub fn events<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        to_message: impl Fn(bool, &Primitive) -> T + Send + 'static,
+    ) -> EventStream<T> {
+        let updates = self.watch(caller);
+        Box::pin(updates.map(move |update| update.map(|u| to_message(u.initial, &u.state))))
     }
 
     /// Streams the primitive's current state and then every change, from
     /// this node's applied state, keeping the caller's session alive (and
     /// opening one with the default timeout if it has none).
-    pub fn watch(&self, caller: &Caller) -> ReceiverStream<Result<WatchUpdate, Status>> {
+    fn watch(&self, caller: &Caller) -> ReceiverStream<Result<WatchUpdate, Status>> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let context = self.clone();
         let caller = caller.clone();
@@ -202,10 +207,4 @@ fn latest_for(
         .rev()
         .find(|event| &event.key == key)
         .map(|event| event.state.clone())
-}
-
-impl From<ReplicationError> for Status {
-    fn from(error: ReplicationError) -> Status {
-        ApiError::from(error).into()
-    }
 }

@@ -25,7 +25,7 @@ impl SessionApi {
 }
 
 fn unexpected(response: CommandResponse) -> Status {
-    Status::internal(format!("unexpected state machine answer: {response:?}"))
+    ApiError::Internal(format!("unexpected state machine answer: {response:?}")).into()
 }
 
 #[tonic::async_trait]
@@ -58,19 +58,15 @@ impl SessionService for SessionApi {
         let command = Command::KeepAlive {
             client_ids: vec![client_id.clone()],
         };
+        // The timeout comes from the applied entry's answer, not from this
+        // node's state, which may not have applied it yet.
         match self.context.apply(command, deadline).await? {
-            CommandResponse::KeptAlive { missing } if missing.is_empty() => {
-                let timeout_ms = self
-                    .context
-                    .replicator
-                    .state()
-                    .read(|m, _| m.session(&client_id).map(|s| s.timeout_ms))
-                    .unwrap_or_default();
-                Ok(Response::new(KeepAliveResponse { timeout_ms }))
-            }
-            CommandResponse::KeptAlive { .. } => {
-                Err(ApiError::from(CommandError::SessionNotFound { client_id }).into())
-            }
+            CommandResponse::KeptAlive { renewed, .. } => match renewed.first() {
+                Some((_, timeout_ms)) => Ok(Response::new(KeepAliveResponse {
+                    timeout_ms: *timeout_ms,
+                })),
+                None => Err(ApiError::from(CommandError::SessionNotFound { client_id }).into()),
+            },
             other => Err(unexpected(other)),
         }
     }

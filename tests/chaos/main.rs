@@ -613,8 +613,45 @@ where
     }
 }
 
+/// An Events stream of primitive `p`, as model states.
+type StateStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Ret, Status>> + Send>>;
+
+async fn open_events(
+    client: &Client,
+    p: usize,
+    header: Option<baton::proto::atomix::primitive::RequestHeader>,
+) -> Result<StateStream, Status> {
+    if is_latch(p) {
+        let stream = client
+            .call(|ch, _| {
+                let request = la::EventsRequest {
+                    header: header.clone(),
+                    input: None,
+                };
+                async move { LeaderLatchServiceClient::new(ch).events(request).await }
+            })
+            .await?;
+        Ok(Box::pin(stream.map(|e| {
+            e.map(|e| latch_ret(e.output.and_then(|o| o.latch)))
+        })))
+    } else {
+        let stream = client
+            .call(|ch, _| {
+                let request = el::EventsRequest {
+                    header: header.clone(),
+                    input: None,
+                };
+                async move { LeaderElectionServiceClient::new(ch).events(request).await }
+            })
+            .await?;
+        Ok(Box::pin(stream.map(|e| {
+            e.map(|e| term_ret(e.output.and_then(|o| o.term)))
+        })))
+    }
+}
+
 /// Watches one primitive, reconnecting to the next node when its stream
-/// breaks; returns the last state it saw.
+/// breaks; records the newest state it saw in the journal.
 async fn run_watcher(p: usize, journal_: SharedJournal, stop: Arc<AtomicBool>) {
     let who = format!("watcher-{p}");
     let name = primitive_name(p);
@@ -655,31 +692,7 @@ async fn run_watcher(p: usize, journal_: SharedJournal, stop: Arc<AtomicBool>) {
                 }
             }
         };
-        if is_latch(p) {
-            let stream = client
-                .call(|ch, _| {
-                    let request = la::EventsRequest {
-                        header: h.clone(),
-                        input: None,
-                    };
-                    async move { LeaderLatchServiceClient::new(ch).events(request).await }
-                })
-                .await;
-            let Ok(stream) = stream else { continue };
-            let states = stream.map(|e| e.map(|e| latch_ret(e.output.and_then(|o| o.latch))));
-            follow(states, &stop, on_state).await;
-        } else {
-            let stream = client
-                .call(|ch, _| {
-                    let request = el::EventsRequest {
-                        header: h.clone(),
-                        input: None,
-                    };
-                    async move { LeaderElectionServiceClient::new(ch).events(request).await }
-                })
-                .await;
-            let Ok(stream) = stream else { continue };
-            let states = stream.map(|e| e.map(|e| term_ret(e.output.and_then(|o| o.term))));
+        if let Ok(states) = open_events(&client, p, h).await {
             follow(states, &stop, on_state).await;
         }
     }

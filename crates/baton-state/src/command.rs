@@ -117,17 +117,19 @@ impl Operation {
 /// What a successfully applied command answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The primitive's state after the operation (latch or term).
+    /// The primitive's state after a client operation (latch or term),
+    /// Restore included.
     Primitive(Primitive),
-    /// A Restore was applied.
-    Restored,
     /// The session is open with this timeout.
     SessionOpen {
         /// Timeout in force, ms.
         timeout_ms: u64,
     },
-    /// Keep-alive result: the clients that had no session to renew.
+    /// Keep-alive result: the renewed clients with their session timeouts,
+    /// and the clients that had no session to renew.
     KeptAlive {
+        /// Renewed clients and their timeouts (ms), in request order.
+        renewed: Vec<(String, u64)>,
         /// Clients not renewed because they have no session.
         missing: Vec<String>,
     },

@@ -201,18 +201,15 @@ impl StateMachine {
         if self.replace_members(&key, members) {
             changed.insert(key.clone());
         }
-        let response = match &request.operation {
-            Operation::Restore { snapshot, .. } => {
-                if let Some(primitive) = self.primitives.get_mut(&key) {
-                    primitive.epoch = epoch_before.max(snapshot.epoch) + 1;
-                    primitive.changed_at_ms = now;
-                    primitive.leader_since_ms = now;
-                }
-                changed.insert(key.clone());
-                Response::Restored
+        if let Operation::Restore { snapshot, .. } = &request.operation {
+            if let Some(primitive) = self.primitives.get_mut(&key) {
+                primitive.epoch = epoch_before.max(snapshot.epoch) + 1;
+                primitive.changed_at_ms = now;
+                primitive.leader_since_ms = now;
             }
-            _ => Response::Primitive(self.primitive(&key)),
-        };
+            changed.insert(key.clone());
+        }
+        let response = Response::Primitive(self.primitive(&key));
         if request.request_id != 0 {
             if let Some(caller) = self.sessions.get_mut(&request.client_id) {
                 caller.last_request = Some((request.request_id, response.clone()));
@@ -245,14 +242,18 @@ impl StateMachine {
 
     fn keep_alive(&mut self, client_ids: &[String]) -> Response {
         let now = self.now_ms;
+        let mut renewed = Vec::new();
         let mut missing = Vec::new();
         for id in client_ids {
             match self.sessions.get_mut(id) {
-                Some(session) => session.renew(now),
+                Some(session) => {
+                    session.renew(now);
+                    renewed.push((id.clone(), session.timeout_ms));
+                }
                 None => missing.push(id.clone()),
             }
         }
-        Response::KeptAlive { missing }
+        Response::KeptAlive { renewed, missing }
     }
 
     /// Closes or expires sessions: their clients leave every primitive in

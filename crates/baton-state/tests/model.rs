@@ -124,7 +124,11 @@ impl Model {
                 for c in client_ids {
                     self.renew(c);
                 }
-                Ok(Response::KeptAlive { missing })
+                let renewed = client_ids
+                    .iter()
+                    .filter_map(|c| self.sessions.get(c).map(|s| (c.clone(), s.timeout)))
+                    .collect();
+                Ok(Response::KeptAlive { renewed, missing })
             }
             Command::CloseSession { client_id } => {
                 let existed = self.sessions.contains_key(client_id);
@@ -253,7 +257,7 @@ impl Model {
                 p.epoch = epoch_before.max(restored) + 1;
                 p.changed_at_ms = now;
                 p.leader_since_ms = now;
-                Response::Restored
+                Response::Primitive(self.get(&key))
             }
             None => Response::Primitive(self.get(&key)),
         };

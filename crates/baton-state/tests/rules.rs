@@ -238,8 +238,13 @@ fn restore_sets_epoch_above_current_and_restored() {
         ok(&mut sm, join(c, "l"), T0);
     }
     // Current 1, restored 7: above both.
-    ok(&mut sm, restore("op", l.clone(), &["b", "a"], 7), T0);
+    let answer = ok(&mut sm, restore("op", l.clone(), &["b", "a"], 7), T0);
     assert_eq!(sm.primitive(&l).epoch, 8);
+    assert_eq!(
+        answer,
+        Response::Primitive(sm.primitive(&l)),
+        "restore answers the new state"
+    );
     // Current 8, restored 2: still above both, never lower.
     ok(&mut sm, restore("op", l.clone(), &["a"], 2), T0);
     assert_eq!(sm.primitive(&l).epoch, 9);
@@ -475,6 +480,7 @@ fn keep_alive_reports_clients_without_a_session() {
     assert_eq!(
         response,
         Response::KeptAlive {
+            renewed: vec![("a".into(), DEFAULT_SESSION_TIMEOUT_MS)],
             missing: vec!["ghost".into()]
         }
     );

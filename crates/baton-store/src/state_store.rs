@@ -120,6 +120,7 @@ impl StateHandle {
 
 /// openraft's state machine: applies entries to the [`StateMachine`] and
 /// builds, stores and installs snapshots.
+#[derive(Clone)]
 pub struct StateMachineStore {
     handle: StateHandle,
     db: sled::Db,
@@ -218,17 +219,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         })
-    }
-}
-
-impl Clone for StateMachineStore {
-    fn clone(&self) -> Self {
-        StateMachineStore {
-            handle: self.handle.clone(),
-            db: self.db.clone(),
-            snapshots: self.snapshots.clone(),
-            snapshot_counter: self.snapshot_counter.clone(),
-        }
     }
 }
 
