@@ -360,7 +360,7 @@ pub(crate) async fn termination() {
 }
 
 fn request_id() -> u64 {
-    rand::random::<u64>() | 1
+    baton::client::next_request_id()
 }
 
 fn read_snapshot_file(file: &PathBuf) -> Result<PrimitiveJson, Box<dyn std::error::Error>> {
@@ -674,6 +674,7 @@ async fn session_command(
 ) -> CliResult {
     let svc = SessionServiceClient::new;
     let id = client_id.to_owned();
+    let rid = request_id();
     let (verb, timeout_ms) = match action {
         SessionAction::Open { timeout_ms } => {
             let r = client
@@ -710,6 +711,7 @@ async fn session_command(
                     let request = with_deadline(
                         CloseSessionRequest {
                             client_id: id.clone(),
+                            request_id: rid,
                         },
                         t,
                     );

@@ -2,7 +2,7 @@
 //! leader hint, and typed helpers for every RPC. Used by the CLI and tests.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,6 +34,21 @@ pub enum ClientError {
         /// Why.
         source: tonic::transport::Error,
     },
+}
+
+/// A fresh request id, above every id this process handed out before and,
+/// being the wall clock in microseconds, above those of earlier processes
+/// using the same client id: the cluster refuses request ids at or below
+/// the highest it applied for a client (DESIGN §3), so they must increase.
+pub fn next_request_id() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let micros = crate::clock::wall_clock_ms().saturating_mul(1_000).max(1);
+    let previous = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(micros.max(last.saturating_add(1)))
+        })
+        .unwrap_or(0);
+    micros.max(previous.saturating_add(1))
 }
 
 /// A request header for `client_id` on the primitive `name` of `type_name`.

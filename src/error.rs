@@ -43,6 +43,14 @@ pub enum ReplicationError {
     /// The caller's deadline passed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// This node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// This node could not keep a stream's session alive for a third of its
+    /// timeout (it lost its leader, or the leader its quorum): leadership
+    /// may move soon, so the stream ends instead of going silent.
+    #[error("this node could not renew the session in time; reconnect to another node")]
+    LeaseLost,
 }
 
 /// A failed client request: rejected by the state machine, or not served.
@@ -87,6 +95,7 @@ impl From<ApiError> for Status {
                     ErrorKind::FailedPrecondition => Code::FailedPrecondition,
                     ErrorKind::ResourceExhausted => Code::ResourceExhausted,
                     ErrorKind::NotFound => Code::NotFound,
+                    ErrorKind::Aborted => Code::Aborted,
                 };
                 Status::new(code, message)
             }
@@ -97,6 +106,8 @@ impl From<ApiError> for Status {
             ApiError::Replication(ReplicationError::DeadlineExceeded(_)) => {
                 Status::deadline_exceeded(message)
             }
+            ApiError::Replication(ReplicationError::ShuttingDown)
+            | ApiError::Replication(ReplicationError::LeaseLost) => Status::unavailable(message),
             ApiError::Internal(_) => Status::internal(message),
         }
     }

@@ -1,25 +1,54 @@
 //! Renews, on their behalf, the sessions of clients that hold an Events
 //! stream on this node or read from it: one replicated keep-alive entry per
 //! tick carries every client that is due.
+//!
+//! It also gives each stream its **lease** (DESIGN §4): a stream may stay
+//! open only while this node keeps its client's session alive. The lease
+//! runs until the send time of the last keep-alive the cluster committed
+//! for the client plus a third of its session timeout; the session cannot
+//! expire before that send time plus the whole timeout, so a stream whose
+//! node is cut off ends well before the majority could hand its client's
+//! places to anyone else. Renewing every sixth of the timeout keeps a
+//! healthy stream's lease from running out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_state::Command;
+use baton_state::{Command, Response};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::replication::{wall_clock_ms, Replicator};
+use crate::error::ApiError;
+use crate::replication::Replicator;
 
 /// How often due sessions are collected into a keep-alive entry.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(50);
+/// A session is renewed once this fraction of its timeout has passed since
+/// its last confirmed renewal.
+const RENEW_DIVISOR: u32 = 6;
+/// A stream's lease lasts this fraction of the session timeout past the
+/// last confirmed renewal.
+const LEASE_DIVISOR: u32 = 3;
+
+/// The last keep-alive the cluster committed for a client.
+#[derive(Debug, Clone, Copy)]
+struct Confirmed {
+    /// When it was sent (before it could have been stamped by the leader).
+    sent_at: Instant,
+    /// The session timeout it confirmed.
+    timeout: Duration,
+}
 
 #[derive(Default)]
 struct Clients {
+    /// Open streams per client.
     streams: HashMap<String, usize>,
+    /// Clients that read since the last tick.
     touched: HashSet<String>,
-    renewed_at_ms: HashMap<String, u64>,
+    /// Last confirmed renewal per client; forgotten once neither a stream
+    /// nor a live session needs it, so departed clients leave nothing.
+    confirmed: HashMap<String, Confirmed>,
 }
 
 /// Tracks which clients this node keeps alive.
@@ -41,7 +70,6 @@ impl Drop for StreamHold {
             *count -= 1;
             if *count == 0 {
                 clients.streams.remove(&self.client_id);
-                clients.renewed_at_ms.remove(&self.client_id);
             }
         }
     }
@@ -66,33 +94,106 @@ impl SessionKeeper {
         self.lock().touched.insert(client_id.to_owned());
     }
 
-    /// The clients whose sessions are due for renewal now: a third of their
-    /// timeout has passed since this node last renewed them.
-    fn due(&self, replicator: &Replicator, now_ms: u64) -> Vec<String> {
+    /// How many clients this node currently tracks (streams, readers and
+    /// confirmations), for tests and metrics.
+    pub fn tracked(&self) -> usize {
+        let clients = self.lock();
+        let mut ids: HashSet<&String> = clients.streams.keys().collect();
+        ids.extend(clients.touched.iter());
+        ids.extend(clients.confirmed.keys());
+        ids.len()
+    }
+
+    fn confirm(&self, client_id: &str, sent_at: Instant, timeout_ms: u64) {
+        let mut clients = self.lock();
+        let entry = clients
+            .confirmed
+            .entry(client_id.to_owned())
+            .or_insert(Confirmed {
+                sent_at,
+                timeout: Duration::from_millis(timeout_ms),
+            });
+        if entry.sent_at <= sent_at {
+            entry.sent_at = sent_at;
+            entry.timeout = Duration::from_millis(timeout_ms);
+        }
+    }
+
+    /// When the lease of `client_id`'s streams on this node runs out, if
+    /// any renewal was ever confirmed.
+    pub fn lease_end(&self, client_id: &str) -> Option<Instant> {
+        self.lock()
+            .confirmed
+            .get(client_id)
+            .map(|c| c.sent_at + c.timeout / LEASE_DIVISOR)
+    }
+
+    /// Renews (or opens, with the default timeout) `client_id`'s session
+    /// now and starts its lease; used when a stream opens.
+    pub async fn renew_now(
+        &self,
+        replicator: &Replicator,
+        client_id: &str,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let sent_at = Instant::now();
+        let keep = Command::KeepAlive {
+            client_ids: vec![client_id.to_owned()],
+        };
+        let timeout_ms = match replicator.write(keep, deadline).await?? {
+            Response::KeptAlive { renewed, .. } if !renewed.is_empty() => renewed[0].1,
+            Response::KeptAlive { .. } => {
+                let open = Command::OpenSession {
+                    client_id: client_id.to_owned(),
+                    timeout_ms: 0,
+                };
+                match replicator.write(open, deadline).await?? {
+                    Response::SessionOpen { timeout_ms } => timeout_ms,
+                    other => return Err(ApiError::Internal(format!("open answered {other:?}"))),
+                }
+            }
+            other => return Err(ApiError::Internal(format!("keep-alive answered {other:?}"))),
+        };
+        self.confirm(client_id, sent_at, timeout_ms);
+        Ok(())
+    }
+
+    /// The clients whose sessions are due for renewal now, with the
+    /// shortest of their timeouts; forgets clients nobody needs any more.
+    fn due(&self, replicator: &Replicator, now: Instant) -> (Vec<String>, Option<Duration>) {
         let mut clients = self.lock();
         let touched = std::mem::take(&mut clients.touched);
-        // Forget readers not heard from for longer than any session lives.
         let Clients {
-            streams,
-            renewed_at_ms,
-            ..
+            streams, confirmed, ..
         } = &mut *clients;
-        renewed_at_ms.retain(|id, at| {
-            streams.contains_key(id)
-                || now_ms.saturating_sub(*at) <= baton_state::MAX_SESSION_TIMEOUT_MS
-        });
-        let wanted: HashSet<String> = clients.streams.keys().cloned().chain(touched).collect();
         replicator.state().read(|machine, _| {
-            wanted
+            confirmed.retain(|id, c| {
+                streams.contains_key(id)
+                    || (machine.session(id).is_some()
+                        && now.saturating_duration_since(c.sent_at) <= c.timeout)
+            });
+            let mut shortest: Option<Duration> = None;
+            let due = streams
+                .keys()
+                .chain(touched.iter())
+                .collect::<HashSet<_>>()
                 .into_iter()
                 .filter(|id| {
                     let Some(session) = machine.session(id) else {
                         return false;
                     };
-                    let last = clients.renewed_at_ms.get(id).copied().unwrap_or(0);
-                    now_ms.saturating_sub(last) >= session.timeout_ms / 3
+                    let timeout = Duration::from_millis(session.timeout_ms);
+                    let is_due = confirmed.get(*id).is_none_or(|c| {
+                        now.saturating_duration_since(c.sent_at) >= timeout / RENEW_DIVISOR
+                    });
+                    if is_due {
+                        shortest = Some(shortest.map_or(timeout, |s| s.min(timeout)));
+                    }
+                    is_due
                 })
-                .collect()
+                .cloned()
+                .collect();
+            (due, shortest)
         })
     }
 
@@ -105,23 +206,23 @@ impl SessionKeeper {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let now = wall_clock_ms();
-            let mut due = self.due(&replicator, now);
-            if due.is_empty() {
+            let sent_at = Instant::now();
+            let (mut due, shortest) = self.due(&replicator, sent_at);
+            let Some(shortest) = shortest else {
                 continue;
-            }
-            due.sort();
-            let command = Command::KeepAlive {
-                client_ids: due.clone(),
             };
-            let deadline = Instant::now() + Duration::from_secs(2);
+            due.sort();
+            let command = Command::KeepAlive { client_ids: due };
+            // A renewal that cannot commit before the shortest lease would
+            // end is of no use; give up and try again on the next tick.
+            let deadline = sent_at + shortest / LEASE_DIVISOR;
             match replicator.write(command, deadline).await {
-                Ok(_) => {
-                    let mut clients = self.lock();
-                    for id in due {
-                        clients.renewed_at_ms.insert(id, now);
+                Ok(Ok(Response::KeptAlive { renewed, .. })) => {
+                    for (id, timeout_ms) in renewed {
+                        self.confirm(&id, sent_at, timeout_ms);
                     }
                 }
+                Ok(other) => tracing::warn!(?other, "batched keep-alive answered unexpectedly"),
                 Err(error) => tracing::debug!(%error, "batched keep-alive not committed"),
             }
         }

@@ -5,6 +5,9 @@
 //! handlers; [`convert`] the wire <-> state-machine translation; [`error`]
 //! the one mapping of failures to gRPC statuses; [`replication`] the door to
 //! Raft (leader stamping, forwarding, read index, leader duties);
+//! [`clock`] the leader's term clock for log stamps; [`liveness`] whether
+//! a working leader is within reach; [`health`] gRPC health and the leader
+//! address cache;
 //! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
 //! renewal on clients' behalf; [`node`] wires one node together; [`client`]
 //! is a small failover client.
@@ -14,9 +17,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod clock;
 pub mod convert;
 pub mod error;
+pub mod health;
 pub mod keepalive;
+pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod peer;

@@ -14,6 +14,7 @@ use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::transport::Server;
 
 use crate::keepalive::SessionKeeper;
@@ -165,16 +166,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         sessions: sessions.clone(),
         shutdown: stop_rx.clone(),
     };
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<LeaderLatchServiceServer<LatchApi>>()
-        .await;
-    health
-        .set_serving::<LeaderElectionServiceServer<ElectionApi>>()
-        .await;
-    health
-        .set_serving::<SessionServiceServer<SessionApi>>()
-        .await;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_services = vec![
+        <LeaderLatchServiceServer<LatchApi> as NamedService>::NAME,
+        <LeaderElectionServiceServer<ElectionApi> as NamedService>::NAME,
+        <SessionServiceServer<SessionApi> as NamedService>::NAME,
+    ];
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -209,6 +206,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let duties = tokio::spawn(replicator.clone().run_leader_duties());
     let keeper = tokio::spawn(sessions.run(replicator.clone(), stop_rx.clone()));
+    let health = tokio::spawn(crate::health::run(
+        replicator.clone(),
+        health,
+        health_services,
+        stop_rx.clone(),
+    ));
     tracing::info!(id = config.id, client = %config.listen, peer = %config.peer_listen, "node started");
 
     shutdown.await;
@@ -223,6 +226,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     keeper.abort();
     duties.abort();
+    health.abort();
     raft.shutdown()
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;

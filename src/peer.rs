@@ -3,7 +3,9 @@
 
 use baton_state::Command;
 use baton_store::TypeConfig;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::network::{decode, encode};
@@ -43,7 +45,16 @@ impl RaftService for PeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode(request.get_ref()).map_err(bad_payload)?;
-        reply(&self.replicator.raft().append_entries(rpc).await)
+        let leader = rpc.vote.leader_id().voted_for();
+        let response = self.replicator.raft().append_entries(rpc).await;
+        // Accepted from the current leader (a higher vote means the sender
+        // is stale): this node is in contact with its leader.
+        if let (Ok(accepted), Some(leader)) = (&response, leader) {
+            if !matches!(accepted, AppendEntriesResponse::HigherVote(_)) {
+                self.replicator.liveness().heard_from(leader);
+            }
+        }
+        reply(&response)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -1,11 +1,13 @@
 //! The node's door to Raft: writes (stamped by the leader, forwarded from
 //! followers), linearizable reads, and the leader's own duties (grace entry
-//! on taking office, session expiry).
+//! on taking office, session expiry). Every path first asks [`Liveness`]
+//! whether a working leader is within reach, and gives up with UNAVAILABLE
+//! the moment it is not, instead of waiting for the caller's deadline.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use baton_state::{Command, CommandError, Response};
 use baton_store::{LogCommand, NodeId, StateHandle, TypeConfig};
@@ -14,7 +16,9 @@ use openraft::{Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::clock::LeaderClock;
 use crate::error::{LeaderHint, ReplicationError};
+use crate::liveness::{LeaderLoss, Liveness};
 use crate::network::{decode, encode, never_sent, PeerChannels};
 use crate::proto::baton::v1::{NodeInfoRequest, ReadIndexRequest};
 
@@ -28,21 +32,23 @@ pub enum ProposeRejection {
     /// safely try the real leader.
     #[error("not the leader")]
     NotLeader,
+    /// The leader has not heard from a quorum for an election timeout and
+    /// refuses writes; nothing was appended.
+    #[error("{0}")]
+    NoQuorum(String),
     /// The proposal was handed to Raft but its fate is unknown.
     #[error("{0}")]
     Unknown(String),
 }
 
+/// How often an in-flight write or read re-checks that its leader is still
+/// within reach (a small fraction of the election timeout).
+const LIVENESS_POLL: Duration = Duration::from_millis(25);
+/// How long to wait before retrying a write that a stale leader refused.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// The reply to a forwarded proposal.
 pub type ProposeReply = Result<CommandResult, ProposeRejection>;
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Cheap-to-clone access to the local Raft node for the services.
 #[derive(Clone)]
@@ -58,6 +64,8 @@ struct Inner {
     client_addr: String,
     client_addrs: Mutex<HashMap<NodeId, String>>,
     last_stamp: AtomicU64,
+    clock: LeaderClock,
+    liveness: Liveness,
     rejoining: AtomicBool,
 }
 
@@ -70,6 +78,7 @@ impl Replicator {
         channels: PeerChannels,
         client_addr: String,
     ) -> Self {
+        let liveness = Liveness::new(Duration::from_millis(raft.config().election_timeout_min));
         Replicator {
             inner: Arc::new(Inner {
                 id,
@@ -79,6 +88,8 @@ impl Replicator {
                 client_addr,
                 client_addrs: Mutex::new(HashMap::new()),
                 last_stamp: AtomicU64::new(0),
+                clock: LeaderClock::default(),
+                liveness,
                 rejoining: AtomicBool::new(false),
             }),
         }
@@ -144,6 +155,40 @@ impl Replicator {
         self.inner.raft.metrics().borrow().current_leader
     }
 
+    /// Contact with the leader, as tracked for this node.
+    pub fn liveness(&self) -> &Liveness {
+        &self.inner.liveness
+    }
+
+    /// The leader this node can work with right now, or why there is none.
+    pub fn working_leader(&self) -> Result<NodeId, LeaderLoss> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        self.inner.liveness.working_leader(&metrics)
+    }
+
+    /// Resolves once no working leader is within reach.
+    async fn leader_lost(&self) -> LeaderLoss {
+        loop {
+            if let Err(loss) = self.working_leader() {
+                return loss;
+            }
+            tokio::time::sleep(LIVENESS_POLL).await;
+        }
+    }
+
+    /// Runs `attempt` unless contact with the leader is lost first; then
+    /// its outcome is unknown (it may still commit).
+    async fn while_leader_reachable<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, ProposeRejection>>,
+    ) -> Result<T, ProposeRejection> {
+        tokio::select! {
+            outcome = attempt => outcome,
+            loss = self.leader_lost() => Err(ProposeRejection::Unknown(loss.to_string())),
+        }
+    }
+
     fn peer_addr(&self, id: NodeId) -> Option<String> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
@@ -189,21 +234,27 @@ impl Replicator {
             .cloned()
     }
 
-    /// The leader hint for error responses.
-    pub async fn leader_hint(&self) -> LeaderHint {
+    /// The leader hint for error responses: only what is already known, so
+    /// that an error is never delayed by a lookup (the health task keeps
+    /// the leader's address cached).
+    pub fn leader_hint(&self) -> LeaderHint {
         match self.current_leader() {
             Some(id) => LeaderHint {
                 id: Some(id),
-                client_addr: self.client_addr_of(id).await,
+                client_addr: if id == self.inner.id {
+                    Some(self.inner.client_addr.clone())
+                } else {
+                    self.cached_client_addr(id)
+                },
             },
             None => LeaderHint::default(),
         }
     }
 
-    async fn unavailable(&self, reason: impl Into<String>) -> ReplicationError {
+    fn unavailable(&self, reason: impl Into<String>) -> ReplicationError {
         ReplicationError::Unavailable {
             reason: reason.into(),
-            hint: self.leader_hint().await,
+            hint: self.leader_hint(),
         }
     }
 
@@ -216,16 +267,18 @@ impl Replicator {
         deadline: Instant,
     ) -> Result<CommandResult, ReplicationError> {
         loop {
+            let leader = self
+                .working_leader()
+                .map_err(|loss| self.unavailable(loss.to_string()))?;
             let attempt = async {
-                match self.current_leader() {
-                    Some(leader) if leader == self.inner.id => {
-                        self.propose_as_leader(command.clone()).await
-                    }
-                    Some(leader) => self.forward(leader, &command).await,
-                    None => Err(ProposeRejection::NotLeader),
+                if leader == self.inner.id {
+                    self.propose_as_leader(command.clone()).await
+                } else {
+                    self.forward(leader, &command).await
                 }
             };
-            let outcome = tokio::time::timeout_at(deadline, attempt).await;
+            let outcome =
+                tokio::time::timeout_at(deadline, self.while_leader_reachable(attempt)).await;
             match outcome {
                 Err(_) => {
                     return Err(ReplicationError::DeadlineExceeded(
@@ -236,66 +289,68 @@ impl Replicator {
                 Ok(Err(ProposeRejection::Unknown(reason))) => {
                     return Err(ReplicationError::OutcomeUnknown {
                         reason,
-                        hint: self.leader_hint().await,
+                        hint: self.leader_hint(),
                     })
                 }
+                Ok(Err(ProposeRejection::NoQuorum(reason))) => return Err(self.unavailable(reason)),
                 Ok(Err(ProposeRejection::NotLeader)) => {
-                    // Nothing was appended: wait for a (new) leader and retry.
-                    if !self.await_leader_change(deadline).await {
-                        return Err(self
-                            .unavailable("no leader elected before the deadline")
-                            .await);
+                    // Nothing was appended: retry once this node's view of
+                    // the leader has had a moment to catch up.
+                    if !pause_before_retry(deadline).await {
+                        return Err(
+                            self.unavailable("no leader took the write before the deadline")
+                        );
                     }
                 }
             }
         }
     }
 
-    /// Waits briefly for the leader to be known (or to change); false once
-    /// the deadline has passed.
-    async fn await_leader_change(&self, deadline: Instant) -> bool {
-        let pause = Instant::now() + Duration::from_millis(50);
-        tokio::time::sleep_until(pause.min(deadline)).await;
-        if Instant::now() >= deadline {
-            return false;
-        }
-        let mut metrics = self.inner.raft.metrics();
-        let wait = async move {
-            metrics
-                .wait_for(|m| m.current_leader.is_some())
-                .await
-                .map(|_| ())
-        };
-        matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(())))
+    /// The leader's clock in `term` (DESIGN §3: monotonic within a term).
+    fn leader_now_ms(&self, term: u64) -> u64 {
+        let floor = self.inner.state.read(|machine, _| machine.now_ms());
+        self.inner.clock.now_ms(term, floor)
     }
 
-    /// Proposes on this node, which must be the leader; stamps the entry
-    /// with the leader's clock, never below a stamp already issued or applied.
+    /// Proposes on this node, which must be a working leader; stamps the
+    /// entry with the leader's term clock, never below a stamp already
+    /// issued or applied.
     pub async fn propose_as_leader(&self, command: Command) -> ProposeReply {
-        if !self.is_leader() {
-            return Err(ProposeRejection::NotLeader);
-        }
-        let floor = self.inner.state.read(|machine, _| machine.now_ms());
-        let candidate = wall_clock_ms().max(floor);
+        let term = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            let leading = metrics.state == ServerState::Leader
+                && metrics.current_leader == Some(self.inner.id);
+            if !leading {
+                return Err(ProposeRejection::NotLeader);
+            }
+            if let Err(loss) = self.inner.liveness.working_leader(&metrics) {
+                return Err(ProposeRejection::NoQuorum(loss.to_string()));
+            }
+            metrics.current_term
+        };
+        let candidate = self.leader_now_ms(term);
         let previous = self.inner.last_stamp.fetch_max(candidate, Ordering::SeqCst);
         let stamp_ms = previous.max(candidate);
-        match self
-            .inner
-            .raft
-            .client_write(LogCommand { stamp_ms, command })
-            .await
-        {
-            Ok(response) => response
-                .data
-                .0
-                .ok_or_else(|| ProposeRejection::Unknown("entry applied without a result".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ProposeRejection::Unknown(
-                    "leadership changed while the write was in flight".into(),
-                ))
+        let write = async {
+            match self
+                .inner
+                .raft
+                .client_write(LogCommand { stamp_ms, command })
+                .await
+            {
+                Ok(response) => response.data.0.ok_or_else(|| {
+                    ProposeRejection::Unknown("entry applied without a result".into())
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(ProposeRejection::Unknown(
+                        "leadership changed while the write was in flight".into(),
+                    ))
+                }
+                Err(error) => Err(ProposeRejection::Unknown(error.to_string())),
             }
-            Err(error) => Err(ProposeRejection::Unknown(error.to_string())),
-        }
+        };
+        self.while_leader_reachable(write).await
     }
 
     async fn forward(&self, leader: NodeId, command: &Command) -> ProposeReply {
@@ -326,27 +381,29 @@ impl Replicator {
     /// its leadership with a quorum first). Then a local read is linearizable.
     pub async fn linearizable_barrier(&self, deadline: Instant) -> Result<(), ReplicationError> {
         loop {
+            let leader = self
+                .working_leader()
+                .map_err(|loss| self.unavailable(loss.to_string()))?;
             let attempt = async {
-                match self.current_leader() {
-                    Some(leader) if leader == self.inner.id => self.read_index_as_leader().await,
-                    Some(leader) => self.read_index_from(leader).await,
-                    None => Err(ProposeRejection::NotLeader),
+                if leader == self.inner.id {
+                    self.read_index_as_leader().await
+                } else {
+                    self.read_index_from(leader).await
                 }
             };
-            let read_index = match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => {
-                    return Err(self
-                        .unavailable("no quorum confirmed the read in time")
-                        .await)
-                }
-                Ok(Ok(index)) => index,
-                Ok(Err(_)) => {
-                    if !self.await_leader_change(deadline).await {
-                        return Err(self.unavailable("no leader with a quorum").await);
+            let read_index =
+                match tokio::time::timeout_at(deadline, self.while_leader_reachable(attempt)).await
+                {
+                    Err(_) => return Err(self.unavailable("no quorum confirmed the read in time")),
+                    Ok(Ok(index)) => index,
+                    Ok(Err(ProposeRejection::NotLeader)) => {
+                        if !pause_before_retry(deadline).await {
+                            return Err(self.unavailable("no leader with a quorum"));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
+                    Ok(Err(rejection)) => return Err(self.unavailable(rejection.to_string())),
+                };
             let remaining = deadline.saturating_duration_since(Instant::now());
             return match self
                 .inner
@@ -356,9 +413,7 @@ impl Replicator {
                 .await
             {
                 Ok(_) => Ok(()),
-                Err(_) => Err(self
-                    .unavailable("this node could not catch up in time")
-                    .await),
+                Err(_) => Err(self.unavailable("this node could not catch up in time")),
             };
         }
     }
@@ -366,6 +421,12 @@ impl Replicator {
     /// On the leader: confirms leadership with a quorum and returns the log
     /// index a read must wait for.
     pub async fn read_index_as_leader(&self) -> Result<Option<u64>, ProposeRejection> {
+        if let Err(loss) = self.working_leader() {
+            return Err(match loss {
+                LeaderLoss::LostQuorum => ProposeRejection::NoQuorum(loss.to_string()),
+                _ => ProposeRejection::NotLeader,
+            });
+        }
         match self.inner.raft.get_read_log_id().await {
             Ok((read_log_id, _)) => Ok(read_log_id.map(|id| id.index)),
             Err(RaftError::APIError(_)) => Err(ProposeRejection::NotLeader),
@@ -430,7 +491,7 @@ impl Replicator {
             }
             while still_leader(&self) {
                 let due = self.inner.state.read(|machine, _| machine.next_expiry_ms());
-                let now = wall_clock_ms();
+                let now = self.leader_now_ms(term);
                 match due {
                     Some(due) if due <= now => {
                         if let Err(error) = self.propose_as_leader(Command::ExpireDue).await {
@@ -446,4 +507,10 @@ impl Replicator {
             }
         }
     }
+}
+
+/// Sleeps briefly before a retry; false if the deadline has passed.
+async fn pause_before_retry(deadline: Instant) -> bool {
+    tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
+    Instant::now() < deadline
 }

@@ -217,6 +217,7 @@ async fn every_rpc_on_every_node() {
         sessions
             .close_session(CloseSessionRequest {
                 client_id: session_client.clone(),
+                request_id: 0,
             })
             .await
             .unwrap();
@@ -269,6 +270,7 @@ async fn events_from_a_follower_see_the_initial_state_and_each_change_in_order()
         .sessions(leader)
         .close_session(CloseSessionRequest {
             client_id: "first".into(),
+            request_id: 0,
         })
         .await
         .unwrap();

@@ -267,6 +267,7 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         .sessions(leader)
         .close_session(CloseSessionRequest {
             client_id: "closer".into(),
+            request_id: 0,
         })
         .await
         .unwrap();

@@ -208,9 +208,17 @@ fn session_service_messages() {
     );
     assert_eq!(
         bytes(&bt::CloseSessionRequest {
-            client_id: "c".into()
+            client_id: "c".into(),
+            request_id: 0,
         }),
         [0x0a, 0x01, b'c']
+    );
+    assert_eq!(
+        bytes(&bt::CloseSessionRequest {
+            client_id: "c".into(),
+            request_id: 300,
+        }),
+        [0x0a, 0x01, b'c', 0x10, 0xac, 0x02]
     );
 }
 

@@ -24,7 +24,7 @@ pub use latch::LatchApi;
 pub use session::SessionApi;
 
 use crate::convert::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ReplicationError};
 use crate::keepalive::SessionKeeper;
 use crate::replication::Replicator;
 
@@ -110,66 +110,72 @@ impl Context {
     /// Streams the primitive's current state and then every change, from
     /// this node's applied state, keeping the caller's session alive (and
     /// opening one with the default timeout if it has none).
+    ///
+    /// The first message is a linearizable read (DESIGN §4), and the stream
+    /// ends with UNAVAILABLE as soon as this node stops confirming renewals
+    /// of the caller's session (its lease, see [`crate::keepalive`]).
     fn watch(&self, caller: &Caller) -> ReceiverStream<Result<WatchUpdate, Status>> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let context = self.clone();
         let caller = caller.clone();
         tokio::spawn(async move {
-            let hold = context.sessions.hold(&caller.client_id);
-            context.ensure_session(&caller.client_id).await;
-            context.stream_changes(&caller.key, tx).await;
-            drop(hold);
+            let _hold = context.sessions.hold(&caller.client_id);
+            if let Err(error) = context.stream_changes(&caller, &tx).await {
+                let _ = tx.send(Err(error)).await;
+            }
         });
         ReceiverStream::new(rx)
     }
 
-    async fn ensure_session(&self, client_id: &str) {
-        let has_session = self
-            .replicator
-            .state()
-            .read(|machine, _| machine.session(client_id).is_some());
-        if !has_session {
-            let open = Command::OpenSession {
-                client_id: client_id.to_owned(),
-                timeout_ms: 0,
-            };
-            let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
-            if let Err(error) = self.apply(open, deadline).await {
-                tracing::debug!(%error, client_id, "could not open a session for a watcher");
-            }
-        }
-    }
-
     async fn stream_changes(
         &self,
-        key: &PrimitiveKey,
-        tx: mpsc::Sender<Result<WatchUpdate, Status>>,
-    ) {
-        let state = self.replicator.state();
+        caller: &Caller,
+        tx: &mpsc::Sender<Result<WatchUpdate, Status>>,
+    ) -> Result<(), Status> {
+        let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
+        let replicator = &self.replicator;
+        self.sessions
+            .renew_now(replicator, &caller.client_id, deadline)
+            .await?;
+        let state = replicator.state();
+        // Subscribed before the read, so no change between the two is lost.
         let mut changes = state.subscribe();
+        replicator
+            .linearizable_barrier(deadline)
+            .await
+            .map_err(ApiError::from)?;
+        let key = &caller.key;
         let (mut last_sent, seen_index) = state.read(|m, index| (m.primitive(key), index));
         let update = WatchUpdate {
             initial: true,
             state: last_sent.clone(),
         };
         if tx.send(Ok(update)).await.is_err() {
-            return;
+            return Ok(());
         }
         let mut shutdown = self.shutdown.clone();
         loop {
+            let lease_end = self
+                .sessions
+                .lease_end(&caller.client_id)
+                .unwrap_or_else(Instant::now);
             let next: Option<Primitive> = tokio::select! {
-                _ = tx.closed() => return,
+                _ = tx.closed() => return Ok(()),
                 _ = stopping(&mut shutdown) => {
-                    let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
-                    return;
+                    return Err(ApiError::from(ReplicationError::ShuttingDown).into());
+                }
+                _ = tokio::time::sleep_until(lease_end) => {
+                    if self.sessions.lease_end(&caller.client_id).is_some_and(|end| end > Instant::now()) {
+                        continue;
+                    }
+                    return Err(ApiError::from(ReplicationError::LeaseLost).into());
                 }
                 received = changes.recv() => match received {
                     Ok(applied) => latest_for(key, &applied, seen_index),
                     // Fell behind: skip to the latest state (coalescing).
                     Err(broadcast::error::RecvError::Lagged(_)) => Some(state.read(|m, _| m.primitive(key))),
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
-                        return;
+                        return Err(ApiError::from(ReplicationError::ShuttingDown).into());
                     }
                 },
             };
@@ -180,7 +186,7 @@ impl Context {
                     state: next,
                 };
                 if tx.send(Ok(update)).await.is_err() {
-                    return;
+                    return Ok(());
                 }
             }
         }

@@ -76,13 +76,16 @@ impl SessionService for SessionApi {
         request: Request<CloseSessionRequest>,
     ) -> Result<Response<CloseSessionResponse>, Status> {
         let deadline = deadline(&request);
-        let client_id = request.into_inner().client_id;
+        let CloseSessionRequest {
+            client_id,
+            request_id,
+        } = request.into_inner();
         validate_id("client_id", &client_id).map_err(ApiError::from)?;
-        match self
-            .context
-            .apply(Command::CloseSession { client_id }, deadline)
-            .await?
-        {
+        let command = Command::CloseSession {
+            client_id,
+            request_id,
+        };
+        match self.context.apply(command, deadline).await? {
             CommandResponse::SessionClosed { .. } => Ok(Response::new(CloseSessionResponse {})),
             other => Err(unexpected(other)),
         }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::client::{header, with_deadline, Client};
+use baton::client::{header, next_request_id, with_deadline, Client};
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::{self as el};
 use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
@@ -453,6 +453,7 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
                     let request = with_deadline(
                         CloseSessionRequest {
                             client_id: who.clone(),
+                            request_id: 0,
                         },
                         t,
                     );
@@ -527,7 +528,7 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
             }
         };
         let invoked = Instant::now();
-        let outcome = perform(&client, &who, p, &op, rng.gen::<u64>() | 1).await;
+        let outcome = perform(&client, &who, p, &op, next_request_id()).await;
         let done = Instant::now();
         let mut j = journal(&journal_);
         match outcome {

@@ -89,6 +89,7 @@ impl Cluster {
     fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
         let extra = self.extra_args.clone();
+        let skew_file = self.skew_file(id);
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
@@ -109,6 +110,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&extra)
+            .env("BATON_TEST_CLOCK_SKEW_FILE", &skew_file)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,6 +138,36 @@ impl Cluster {
             }
             child.wait().unwrap();
         }
+    }
+
+    /// The file the node reads its wall-clock offset from (debug builds'
+    /// test hook, `BATON_TEST_CLOCK_SKEW_FILE`).
+    fn skew_file(&self, id: u64) -> PathBuf {
+        self._dir.path().join(format!("node{id}.skew"))
+    }
+
+    /// Steps node `id`'s wall clock by `offset_ms`, as NTP would.
+    pub fn step_clock(&self, id: u64, offset_ms: i64) {
+        std::fs::write(self.skew_file(id), offset_ms.to_string()).unwrap();
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        if let Some(child) = &self.node(id).child {
+            // SAFETY: kill(2) on a child we spawned, with a valid signal.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
     }
 
     pub fn restart(&mut self, id: u64) {
@@ -238,6 +270,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
+                // SAFETY: kill(2) on a child we spawned; a stopped process
+                // must be continued to die promptly on some kernels.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }

@@ -30,6 +30,10 @@ pub enum Command {
     CloseSession {
         /// The client.
         client_id: String,
+        /// Non-zero refuses the close if it is a stale duplicate (an id at
+        /// or below the highest the session applied and not remembered).
+        #[serde(default)]
+        request_id: u64,
     },
     /// Expires every session due at this entry's time. Proposed by the Raft
     /// leader when a session falls due.

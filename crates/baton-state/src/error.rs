@@ -17,6 +17,9 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The caller has no session (it expired or was never opened).
     NotFound,
+    /// The request was already applied, but its answer can no longer be
+    /// given exactly; the caller should read the state again.
+    Aborted,
 }
 
 /// A rejected command, with enough detail for a readable client message.
@@ -92,6 +95,37 @@ pub enum CommandError {
         /// The limit.
         max: usize,
     },
+    /// A Restore names an epoch too large to keep rising (DESIGN §6).
+    #[error("restored epoch {epoch} is too large; epochs must stay below {limit}")]
+    EpochTooLarge {
+        /// The epoch in the snapshot.
+        epoch: u64,
+        /// The first epoch refused (2^63).
+        limit: u64,
+    },
+    /// The primitive's epoch cannot rise any further; the change that would
+    /// need a new epoch is refused rather than reusing or wrapping one.
+    #[error("the epoch of {name:?} is exhausted")]
+    EpochExhausted {
+        /// The primitive.
+        name: String,
+    },
+    /// The request id is at or below the highest one this client's session
+    /// applied and is not remembered: a late duplicate, never applied.
+    #[error("request id {request_id} is stale: the session has applied up to {highest} and no longer remembers it")]
+    StaleRequest {
+        /// The refused request id.
+        request_id: u64,
+        /// The highest request id applied in the session.
+        highest: u64,
+    },
+    /// A retried request was applied before, but the primitive has changed
+    /// since, so its original answer cannot be given.
+    #[error("request id {request_id} was already applied; the primitive has changed since, read it again")]
+    AlreadyApplied {
+        /// The retried request id.
+        request_id: u64,
+    },
     /// A keep-alive for a client that has no session (it expired or closed).
     #[error("client {client_id:?} has no open session (expired or closed)")]
     SessionNotFound {
@@ -108,9 +142,14 @@ impl CommandError {
             | CommandError::IdTooLong { .. }
             | CommandError::WrongPrimitiveType { .. }
             | CommandError::InvalidTimeout { .. }
-            | CommandError::MalformedSnapshot { .. } => ErrorKind::InvalidArgument,
-            CommandError::NotACandidate { .. } => ErrorKind::FailedPrecondition,
+            | CommandError::MalformedSnapshot { .. }
+            | CommandError::EpochTooLarge { .. } => ErrorKind::InvalidArgument,
+            CommandError::NotACandidate { .. } | CommandError::StaleRequest { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            CommandError::AlreadyApplied { .. } => ErrorKind::Aborted,
             CommandError::TooManyMembers { .. }
+            | CommandError::EpochExhausted { .. }
             | CommandError::TooManyPrimitives { .. }
             | CommandError::TooManySessions { .. } => ErrorKind::ResourceExhausted,
             CommandError::SessionNotFound { .. } => ErrorKind::NotFound,

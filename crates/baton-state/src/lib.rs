@@ -14,7 +14,10 @@
 //!   both the current and the restored epoch);
 //! - every member has a session; when a session expires or closes its client
 //!   leaves every primitive in one step;
-//! - a non-zero `request_id` makes a client command exactly-once;
+//! - a non-zero `request_id` makes a client command exactly-once, within a
+//!   bounded window of recent ids, and older ids are refused;
+//! - epochs never wrap: restored epochs stay below [`MAX_EPOCH`] and every
+//!   increment is checked;
 //! - a rejected command changes nothing.
 
 #![warn(missing_docs)]
@@ -29,9 +32,9 @@ mod session;
 pub use command::{Applied, ChangeEvent, ClientRequest, Command, Operation, Response};
 pub use error::{CommandError, ErrorKind};
 pub use limits::{
-    resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_ID_BYTES,
-    MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
+    resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_EPOCH,
+    MAX_ID_BYTES, MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
 };
 pub use machine::StateMachine;
 pub use primitive::{Primitive, PrimitiveKey, PrimitiveKind, PrimitiveSnapshot};
-pub use session::Session;
+pub use session::{AppliedRequest, Session, REQUEST_WINDOW};

@@ -6,6 +6,10 @@ use crate::error::CommandError;
 
 /// Longest primitive name, client id or candidate id, in bytes (DESIGN §3).
 pub const MAX_ID_BYTES: usize = 256;
+/// The first epoch a Restore may not name (2^63): far below `u64::MAX`, so
+/// the epoch can always rise from a restored value, and within an `int64`
+/// for clients that read the wire's `uint64` as signed.
+pub const MAX_EPOCH: u64 = 1 << 63;
 /// Session timeout used when a client does not ask for one.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
 /// Shortest session timeout a client may ask for.

@@ -6,9 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Applied, ChangeEvent, ClientRequest, Command, Operation, Response};
 use crate::error::CommandError;
-use crate::limits::{resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS};
+use crate::limits::{
+    resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_EPOCH,
+};
 use crate::primitive::{Primitive, PrimitiveKey, PrimitiveSnapshot};
-use crate::session::Session;
+use crate::session::{AppliedRequest, Session};
 
 /// All latches, elections and sessions of a cluster.
 ///
@@ -101,11 +103,10 @@ impl StateMachine {
                 timeout_ms,
             } => self.open_session(client_id, *timeout_ms),
             Command::KeepAlive { client_ids } => Ok(self.keep_alive(client_ids)),
-            Command::CloseSession { client_id } => {
-                let existed = self.sessions.contains_key(client_id);
-                self.end_sessions(std::slice::from_ref(client_id), &mut changed);
-                Ok(Response::SessionClosed { existed })
-            }
+            Command::CloseSession {
+                client_id,
+                request_id,
+            } => self.close_session(client_id, *request_id, &mut changed),
             Command::ExpireDue => {
                 let now = self.now_ms;
                 let due: Vec<String> = self
@@ -142,19 +143,11 @@ impl StateMachine {
     ) -> Result<Response, CommandError> {
         validate_id("client_id", &request.client_id)?;
         let now = self.now_ms;
-        if request.request_id != 0 {
-            if let Some(session) = self.sessions.get_mut(&request.client_id) {
-                if let Some((id, response)) = &session.last_request {
-                    if *id == request.request_id {
-                        let response = response.clone();
-                        session.renew(now);
-                        return Ok(response);
-                    }
-                }
-            }
+        let key = request.operation.key();
+        if let Some(answer) = self.answer_retry(request, &key) {
+            return answer;
         }
 
-        let key = request.operation.key();
         validate_id("primitive name", &key.name)?;
         let current = self.primitive(&key);
         let members = plan_members(&request.client_id, &request.operation, &current)?;
@@ -167,7 +160,18 @@ impl StateMachine {
                 max: self.limits.max_members_per_primitive,
             });
         }
-        let is_restore = matches!(request.operation, Operation::Restore { .. });
+        let restored_epoch = match &request.operation {
+            Operation::Restore { snapshot, .. } => Some(snapshot.epoch),
+            _ => None,
+        };
+        let epoch_after = match restored_epoch {
+            Some(restored) => current.epoch.max(restored).checked_add(1),
+            None => current.epoch_after(&members),
+        }
+        .ok_or_else(|| CommandError::EpochExhausted {
+            name: key.name.clone(),
+        })?;
+        let is_restore = restored_epoch.is_some();
         let creates = !self.primitives.contains_key(&key) && (is_restore || !members.is_empty());
         if creates && self.primitives.len() >= self.limits.max_primitives {
             return Err(CommandError::TooManyPrimitives {
@@ -197,25 +201,61 @@ impl StateMachine {
         if creates {
             self.primitives.insert(key.clone(), Primitive::default());
         }
-        let epoch_before = current.epoch;
         if self.replace_members(&key, members) {
             changed.insert(key.clone());
         }
-        if let Operation::Restore { snapshot, .. } = &request.operation {
+        if is_restore {
             if let Some(primitive) = self.primitives.get_mut(&key) {
-                primitive.epoch = epoch_before.max(snapshot.epoch) + 1;
+                primitive.epoch = epoch_after;
                 primitive.changed_at_ms = now;
                 primitive.leader_since_ms = now;
+                primitive.version = primitive.version.saturating_add(1);
             }
             changed.insert(key.clone());
         }
-        let response = Response::Primitive(self.primitive(&key));
+        let state = self.primitive(&key);
         if request.request_id != 0 {
             if let Some(caller) = self.sessions.get_mut(&request.client_id) {
-                caller.last_request = Some((request.request_id, response.clone()));
+                caller.record(AppliedRequest {
+                    request_id: request.request_id,
+                    version: state.version,
+                });
             }
         }
-        Ok(response)
+        Ok(Response::Primitive(state))
+    }
+
+    /// The answer to a request whose id the caller's session has seen or
+    /// passed: a retry of an applied request gets the primitive's state if
+    /// nothing changed it since (exactly what the first attempt answered),
+    /// else `AlreadyApplied`; an older id is refused. `None`: apply it.
+    fn answer_retry(
+        &mut self,
+        request: &ClientRequest,
+        key: &PrimitiveKey,
+    ) -> Option<Result<Response, CommandError>> {
+        if request.request_id == 0 {
+            return None;
+        }
+        let now = self.now_ms;
+        let session = self.sessions.get_mut(&request.client_id)?;
+        if let Some(record) = session.applied(request.request_id).copied() {
+            let state = self.primitives.get(key).cloned().unwrap_or_default();
+            if state.version != record.version {
+                return Some(Err(CommandError::AlreadyApplied {
+                    request_id: request.request_id,
+                }));
+            }
+            session.renew(now);
+            return Some(Ok(Response::Primitive(state)));
+        }
+        if session.is_stale(request.request_id) {
+            return Some(Err(CommandError::StaleRequest {
+                request_id: request.request_id,
+                highest: session.highest_request_id,
+            }));
+        }
+        None
     }
 
     fn open_session(&mut self, client_id: &str, timeout_ms: u64) -> Result<Response, CommandError> {
@@ -238,6 +278,25 @@ impl StateMachine {
             }
         }
         Ok(Response::SessionOpen { timeout_ms })
+    }
+
+    fn close_session(
+        &mut self,
+        client_id: &str,
+        request_id: u64,
+        changed: &mut BTreeSet<PrimitiveKey>,
+    ) -> Result<Response, CommandError> {
+        let Some(session) = self.sessions.get(client_id) else {
+            return Ok(Response::SessionClosed { existed: false });
+        };
+        if session.is_stale(request_id) {
+            return Err(CommandError::StaleRequest {
+                request_id,
+                highest: session.highest_request_id,
+            });
+        }
+        self.end_sessions(&[client_id.to_owned()], changed);
+        Ok(Response::SessionClosed { existed: true })
     }
 
     fn keep_alive(&mut self, client_ids: &[String]) -> Response {
@@ -293,10 +352,11 @@ impl StateMachine {
             return false;
         };
         let before: BTreeSet<String> = primitive.members.iter().cloned().collect();
-        let after: BTreeSet<String> = members.iter().cloned().collect();
         if !primitive.set_members(members, now) {
             return false;
         }
+        // From the list actually set: an exhausted epoch empties it.
+        let after: BTreeSet<String> = primitive.members.iter().cloned().collect();
         for gone in before.difference(&after) {
             if let Some(session) = self.sessions.get_mut(gone) {
                 session.memberships.remove(key);
@@ -368,6 +428,12 @@ fn plan_members(
 }
 
 fn validate_snapshot(snapshot: &PrimitiveSnapshot) -> Result<(), CommandError> {
+    if snapshot.epoch >= MAX_EPOCH {
+        return Err(CommandError::EpochTooLarge {
+            epoch: snapshot.epoch,
+            limit: MAX_EPOCH,
+        });
+    }
     let malformed = |reason: String| CommandError::MalformedSnapshot { reason };
     let mut seen = BTreeSet::new();
     for member in &snapshot.members {

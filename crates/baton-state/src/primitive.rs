@@ -79,6 +79,11 @@ pub struct Primitive {
     pub changed_at_ms: u64,
     /// Time of the last leadership change (the election's `Term.timestamp`).
     pub leader_since_ms: u64,
+    /// Counts every change of this primitive. The exactly-once window
+    /// records it instead of a copy of the member list: a retried request
+    /// is answered with the current state only while this is unchanged.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Primitive {
@@ -92,22 +97,38 @@ impl Primitive {
         self.members.iter().any(|m| m == client_id)
     }
 
+    /// The epoch the primitive would have with `members`: one more if
+    /// leadership passes to a new non-empty leader. `None` if that would
+    /// overflow, so the caller can refuse the change instead of wrapping.
+    pub fn epoch_after(&self, members: &[String]) -> Option<u64> {
+        let new_leader = members.first();
+        if new_leader.is_some() && new_leader != self.members.first() {
+            self.epoch.checked_add(1)
+        } else {
+            Some(self.epoch)
+        }
+    }
+
     /// Replaces the member list at time `now_ms`, advancing the epoch if
     /// leadership passed to a new non-empty leader. Returns whether anything
-    /// changed.
+    /// changed. Callers check [`Primitive::epoch_after`] first; should the
+    /// epoch still be exhausted, the primitive is left without a leader
+    /// rather than handing out a token that was issued before.
     pub(crate) fn set_members(&mut self, members: Vec<String>, now_ms: u64) -> bool {
+        let (members, epoch) = match self.epoch_after(&members) {
+            Some(epoch) => (members, epoch),
+            None => (Vec::new(), self.epoch),
+        };
         if members == self.members {
             return false;
         }
-        let leader_changed = members.first() != self.members.first();
-        if leader_changed {
-            if !members.is_empty() {
-                self.epoch += 1;
-            }
+        if members.first() != self.members.first() {
             self.leader_since_ms = now_ms;
         }
+        self.epoch = epoch;
         self.members = members;
         self.changed_at_ms = now_ms;
+        self.version = self.version.saturating_add(1);
         true
     }
 }

@@ -22,7 +22,9 @@ const DEFAULT_TIMEOUT: u64 = 10_000;
 struct ModelSession {
     timeout: u64,
     expires: u64,
-    last: Option<(u64, Response)>,
+    highest: u64,
+    /// (request id, primitive version after it), the latest 32.
+    recent: Vec<(u64, u64)>,
 }
 
 /// The specification, written as plainly as possible: no indexes, full scans.
@@ -55,6 +57,7 @@ impl Model {
         }
         p.members = members;
         p.changed_at_ms = now;
+        p.version += 1;
     }
 
     fn remove_clients(&mut self, gone: &BTreeSet<String>) {
@@ -102,13 +105,18 @@ impl Model {
                 {
                     return Err(ErrorKind::ResourceExhausted);
                 }
-                let last = self.sessions.get(client_id).and_then(|s| s.last.clone());
+                let (highest, recent) = self
+                    .sessions
+                    .get(client_id)
+                    .map(|s| (s.highest, s.recent.clone()))
+                    .unwrap_or_default();
                 self.sessions.insert(
                     client_id.clone(),
                     ModelSession {
                         timeout,
                         expires: now + timeout,
-                        last,
+                        highest,
+                        recent,
                     },
                 );
                 Ok(Response::SessionOpen {
@@ -130,7 +138,16 @@ impl Model {
                     .collect();
                 Ok(Response::KeptAlive { renewed, missing })
             }
-            Command::CloseSession { client_id } => {
+            Command::CloseSession {
+                client_id,
+                request_id,
+            } => {
+                if let Some(s) = self.sessions.get(client_id) {
+                    let remembered = s.recent.iter().any(|(id, _)| id == request_id);
+                    if *request_id != 0 && *request_id <= s.highest && !remembered {
+                        return Err(ErrorKind::FailedPrecondition);
+                    }
+                }
                 let existed = self.sessions.contains_key(client_id);
                 self.remove_clients(&BTreeSet::from([client_id.clone()]));
                 Ok(Response::SessionClosed { existed })
@@ -162,17 +179,22 @@ impl Model {
 
     fn apply_client(&mut self, r: &ClientRequest) -> Result<Response, ErrorKind> {
         validate_id("c", &r.client_id).map_err(|e| e.kind())?;
-        if r.request_id != 0 {
-            if let Some((id, response)) =
-                self.sessions.get(&r.client_id).and_then(|s| s.last.clone())
-            {
-                if id == r.request_id {
+        let key = r.operation.key();
+        if let Some(s) = self
+            .sessions
+            .get(&r.client_id)
+            .filter(|_| r.request_id != 0)
+        {
+            match s.recent.iter().find(|(id, _)| *id == r.request_id) {
+                Some((_, version)) if *version == self.get(&key).version => {
                     self.renew(&r.client_id);
-                    return Ok(response);
+                    return Ok(Response::Primitive(self.get(&key)));
                 }
+                Some(_) => return Err(ErrorKind::Aborted),
+                None if r.request_id <= s.highest => return Err(ErrorKind::FailedPrecondition),
+                None => {}
             }
         }
-        let key = r.operation.key();
         validate_id("n", &key.name).map_err(|e| e.kind())?;
         let old = self.get(&key).members;
         let mut new = old.clone();
@@ -211,7 +233,8 @@ impl Model {
                 let ids_ok = snapshot.members.iter().all(|m| validate_id("m", m).is_ok());
                 let leader_ok = snapshot.leader.is_empty()
                     || Some(&snapshot.leader) == snapshot.members.first();
-                if !ids_ok || distinct.len() != snapshot.members.len() || !leader_ok {
+                let epoch_ok = snapshot.epoch < 1 << 63;
+                if !ids_ok || distinct.len() != snapshot.members.len() || !leader_ok || !epoch_ok {
                     return Err(ErrorKind::InvalidArgument);
                 }
                 new = snapshot.members.clone();
@@ -240,7 +263,8 @@ impl Model {
                 ModelSession {
                     timeout: DEFAULT_TIMEOUT,
                     expires: self.now + DEFAULT_TIMEOUT,
-                    last: None,
+                    highest: 0,
+                    recent: Vec::new(),
                 },
             );
         }
@@ -257,13 +281,19 @@ impl Model {
                 p.epoch = epoch_before.max(restored) + 1;
                 p.changed_at_ms = now;
                 p.leader_since_ms = now;
+                p.version += 1;
                 Response::Primitive(self.get(&key))
             }
             None => Response::Primitive(self.get(&key)),
         };
         if r.request_id != 0 {
+            let version = self.get(&key).version;
             if let Some(s) = self.sessions.get_mut(&r.client_id) {
-                s.last = Some((r.request_id, response.clone()));
+                s.highest = s.highest.max(r.request_id);
+                s.recent.push((r.request_id, version));
+                if s.recent.len() > 32 {
+                    s.recent.remove(0);
+                }
             }
         }
         Ok(response)
@@ -301,11 +331,18 @@ fn operation() -> impl Strategy<Value = Operation> {
         1 => (name(), client()).prop_map(|(election, candidate)| Operation::Anoint { election, candidate }),
         1 => (name(), client()).prop_map(|(election, candidate)| Operation::Promote { election, candidate }),
         1 => (name(), client()).prop_map(|(election, candidate)| Operation::Evict { election, candidate }),
-        1 => (key(), prop::collection::vec(client(), 0..5), prop::bool::weighted(0.8), 0u64..6)
+        1 => (key(), prop::collection::vec(client(), 0..5), prop::bool::weighted(0.8), epoch())
             .prop_map(|(key, members, consistent, epoch)| {
                 let leader = if consistent { members.first().cloned().unwrap_or_default() } else { "b".into() };
                 Operation::Restore { key, snapshot: PrimitiveSnapshot { leader, members, epoch } }
             }),
+    ]
+}
+/// Small epochs mostly, and some at the limits, where a careless `+ 1` wraps.
+fn epoch() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => 0u64..6,
+        1 => prop::sample::select(vec![(1u64 << 63) - 2, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX]),
     ]
 }
 fn command() -> impl Strategy<Value = Command> {
@@ -315,7 +352,7 @@ fn command() -> impl Strategy<Value = Command> {
         2 => (client(), prop::sample::select(vec![0u64, 500, 1_000, 2_000, 5_000, 400_000]))
             .prop_map(|(client_id, timeout_ms)| Command::OpenSession { client_id, timeout_ms }),
         2 => prop::collection::vec(client(), 0..4).prop_map(|client_ids| Command::KeepAlive { client_ids }),
-        1 => client().prop_map(|client_id| Command::CloseSession { client_id }),
+        1 => (client(), 0u64..4).prop_map(|(client_id, request_id)| Command::CloseSession { client_id, request_id }),
         3 => Just(Command::ExpireDue),
         1 => Just(Command::LeaderGrace),
     ]

@@ -345,52 +345,75 @@ fn retried_request_id_is_answered_from_the_record_not_applied_twice() {
     let e = PrimitiveKey::election("e");
     ok(&mut sm, enter("a", "e"), T0);
     ok(&mut sm, enter("b", "e"), T0);
-    let first = ok(
-        &mut sm,
+    let promote_b = |request_id| {
         op(
             "x",
-            7,
+            request_id,
             Operation::Promote {
                 election: "e".into(),
                 candidate: "b".into(),
             },
-        ),
-        T0,
-    );
-    // A promote applied twice would be visible if "a" were moved back first.
-    ok(&mut sm, anoint("y", "e", "a"), T0);
-    let applied = sm.apply(
-        &op(
-            "x",
-            7,
-            Operation::Promote {
-                election: "e".into(),
-                candidate: "b".into(),
-            },
-        ),
-        T0 + 1,
-    );
+        )
+    };
+    let first = ok(&mut sm, promote_b(7), T0);
+    // An immediate retry gets exactly the first answer and changes nothing.
+    let applied = sm.apply(&promote_b(7), T0 + 1);
     assert_eq!(
         applied.result,
         Ok(first),
-        "the retry gets the original response"
+        "the retry gets the original answer"
     );
     assert!(applied.events.is_empty());
+    assert_eq!(members(&sm, &e), ["b", "a"]);
+    // Once the election changed, the original answer is gone: the retry is
+    // refused as already applied (ABORTED), and still not applied twice.
+    ok(&mut sm, anoint("y", "e", "a"), T0);
+    let error = rejected(&mut sm, promote_b(7), T0 + 2);
+    assert_eq!(error.kind(), ErrorKind::Aborted, "{error}");
     assert_eq!(members(&sm, &e), ["a", "b"]);
-    // A new request id is applied.
+    // A new, higher request id is applied.
+    ok(&mut sm, promote_b(8), T0);
+    assert_eq!(members(&sm, &e), ["b", "a"]);
+}
+
+#[test]
+fn the_window_remembers_recent_request_ids_and_refuses_older_ones() {
+    let mut sm = StateMachine::default();
+    let join = |request_id| op("x", request_id, Operation::Join { latch: "l".into() });
+    for request_id in 1..=40 {
+        ok(&mut sm, join(request_id), T0);
+    }
+    let session = sm.session("x").unwrap();
+    assert_eq!(session.recent.len(), baton_state::REQUEST_WINDOW);
+    assert_eq!(session.highest_request_id, 40);
+    // Inside the window: answered. Below it: refused, FAILED_PRECONDITION.
     ok(
         &mut sm,
-        op(
-            "x",
-            8,
-            Operation::Promote {
-                election: "e".into(),
-                candidate: "b".into(),
-            },
-        ),
+        join(40 - baton_state::REQUEST_WINDOW as u64 + 1),
         T0,
     );
-    assert_eq!(members(&sm, &e), ["b", "a"]);
+    let error = rejected(&mut sm, join(3), T0);
+    assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
+}
+
+#[test]
+fn a_stale_close_is_refused_and_a_current_one_closes() {
+    let mut sm = StateMachine::default();
+    let l = PrimitiveKey::latch("l");
+    ok(
+        &mut sm,
+        op("x", 5, Operation::Join { latch: "l".into() }),
+        T0,
+    );
+    let close = |request_id| Command::CloseSession {
+        client_id: "x".into(),
+        request_id,
+    };
+    let error = rejected(&mut sm, close(4), T0);
+    assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
+    assert_eq!(members(&sm, &l), ["x"]);
+    ok(&mut sm, close(6), T0);
+    assert!(members(&sm, &l).is_empty());
 }
 
 #[test]
@@ -558,6 +581,7 @@ fn closing_a_session_hands_over_at_once() {
     let applied = sm.apply(
         &Command::CloseSession {
             client_id: "a".into(),
+            request_id: 0,
         },
         T0 + 1,
     );
@@ -572,6 +596,7 @@ fn closing_a_session_hands_over_at_once() {
     let again = sm.apply(
         &Command::CloseSession {
             client_id: "a".into(),
+            request_id: 0,
         },
         T0 + 2,
     );
@@ -850,4 +875,103 @@ fn next_expiry_is_the_earliest_session_deadline() {
         T0,
     );
     assert_eq!(sm.next_expiry_ms(), Some(T0 + 2_000));
+}
+
+// ---------------------------------------------------------------- issue 7
+
+#[test]
+fn restored_epoch_of_two_to_the_63_or_more_is_invalid_and_the_epoch_never_wraps() {
+    let mut sm = StateMachine::default();
+    let l = PrimitiveKey::latch("l");
+    // Just below the limit is accepted and lands above it.
+    ok(&mut sm, restore("op", l.clone(), &["a"], (1 << 63) - 1), T0);
+    assert_eq!(sm.primitive(&l).epoch, 1 << 63);
+    for epoch in [1u64 << 63, u64::MAX - 1, u64::MAX] {
+        let error = rejected(&mut sm, restore("op", l.clone(), &["a"], epoch), T0);
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    }
+    // Restoring a lower epoch on top of a high one still rises by one.
+    ok(&mut sm, restore("op", l.clone(), &["b"], 5), T0);
+    assert_eq!(sm.primitive(&l).epoch, (1 << 63) + 1);
+}
+
+#[test]
+fn a_late_duplicate_older_than_the_latest_request_is_never_applied() {
+    let mut sm = StateMachine::default();
+    let e = PrimitiveKey::election("e");
+    let withdraw_r1 = op(
+        "x",
+        1,
+        Operation::Withdraw {
+            election: "e".into(),
+        },
+    );
+    let enter_r2 = op(
+        "x",
+        2,
+        Operation::Enter {
+            election: "e".into(),
+        },
+    );
+    ok(&mut sm, enter("x", "e"), T0);
+    // Withdraw r1 was sent, timed out, retried elsewhere and applied ...
+    ok(&mut sm, withdraw_r1.clone(), T0);
+    // ... then the client entered again with r2 ...
+    ok(&mut sm, enter_r2.clone(), T0 + 1);
+    assert_eq!(members(&sm, &e), ["x"]);
+    // ... and the first, forwarded copy of r1 commits late: it is answered
+    // from the record (or refused), never applied again.
+    let _ = sm.apply(&withdraw_r1, T0 + 2);
+    assert_eq!(
+        members(&sm, &e),
+        ["x"],
+        "a late duplicate removed the client"
+    );
+
+    // A request below the highest one applied that was never applied (it
+    // was lost in flight and the client moved on) is refused.
+    let mut sm = StateMachine::default();
+    ok(&mut sm, enter("y", "e"), T0);
+    ok(
+        &mut sm,
+        op(
+            "y",
+            5,
+            Operation::Enter {
+                election: "e".into(),
+            },
+        ),
+        T0,
+    );
+    let late = op(
+        "y",
+        4,
+        Operation::Withdraw {
+            election: "e".into(),
+        },
+    );
+    let applied = sm.apply(&late, T0 + 1);
+    assert!(
+        applied.result.is_err(),
+        "stale request applied: {applied:?}"
+    );
+    assert_eq!(members(&sm, &e), ["y"]);
+}
+
+#[test]
+fn the_exactly_once_record_holds_no_member_lists() {
+    let limits = Limits {
+        max_members_per_primitive: 1_024,
+        ..Limits::default()
+    };
+    let mut sm = StateMachine::new(limits);
+    let id = |i: usize| format!("{i:0>256}");
+    for i in 0..1_024 {
+        let join = op(&id(i), 1, Operation::Join { latch: "l".into() });
+        ok(&mut sm, join, T0);
+    }
+    // 1,024 members of 256 bytes are ~270 KB of JSON; a record that copied
+    // the member list into every session would be ~140 MB.
+    let bytes = serde_json::to_vec(&sm).unwrap().len();
+    assert!(bytes < 2_000_000, "snapshot is {bytes} bytes");
 }

@@ -126,6 +126,9 @@ pub struct StateMachineStore {
     db: sled::Db,
     snapshots: sled::Tree,
     snapshot_counter: Arc<AtomicU64>,
+    /// Serializes snapshot writes: openraft may finish building a snapshot
+    /// of an older state while it installs a newer one from the leader.
+    persist_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -157,6 +160,7 @@ impl StateMachineStore {
             db: db.clone(),
             snapshots,
             snapshot_counter: Arc::new(AtomicU64::new(0)),
+            persist_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -173,8 +177,18 @@ impl StateMachineStore {
         }
     }
 
+    /// Stores `snapshot` unless the stored one already covers as much of
+    /// the log: an older snapshot must never replace a newer one, whose
+    /// log may already be purged.
     async fn persist(&self, snapshot: &StoredSnapshot) -> StorageResult<()> {
+        let _serialized = self.persist_lock.lock().await;
         let signature = Some(snapshot.meta.signature());
+        let stored = self
+            .stored_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        if stored.is_some_and(|s| s.meta.last_log_id >= snapshot.meta.last_log_id) {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(snapshot)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         self.snapshots

@@ -1,0 +1,106 @@
+//! Whether this node can currently reach a working Raft leader (DESIGN §7).
+//!
+//! openraft 0.9 keeps a leader in office while it cannot reach a quorum and
+//! keeps a follower pointing at a leader it no longer hears from. A node in
+//! either state would take writes and reads only to let them hang until the
+//! caller's deadline, and would keep Events streams open as if nothing had
+//! happened. Here both are detected: a leader whose last quorum
+//! acknowledgement is older than the election timeout, and a follower that
+//! has not had an AppendEntries from its leader for as long.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use baton_store::NodeId;
+use openraft::{RaftMetrics, ServerState};
+use tokio::time::Instant;
+
+/// Why no working leader can be reached from this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaderLoss {
+    /// No leader is known (an election is under way, or none can be won).
+    #[error("no Raft leader is known")]
+    NoLeader,
+    /// This node is a follower that has not heard from its leader for an
+    /// election timeout.
+    #[error("lost contact with the Raft leader")]
+    LostLeader,
+    /// This node leads but has not heard from a quorum for an election
+    /// timeout, so it may have been replaced.
+    #[error("the Raft leader lost its quorum")]
+    LostQuorum,
+}
+
+/// Tracks contact with the leader (on followers) and the start of this
+/// node's own leadership (on the leader).
+#[derive(Debug)]
+pub struct Liveness {
+    /// How long without contact counts as lost: the election timeout, after
+    /// which the rest of the cluster may already have elected someone else.
+    lost_after: Duration,
+    /// The leader that last sent this node an AppendEntries it accepted.
+    contact: Mutex<Option<(NodeId, Instant)>>,
+    /// When this node was first seen leading in a term; a new leader has no
+    /// quorum acknowledgement yet and gets `lost_after` to obtain one.
+    leading_since: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Liveness {
+    /// A tracker that declares contact lost after `lost_after`.
+    pub fn new(lost_after: Duration) -> Self {
+        Liveness {
+            lost_after,
+            contact: Mutex::new(None),
+            leading_since: Mutex::new(None),
+        }
+    }
+
+    /// How long without contact counts as lost.
+    pub fn lost_after(&self) -> Duration {
+        self.lost_after
+    }
+
+    /// Records an AppendEntries (heartbeat or entries) accepted from `leader`.
+    pub fn heard_from(&self, leader: NodeId) {
+        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some((leader, Instant::now()));
+    }
+
+    /// The leader this node can work with now, judged from openraft's
+    /// latest metrics.
+    pub fn working_leader(
+        &self,
+        metrics: &RaftMetrics<NodeId, openraft::BasicNode>,
+    ) -> Result<NodeId, LeaderLoss> {
+        let leader = metrics.current_leader.ok_or(LeaderLoss::NoLeader)?;
+        if leader == metrics.id {
+            if metrics.state != ServerState::Leader {
+                return Err(LeaderLoss::NoLeader);
+            }
+            let fresh = match metrics.millis_since_quorum_ack {
+                Some(ms) => Duration::from_millis(ms) <= self.lost_after,
+                None => self.leading_for(metrics.current_term) <= self.lost_after,
+            };
+            return if fresh {
+                Ok(leader)
+            } else {
+                Err(LeaderLoss::LostQuorum)
+            };
+        }
+        let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        match contact {
+            Some((from, at)) if from == leader && at.elapsed() <= self.lost_after => Ok(leader),
+            _ => Err(LeaderLoss::LostLeader),
+        }
+    }
+
+    fn leading_for(&self, term: u64) -> Duration {
+        let mut since = self.leading_since.lock().unwrap_or_else(|p| p.into_inner());
+        match *since {
+            Some((t, at)) if t == term => at.elapsed(),
+            _ => {
+                *since = Some((term, Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+}

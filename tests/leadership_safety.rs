@@ -1,0 +1,242 @@
+//! Issue 7: no client is told, or left believing, that it leads while the
+//! cluster may already have handed leadership on. Real processes, real
+//! gRPC; pauses are SIGSTOP, so sockets stay open and silent.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton::proto::atomix::primitive::leader as la;
+use baton::proto::baton::v1::KeepAliveRequest;
+use common::*;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn events(
+    cluster: &Cluster,
+    node: u64,
+    client: &str,
+    name: &str,
+) -> Result<tonic::Streaming<la::EventsResponse>, tonic::Status> {
+    Ok(cluster
+        .latch(node)
+        .events(la::EventsRequest {
+            header: latch_header(client, name),
+            input: None,
+        })
+        .await?
+        .into_inner())
+}
+
+fn participants(message: &la::EventsResponse) -> Vec<String> {
+    message
+        .output
+        .as_ref()
+        .and_then(|o| o.latch.as_ref())
+        .map(|l| l.participants.clone())
+        .unwrap_or_default()
+}
+
+async fn health(cluster: &Cluster, node: u64) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(cluster.channel(node));
+    let call = client.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    let reply = tokio::time::timeout(Duration::from_secs(1), call)
+        .await
+        .ok()?
+        .ok()?;
+    ServingStatus::try_from(reply.into_inner().status).ok()
+}
+
+/// DESIGN §4: the first Events message is a linearizable read. A follower
+/// that has not yet applied an acknowledged join must not show the latch
+/// without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_events_message_includes_every_acknowledged_write() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = cluster.followers_of(leader)[0];
+    for round in 0..3 {
+        let name = format!("fresh-{round}");
+        cluster.pause(lagging);
+        let client = format!("a{round}");
+        join(&cluster, leader, &client, &name).await.unwrap();
+        cluster.resume(lagging);
+        let mut stream = events(&cluster, lagging, "watcher", &name).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            participants(&first),
+            [client],
+            "round {round}: the first message missed an acknowledged join"
+        );
+    }
+}
+
+/// DESIGN §4 and §7: a node cut off from the quorum ends its streams with
+/// UNAVAILABLE within a third of the session timeout, answers writes and
+/// reads UNAVAILABLE promptly instead of hanging to the deadline, and says
+/// NOT_SERVING; a leader without a quorum stops taking writes too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_from_the_quorum_tells_its_clients_at_once() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let isolated = cluster.followers_of(leader)[0];
+    let others = cluster.followers_of(isolated);
+    const SESSION_MS: u64 = 6_000;
+
+    open_session(&cluster, isolated, "a", SESSION_MS)
+        .await
+        .unwrap();
+    join(&cluster, isolated, "a", "job").await.unwrap();
+    let mut stream = events(&cluster, isolated, "a", "job").await.unwrap();
+    assert_eq!(participants(&stream.next().await.unwrap().unwrap()), ["a"]);
+    assert_eq!(
+        health(&cluster, isolated).await,
+        Some(ServingStatus::Serving)
+    );
+
+    for id in &others {
+        cluster.pause(*id);
+    }
+    let cut = Instant::now();
+    let end = tokio::time::timeout(Duration::from_millis(SESSION_MS), stream.next()).await;
+    let ended_after = cut.elapsed();
+    match end {
+        Ok(Some(Err(status))) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(other) => panic!("expected the stream to end with UNAVAILABLE, got {other:?}"),
+        Err(_) => panic!("the stream stayed open for a whole session timeout"),
+    }
+    println!("stream ended {ended_after:?} after the cut");
+    assert!(
+        ended_after < Duration::from_millis(SESSION_MS / 2),
+        "ended only after {ended_after:?}: the majority could have moved on"
+    );
+
+    let mut write = tonic::Request::new(la::LatchRequest {
+        header: latch_header("b", "job"),
+        input: None,
+    });
+    write.set_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let status = cluster.latch(isolated).latch(write).await.unwrap_err();
+    let answered_after = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        answered_after < Duration::from_millis(2_500),
+        "the write hung for {answered_after:?} instead of failing promptly"
+    );
+    let mut read = tonic::Request::new(la::GetRequest {
+        header: latch_header("b", "job"),
+        input: None,
+    });
+    read.set_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let status = cluster.latch(isolated).get(read).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_millis(2_500));
+    assert_eq!(
+        health(&cluster, isolated).await,
+        Some(ServingStatus::NotServing)
+    );
+    let reopened = match events(&cluster, isolated, "a", "job").await {
+        Ok(mut stream) => stream.next().await.and_then(|m| m.err()),
+        Err(status) => Some(status),
+    };
+    assert_eq!(
+        reopened.map(|s| s.code()),
+        Some(Code::Unavailable),
+        "a new stream on the cut-off node must not show a state"
+    );
+
+    // Heal; then cut off the leader from both followers the same way.
+    for id in &others {
+        cluster.resume(*id);
+    }
+    let leader = cluster.wait_for_leader().await;
+    until_ok("writes resume", || join(&cluster, leader, "c", "job")).await;
+    eventually(Duration::from_secs(10), "all nodes serve again", || async {
+        for id in [1, 2, 3] {
+            if health(&cluster, id).await != Some(ServingStatus::Serving) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let followers = cluster.followers_of(leader);
+    for id in &followers {
+        cluster.pause(*id);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut write = tonic::Request::new(la::LatchRequest {
+        header: latch_header("d", "job"),
+        input: None,
+    });
+    write.set_timeout(Duration::from_secs(5));
+    let started = Instant::now();
+    let status = cluster.latch(leader).latch(write).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "a leader without a quorum held the write for {:?}",
+        started.elapsed()
+    );
+    for id in &followers {
+        cluster.resume(*id);
+    }
+}
+
+/// DESIGN §3: within a term the leader's log time follows its monotonic
+/// clock. A wall-clock step forward on the leader must not expire healthy
+/// sessions; a step back must not keep dead ones alive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wall_clock_step_on_the_leader_neither_expires_nor_prolongs_sessions() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+    open_session(&cluster, node, "healthy", 10_000)
+        .await
+        .unwrap();
+    join(&cluster, node, "healthy", "lease").await.unwrap();
+
+    cluster.step_clock(leader, 60_000);
+    // Quiet for a while: a leader that followed its wall clock would find
+    // the session 50 s overdue and expire it now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut sessions = cluster.sessions(node);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let kept = sessions
+            .keep_alive(KeepAliveRequest {
+                client_id: "healthy".into(),
+            })
+            .await;
+        assert!(kept.is_ok(), "the healthy session expired: {kept:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let latch = get_latch(&cluster, node, "lease").await.unwrap();
+    assert_eq!(
+        (latch.leader.as_str(), epoch_of_latch(&latch)),
+        ("healthy", 1)
+    );
+
+    cluster.step_clock(leader, -120_000);
+    open_session(&cluster, node, "dead", 1_000).await.unwrap();
+    join(&cluster, node, "dead", "gone").await.unwrap();
+    eventually(
+        Duration::from_secs(8),
+        "the dead client's 1 s session expires",
+        || async {
+            let latch = get_latch(&cluster, node, "gone").await.ok()?;
+            latch.participants.is_empty().then_some(())
+        },
+    )
+    .await;
+}
