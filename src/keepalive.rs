@@ -104,6 +104,11 @@ impl SessionKeeper {
         ids.len()
     }
 
+    /// How many Events streams are open on this node.
+    pub fn open_streams(&self) -> usize {
+        self.lock().streams.values().sum()
+    }
+
     fn confirm(&self, client_id: &str, sent_at: Instant, timeout_ms: u64) {
         let mut clients = self.lock();
         let entry = clients

@@ -292,13 +292,7 @@ async fn without_quorum_requests_fail_unavailable_within_the_deadline() {
     write.set_timeout(Duration::from_secs(2));
     let started = Instant::now();
     let status = cluster.latch(survivor).latch(write).await.unwrap_err();
-    assert!(
-        matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-        ),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "the call hung past its deadline"

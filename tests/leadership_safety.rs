@@ -240,3 +240,49 @@ async fn a_wall_clock_step_on_the_leader_neither_expires_nor_prolongs_sessions()
     )
     .await;
 }
+
+/// Issue 7, item 10: clients that go away leave nothing behind: their
+/// sessions expire, and the node forgets their streams and renewals.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_leave_leave_nothing_behind() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let client = format!("gone-{i}");
+        open_session(&cluster, node, &client, 1_000).await.unwrap();
+        join(&cluster, node, &client, "shared").await.unwrap();
+        let mut read = cluster.latch(node);
+        read.get(la::GetRequest {
+            header: latch_header(&client, "shared"),
+            input: None,
+        })
+        .await
+        .unwrap();
+        let mut stream = events(&cluster, node, &client, "shared").await.unwrap();
+        stream.next().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    let status = cluster.status(node).await.unwrap();
+    assert_eq!(status.open_streams, 20);
+    assert!(status.tracked_clients >= 20, "{status:?}");
+    drop(streams);
+    eventually(
+        Duration::from_secs(15),
+        "sessions, streams and renewal records are gone on every node",
+        || async {
+            for id in [1, 2, 3] {
+                let s = cluster.status(id).await?;
+                if s.sessions != 0 || s.open_streams != 0 || s.tracked_clients != 0 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let latch = get_latch(&cluster, node, "shared").await.unwrap();
+    assert!(latch.participants.is_empty(), "{latch:?}");
+}

@@ -45,6 +45,9 @@ impl AdminService for AdminApi {
             .ok()
             .flatten();
         let (applied, digest) = replicator.state().digest();
+        let (sessions, primitives) = replicator
+            .state()
+            .read(|machine, _| (machine.sessions().count(), machine.primitives().count()));
         let leader_client_addr = match metrics.current_leader {
             Some(id) => replicator.client_addr_of(id).await.unwrap_or_default(),
             None => String::new(),
@@ -62,6 +65,10 @@ impl AdminService for AdminApi {
             state_digest: digest,
             snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or_default(),
             purged_index: metrics.purged.map(|id| id.index).unwrap_or_default(),
+            sessions: sessions as u64,
+            primitives: primitives as u64,
+            tracked_clients: self.context.sessions.tracked() as u64,
+            open_streams: self.context.sessions.open_streams() as u64,
         }))
     }
 }

@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 mod history;
+mod lease;
 mod net;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -35,7 +36,9 @@ use rand::{Rng, SeedableRng};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
-const CLIENTS: usize = 16;
+/// Long-session clients whose histories are checked for linearizability;
+/// most clients are the short-session ones of `lease`.
+const CLIENTS: usize = 6;
 const LATCHES: usize = 4;
 const ELECTIONS: usize = 4;
 const SESSION_MS: u64 = 300_000;
@@ -711,9 +714,10 @@ enum Fault {
     IsolateLeader,
     IsolateFollower,
     SplitClients,
+    IsolateLeadingWatcher,
 }
 
-const ALL_FAULTS: [Fault; 8] = [
+const ALL_FAULTS: [Fault; 9] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::PauseLeader,
@@ -722,12 +726,14 @@ const ALL_FAULTS: [Fault; 8] = [
     Fault::IsolateLeader,
     Fault::IsolateFollower,
     Fault::SplitClients,
+    Fault::IsolateLeadingWatcher,
 ];
 
 async fn inject(
     cluster: &mut ChaosCluster,
     fault: Fault,
     rng: &mut StdRng,
+    beliefs: &lease::Beliefs,
 ) -> Result<String, String> {
     let leader = match cluster.leader().await {
         Some(leader) => leader,
@@ -782,6 +788,19 @@ async fn inject(
             tokio::time::sleep(hold).await;
             cluster.topology.heal_all();
             format!("isolate node {victim} from its peers for {hold:?}")
+        }
+        Fault::IsolateLeadingWatcher => {
+            // The node serving the Events stream of a client that leads: it
+            // must end that stream before the majority can expire the client
+            // (sessions are at most 3 s; the cut lasts longer).
+            let victim = beliefs.node_of_a_leading_stream().unwrap_or(follower);
+            let hold = Duration::from_millis(rng.gen_range(4_000..6_000));
+            for other in NODES.iter().filter(|n| **n != victim) {
+                cluster.topology.cut_pair(victim, *other);
+            }
+            tokio::time::sleep(hold).await;
+            cluster.topology.heal_all();
+            format!("isolate node {victim} (a leader's watcher is on it) for {hold:?}")
         }
         Fault::SplitClients => {
             let cut: Vec<u64> = NODES
@@ -848,9 +867,28 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     let watchers: Vec<_> = (0..LATCHES + ELECTIONS)
         .map(|p| tokio::spawn(run_watcher(p, journal_.clone(), stop_watchers.clone())))
         .collect();
-    let clients: Vec<_> = (0..CLIENTS)
+    let mut clients: Vec<_> = (0..CLIENTS)
         .map(|i| tokio::spawn(run_client(i, seed, journal_.clone(), stop_clients.clone())))
         .collect();
+    let beliefs = lease::Beliefs::default();
+    for i in 0..lease::RENEWING {
+        clients.push(tokio::spawn(lease::run_renewing(
+            i,
+            seed,
+            ChaosCluster::endpoints(),
+            beliefs.clone(),
+            stop_clients.clone(),
+        )));
+    }
+    for i in 0..lease::WATCHING {
+        clients.push(tokio::spawn(lease::run_watching(
+            i,
+            seed,
+            ChaosCluster::endpoints(),
+            beliefs.clone(),
+            stop_clients.clone(),
+        )));
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The schedule: every kind of fault once, in a seeded order; a soak
@@ -865,7 +903,7 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
             round.swap(i, rng.gen_range(0..=i));
         }
         for fault in round {
-            match inject(&mut cluster, fault, &mut rng).await {
+            match inject(&mut cluster, fault, &mut rng, &beliefs).await {
                 Ok(what) => println!("[{:>6.1}s] fault: {what}", started.elapsed().as_secs_f64()),
                 Err(e) => violations.push(format!("could not inject {fault:?}: {e}")),
             }
@@ -938,6 +976,12 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     for client in clients {
         let _ = client.await;
     }
+    let lease::Findings {
+        violations: belief_violations,
+        summary: belief_summary,
+        sightings: lease_sightings,
+    } = beliefs.check(Instant::now());
+    violations.extend(belief_violations);
 
     // Final reads (also what every watcher must have seen); a lost
     // acknowledged write makes them fail the linearizability check.
@@ -1017,6 +1061,18 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
             ));
         }
     }
+    let mut lease_leaders: BTreeMap<(usize, u64), BTreeSet<String>> = BTreeMap::new();
+    for (p, epoch, leader) in lease_sightings {
+        lease_leaders.entry((p, epoch)).or_default().insert(leader);
+    }
+    for ((p, epoch), seen) in &lease_leaders {
+        if seen.len() > 1 {
+            violations.push(format!(
+                "double leadership: {} epoch {epoch} led by {seen:?}",
+                lease::name(*p)
+            ));
+        }
+    }
 
     // Linearizability, one primitive at a time (a Close acts on all).
     let check_started = Instant::now();
@@ -1046,10 +1102,13 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         "---------------------------------------------------------------- chaos summary".into(),
     );
     summary.push(format!(
-        "seed {seed}, {:.1} s of faults, {CLIENTS} clients, {} primitives, {} watchers",
+        "seed {seed}, {:.1} s of faults; {CLIENTS} long-session clients on {} primitives with {} watchers; {} renewing and {} watching 1-3 s clients on {} lease primitives",
         started.elapsed().as_secs_f64(),
         LATCHES + ELECTIONS,
-        LATCHES + ELECTIONS
+        LATCHES + ELECTIONS,
+        lease::RENEWING,
+        lease::WATCHING,
+        lease::PRIMITIVES,
     ));
     summary.push(format!(
         "operations: {} ok, {} failed, {} unknown; {} sightings of a leader",
@@ -1081,6 +1140,7 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         LATCHES + ELECTIONS,
         check_started.elapsed().as_millis()
     ));
+    summary.extend(belief_summary);
     summary.push(format!("violations: {}", violations.len()));
     // Straight to stderr: the test harness captures print!, and CI should
     // show this screen even when the run passes.
