@@ -50,11 +50,12 @@ pub struct LeaderClock {
 impl LeaderClock {
     /// The time in `term`, never below `floor_ms` at the term's start (the
     /// latest applied stamp, which a previous leader may have set ahead of
-    /// this node's wall clock).
+    /// this node's wall clock). A caller still working for an older term
+    /// gets the current term's time; only a newer term restarts the clock.
     pub fn now_ms(&self, term: u64, floor_ms: u64) -> u64 {
         let mut start = self.start.lock().unwrap_or_else(|p| p.into_inner());
         let current = match *start {
-            Some(current) if current.term == term => current,
+            Some(current) if current.term >= term => current,
             _ => {
                 let fresh = TermStart {
                     term,

@@ -44,9 +44,14 @@ pub async fn run(
             }
             reported = Some(status);
         }
-        if let Ok(leader) = leader {
-            // Cached after the first success; a lookup is a short peer RPC.
-            let _ = replicator.client_addr_of(leader).await;
+        let uncached = leader
+            .ok()
+            .filter(|id| replicator.cached_client_addr(*id).is_none());
+        if let Some(leader) = uncached.filter(|id| *id != replicator.id()) {
+            // Cached after the first success; looked up aside, so a slow
+            // peer never delays the health update.
+            let replicator = replicator.clone();
+            tokio::spawn(async move { replicator.client_addr_of(leader).await });
         }
     }
 }

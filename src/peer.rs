@@ -13,7 +13,7 @@ use crate::proto::baton::v1::raft_service_server::RaftService;
 use crate::proto::baton::v1::{
     NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
 };
-use crate::replication::{ProposeReply, Replicator};
+use crate::replication::{ProposeRejection, ProposeReply, Replicator};
 
 /// Serves [`RaftService`] for one node.
 pub struct PeerService {
@@ -94,6 +94,11 @@ impl RaftService for PeerService {
                 is_leader: true,
                 has_index: index.is_some(),
                 index: index.unwrap_or(0),
+                no_quorum: false,
+            },
+            Err(ProposeRejection::NoQuorum(_)) => ReadIndexResponse {
+                no_quorum: true,
+                ..ReadIndexResponse::default()
             },
             Err(_) => ReadIndexResponse::default(),
         };

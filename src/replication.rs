@@ -225,7 +225,8 @@ impl Replicator {
         Some(info.client_addr)
     }
 
-    fn cached_client_addr(&self, id: NodeId) -> Option<String> {
+    /// The client address of node `id`, if already known.
+    pub fn cached_client_addr(&self, id: NodeId) -> Option<String> {
         self.inner
             .client_addrs
             .lock()
@@ -446,6 +447,11 @@ impl Replicator {
             .await
             .map_err(|_| ProposeRejection::NotLeader)?
             .into_inner();
+        if reply.no_quorum {
+            return Err(ProposeRejection::NoQuorum(
+                LeaderLoss::LostQuorum.to_string(),
+            ));
+        }
         if !reply.is_leader {
             return Err(ProposeRejection::NotLeader);
         }

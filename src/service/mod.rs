@@ -30,6 +30,9 @@ use crate::replication::Replicator;
 
 /// How many updates a watcher's stream buffers before older ones coalesce.
 const WATCH_BUFFER: usize = 64;
+/// How long a stream's closing error waits for room in a slow reader's
+/// buffer before the stream is simply dropped.
+const FINAL_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every service handler needs: the Raft door, the session keeper and
 /// the node's shutdown signal.
@@ -119,9 +122,13 @@ impl Context {
         let context = self.clone();
         let caller = caller.clone();
         tokio::spawn(async move {
-            let _hold = context.sessions.hold(&caller.client_id);
-            if let Err(error) = context.stream_changes(&caller, &tx).await {
-                let _ = tx.send(Err(error)).await;
+            let hold = context.sessions.hold(&caller.client_id);
+            let ended = context.stream_changes(&caller, &tx).await;
+            // The session is no longer kept alive for a stream that ended,
+            // even while its last message waits for a slow reader.
+            drop(hold);
+            if let Err(error) = ended {
+                let _ = tokio::time::timeout(FINAL_MESSAGE_WAIT, tx.send(Err(error))).await;
             }
         });
         ReceiverStream::new(rx)
@@ -155,21 +162,20 @@ impl Context {
         }
         let mut shutdown = self.shutdown.clone();
         loop {
-            let lease_end = self
-                .sessions
-                .lease_end(&caller.client_id)
-                .unwrap_or_else(Instant::now);
+            let lease_end = self.lease_end(caller);
+            // Biased: an expired lease wins over pending changes.
             let next: Option<Primitive> = tokio::select! {
-                _ = tx.closed() => return Ok(()),
-                _ = stopping(&mut shutdown) => {
-                    return Err(ApiError::from(ReplicationError::ShuttingDown).into());
-                }
+                biased;
                 _ = tokio::time::sleep_until(lease_end) => {
-                    if self.sessions.lease_end(&caller.client_id).is_some_and(|end| end > Instant::now()) {
+                    if self.lease_end(caller) > Instant::now() {
                         continue;
                     }
                     return Err(ApiError::from(ReplicationError::LeaseLost).into());
                 }
+                _ = stopping(&mut shutdown) => {
+                    return Err(ApiError::from(ReplicationError::ShuttingDown).into());
+                }
+                _ = tx.closed() => return Ok(()),
                 received = changes.recv() => match received {
                     Ok(applied) => latest_for(key, &applied, seen_index),
                     // Fell behind: skip to the latest state (coalescing).
@@ -185,11 +191,24 @@ impl Context {
                     initial: false,
                     state: next,
                 };
-                if tx.send(Ok(update)).await.is_err() {
-                    return Ok(());
+                // A reader too slow to take the update must not keep the
+                // stream alive past its lease.
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(self.lease_end(caller)) => {
+                        return Err(ApiError::from(ReplicationError::LeaseLost).into());
+                    }
+                    sent = tx.send(Ok(update)) => if sent.is_err() { return Ok(()) },
                 }
             }
         }
+    }
+
+    /// When the caller's stream lease on this node runs out.
+    fn lease_end(&self, caller: &Caller) -> Instant {
+        self.sessions
+            .lease_end(&caller.client_id)
+            .unwrap_or_else(Instant::now)
     }
 }
 

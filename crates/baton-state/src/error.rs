@@ -112,12 +112,20 @@ pub enum CommandError {
     },
     /// The request id is at or below the highest one this client's session
     /// applied and is not remembered: a late duplicate, never applied.
-    #[error("request id {request_id} is stale: the session has applied up to {highest} and no longer remembers it")]
+    #[error("request id {request_id} is stale: the session no longer remembers ids up to {forgotten_up_to}")]
     StaleRequest {
         /// The refused request id.
         request_id: u64,
-        /// The highest request id applied in the session.
-        highest: u64,
+        /// Ids at or below this have left the session's window.
+        forgotten_up_to: u64,
+    },
+    /// A retried request was refused the first time; it stays refused.
+    #[error("request id {request_id} was refused before ({kind:?}); send a new request id")]
+    PreviouslyRejected {
+        /// The retried request id.
+        request_id: u64,
+        /// The class of the first refusal.
+        kind: ErrorKind,
     },
     /// A retried request was applied before, but the primitive has changed
     /// since, so its original answer cannot be given.
@@ -148,6 +156,7 @@ impl CommandError {
                 ErrorKind::FailedPrecondition
             }
             CommandError::AlreadyApplied { .. } => ErrorKind::Aborted,
+            CommandError::PreviouslyRejected { kind, .. } => *kind,
             CommandError::TooManyMembers { .. }
             | CommandError::EpochExhausted { .. }
             | CommandError::TooManyPrimitives { .. }

@@ -37,4 +37,4 @@ pub use limits::{
 };
 pub use machine::StateMachine;
 pub use primitive::{Primitive, PrimitiveKey, PrimitiveKind, PrimitiveSnapshot};
-pub use session::{AppliedRequest, Session, REQUEST_WINDOW};
+pub use session::{Outcome, RecordedRequest, Session, REQUEST_WINDOW};

@@ -10,7 +10,7 @@ use crate::limits::{
     resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_EPOCH,
 };
 use crate::primitive::{Primitive, PrimitiveKey, PrimitiveSnapshot};
-use crate::session::{AppliedRequest, Session};
+use crate::session::{Outcome, RecordedRequest, Session};
 
 /// All latches, elections and sessions of a cluster.
 ///
@@ -142,12 +142,39 @@ impl StateMachine {
         changed: &mut BTreeSet<PrimitiveKey>,
     ) -> Result<Response, CommandError> {
         validate_id("client_id", &request.client_id)?;
-        let now = self.now_ms;
         let key = request.operation.key();
         if let Some(answer) = self.answer_retry(request, &key) {
             return answer;
         }
+        let result = self.apply_operation(request, &key, changed);
+        // Refusals are remembered too: a late copy of a refused request
+        // must not be applied once the state would allow it.
+        if request.request_id != 0 {
+            let outcome = match &result {
+                Ok(_) => Outcome::Applied {
+                    version: self.primitives.get(&key).map_or(0, |p| p.version),
+                },
+                Err(error) => Outcome::Rejected { kind: error.kind() },
+            };
+            if let Some(caller) = self.sessions.get_mut(&request.client_id) {
+                caller.record(RecordedRequest {
+                    request_id: request.request_id,
+                    outcome,
+                });
+            }
+        }
+        result
+    }
 
+    /// Applies a client operation that is not a retry.
+    fn apply_operation(
+        &mut self,
+        request: &ClientRequest,
+        key: &PrimitiveKey,
+        changed: &mut BTreeSet<PrimitiveKey>,
+    ) -> Result<Response, CommandError> {
+        let key = key.clone();
+        let now = self.now_ms;
         validate_id("primitive name", &key.name)?;
         let current = self.primitive(&key);
         let members = plan_members(&request.client_id, &request.operation, &current)?;
@@ -213,22 +240,14 @@ impl StateMachine {
             }
             changed.insert(key.clone());
         }
-        let state = self.primitive(&key);
-        if request.request_id != 0 {
-            if let Some(caller) = self.sessions.get_mut(&request.client_id) {
-                caller.record(AppliedRequest {
-                    request_id: request.request_id,
-                    version: state.version,
-                });
-            }
-        }
-        Ok(Response::Primitive(state))
+        Ok(Response::Primitive(self.primitive(&key)))
     }
 
-    /// The answer to a request whose id the caller's session has seen or
-    /// passed: a retry of an applied request gets the primitive's state if
-    /// nothing changed it since (exactly what the first attempt answered),
-    /// else `AlreadyApplied`; an older id is refused. `None`: apply it.
+    /// The answer to a request whose id the caller's session remembers or
+    /// has forgotten: a retry of an applied request gets the primitive's
+    /// state if nothing changed it since (exactly what the first attempt
+    /// answered), else `AlreadyApplied`; a retry of a refused one is refused
+    /// again; an id below the window is refused. `None`: apply it.
     fn answer_retry(
         &mut self,
         request: &ClientRequest,
@@ -239,23 +258,27 @@ impl StateMachine {
         }
         let now = self.now_ms;
         let session = self.sessions.get_mut(&request.client_id)?;
-        if let Some(record) = session.applied(request.request_id).copied() {
-            let state = self.primitives.get(key).cloned().unwrap_or_default();
-            if state.version != record.version {
-                return Some(Err(CommandError::AlreadyApplied {
-                    request_id: request.request_id,
-                }));
+        match session.outcome(request.request_id) {
+            Some(Outcome::Applied { version }) => {
+                let state = self.primitives.get(key).cloned().unwrap_or_default();
+                if state.version != version {
+                    return Some(Err(CommandError::AlreadyApplied {
+                        request_id: request.request_id,
+                    }));
+                }
+                session.renew(now);
+                Some(Ok(Response::Primitive(state)))
             }
-            session.renew(now);
-            return Some(Ok(Response::Primitive(state)));
-        }
-        if session.is_stale(request.request_id) {
-            return Some(Err(CommandError::StaleRequest {
+            Some(Outcome::Rejected { kind }) => Some(Err(CommandError::PreviouslyRejected {
                 request_id: request.request_id,
-                highest: session.highest_request_id,
-            }));
+                kind,
+            })),
+            None if session.is_stale(request.request_id) => Some(Err(CommandError::StaleRequest {
+                request_id: request.request_id,
+                forgotten_up_to: session.forgotten_up_to,
+            })),
+            None => None,
         }
-        None
     }
 
     fn open_session(&mut self, client_id: &str, timeout_ms: u64) -> Result<Response, CommandError> {
@@ -264,8 +287,10 @@ impl StateMachine {
         let now = self.now_ms;
         match self.sessions.get_mut(client_id) {
             Some(session) => {
+                // Never shortens the current expiry: a node may have told a
+                // watcher its session lives that long (its stream lease).
                 session.timeout_ms = timeout_ms;
-                session.expires_at_ms = now.saturating_add(timeout_ms);
+                session.renew(now);
             }
             None => {
                 if self.sessions.len() >= self.limits.max_sessions {
@@ -292,7 +317,7 @@ impl StateMachine {
         if session.is_stale(request_id) {
             return Err(CommandError::StaleRequest {
                 request_id,
-                highest: session.highest_request_id,
+                forgotten_up_to: session.forgotten_up_to,
             });
         }
         self.end_sessions(&[client_id.to_owned()], changed);

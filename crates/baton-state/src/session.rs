@@ -1,25 +1,42 @@
 //! Client sessions: the liveness of a client_id, and its exactly-once window.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ErrorKind;
 use crate::primitive::PrimitiveKey;
 
-/// How many recent request outcomes a session remembers. A client whose
-/// request ids increase never has more than a few requests in flight, so a
-/// retry always finds its id here; older ids are refused.
+/// How many request outcomes a session remembers: those of its highest
+/// request ids. A client whose request ids increase has far fewer requests
+/// in flight than this, so a retry always finds its outcome here, and
+/// requests that overtake each other in flight are still applied.
 pub const REQUEST_WINDOW: usize = 32;
 
-/// One applied request in a session's exactly-once window. It holds the
-/// primitive's version after the request instead of the state itself, so a
-/// session's memory does not grow with the size of member lists.
+/// What became of a request, as remembered in a session's window. It holds
+/// the primitive's version after the request instead of the state itself,
+/// so a session's memory does not grow with the size of member lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedRequest {
+pub enum Outcome {
+    /// Applied; [`crate::Primitive::version`] right after it.
+    Applied {
+        /// The primitive's version after the request.
+        version: u64,
+    },
+    /// Refused; a retry gets the same class of error, never an application.
+    Rejected {
+        /// The class of the refusal.
+        kind: ErrorKind,
+    },
+}
+
+/// One remembered request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRequest {
     /// The request id.
     pub request_id: u64,
-    /// [`crate::Primitive::version`] right after the request was applied.
-    pub version: u64,
+    /// What became of it.
+    pub outcome: Outcome,
 }
 
 /// One client's session.
@@ -29,15 +46,15 @@ pub struct Session {
     pub timeout_ms: u64,
     /// Log time at or after which the session may be expired.
     pub expires_at_ms: u64,
-    /// The highest non-zero request id applied for this client. A request
-    /// id at or below it that is not in `recent` is refused: it is a late
-    /// duplicate of something the client has given up on.
+    /// Every request id at or below this has left the window: such an id
+    /// that is not remembered is refused, since it may be a late duplicate
+    /// of a request whose outcome was forgotten.
     #[serde(default)]
-    pub highest_request_id: u64,
-    /// The latest applied request ids (at most [`REQUEST_WINDOW`]), oldest
-    /// first, so a retry is answered without applying it twice.
+    pub forgotten_up_to: u64,
+    /// The outcomes of the highest request ids (at most
+    /// [`REQUEST_WINDOW`]), in id order.
     #[serde(default)]
-    pub recent: VecDeque<AppliedRequest>,
+    pub recent: Vec<RecordedRequest>,
     /// Every primitive the client is a member of, so that expiry and close
     /// can remove it everywhere without scanning all primitives.
     pub memberships: BTreeSet<PrimitiveKey>,
@@ -49,8 +66,8 @@ impl Session {
         Session {
             timeout_ms,
             expires_at_ms: now_ms.saturating_add(timeout_ms),
-            highest_request_id: 0,
-            recent: VecDeque::new(),
+            forgotten_up_to: 0,
+            recent: Vec::new(),
             memberships: BTreeSet::new(),
         }
     }
@@ -62,25 +79,33 @@ impl Session {
             .max(now_ms.saturating_add(self.timeout_ms));
     }
 
-    /// The record of `request_id`, if it is in the window.
-    pub fn applied(&self, request_id: u64) -> Option<&AppliedRequest> {
-        self.recent.iter().find(|r| r.request_id == request_id)
+    /// The remembered outcome of `request_id`, if it is in the window.
+    pub fn outcome(&self, request_id: u64) -> Option<Outcome> {
+        self.recent
+            .binary_search_by_key(&request_id, |r| r.request_id)
+            .ok()
+            .map(|i| self.recent[i].outcome)
     }
 
-    /// Whether `request_id` is too old to apply: at or below the highest
-    /// applied id and no longer (or never) in the window.
+    /// Whether `request_id` is too old to apply: below the window and not
+    /// remembered.
     pub fn is_stale(&self, request_id: u64) -> bool {
-        request_id != 0
-            && request_id <= self.highest_request_id
-            && self.applied(request_id).is_none()
+        request_id != 0 && request_id <= self.forgotten_up_to && self.outcome(request_id).is_none()
     }
 
-    /// Remembers an applied request, forgetting the oldest beyond the window.
-    pub(crate) fn record(&mut self, request: AppliedRequest) {
-        self.highest_request_id = self.highest_request_id.max(request.request_id);
-        self.recent.push_back(request);
-        while self.recent.len() > REQUEST_WINDOW {
-            self.recent.pop_front();
+    /// Remembers a request's outcome, forgetting the lowest id beyond the
+    /// window.
+    pub(crate) fn record(&mut self, request: RecordedRequest) {
+        match self
+            .recent
+            .binary_search_by_key(&request.request_id, |r| r.request_id)
+        {
+            Ok(i) => self.recent[i] = request,
+            Err(i) => self.recent.insert(i, request),
+        }
+        if self.recent.len() > REQUEST_WINDOW {
+            let dropped = self.recent.remove(0);
+            self.forgotten_up_to = self.forgotten_up_to.max(dropped.request_id);
         }
     }
 }

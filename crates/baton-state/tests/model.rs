@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use baton_state::{
-    validate_id, ClientRequest, Command, ErrorKind, Limits, Operation, Primitive, PrimitiveKey,
-    PrimitiveKind, PrimitiveSnapshot, Response, StateMachine,
+    validate_id, ClientRequest, Command, ErrorKind, Limits, Operation, Outcome, Primitive,
+    PrimitiveKey, PrimitiveKind, PrimitiveSnapshot, Response, StateMachine,
 };
 use proptest::prelude::*;
 
@@ -22,9 +22,10 @@ const DEFAULT_TIMEOUT: u64 = 10_000;
 struct ModelSession {
     timeout: u64,
     expires: u64,
-    highest: u64,
-    /// (request id, primitive version after it), the latest 32.
-    recent: Vec<(u64, u64)>,
+    /// Ids at or below this left the window.
+    forgotten: u64,
+    /// The 32 highest request ids: Ok(version after it) or the refusal.
+    recent: BTreeMap<u64, Result<u64, ErrorKind>>,
 }
 
 /// The specification, written as plainly as possible: no indexes, full scans.
@@ -105,17 +106,17 @@ impl Model {
                 {
                     return Err(ErrorKind::ResourceExhausted);
                 }
-                let (highest, recent) = self
+                let (expires, forgotten, recent) = self
                     .sessions
                     .get(client_id)
-                    .map(|s| (s.highest, s.recent.clone()))
+                    .map(|s| (s.expires, s.forgotten, s.recent.clone()))
                     .unwrap_or_default();
                 self.sessions.insert(
                     client_id.clone(),
                     ModelSession {
                         timeout,
-                        expires: now + timeout,
-                        highest,
+                        expires: expires.max(now + timeout),
+                        forgotten,
                         recent,
                     },
                 );
@@ -143,8 +144,8 @@ impl Model {
                 request_id,
             } => {
                 if let Some(s) = self.sessions.get(client_id) {
-                    let remembered = s.recent.iter().any(|(id, _)| id == request_id);
-                    if *request_id != 0 && *request_id <= s.highest && !remembered {
+                    let remembered = s.recent.contains_key(request_id);
+                    if *request_id != 0 && *request_id <= s.forgotten && !remembered {
                         return Err(ErrorKind::FailedPrecondition);
                     }
                 }
@@ -185,16 +186,34 @@ impl Model {
             .get(&r.client_id)
             .filter(|_| r.request_id != 0)
         {
-            match s.recent.iter().find(|(id, _)| *id == r.request_id) {
-                Some((_, version)) if *version == self.get(&key).version => {
+            match s.recent.get(&r.request_id) {
+                Some(Ok(version)) if *version == self.get(&key).version => {
                     self.renew(&r.client_id);
                     return Ok(Response::Primitive(self.get(&key)));
                 }
-                Some(_) => return Err(ErrorKind::Aborted),
-                None if r.request_id <= s.highest => return Err(ErrorKind::FailedPrecondition),
+                Some(Ok(_)) => return Err(ErrorKind::Aborted),
+                Some(Err(kind)) => return Err(*kind),
+                None if r.request_id <= s.forgotten => return Err(ErrorKind::FailedPrecondition),
                 None => {}
             }
         }
+        let result = self.apply_op(r, &key);
+        if r.request_id != 0 {
+            let version = self.get(&key).version;
+            if let Some(s) = self.sessions.get_mut(&r.client_id) {
+                let outcome = result.as_ref().map(|_| version).map_err(|k| *k);
+                s.recent.insert(r.request_id, outcome);
+                if s.recent.len() > 32 {
+                    let (lowest, _) = s.recent.pop_first().expect("not empty");
+                    s.forgotten = s.forgotten.max(lowest);
+                }
+            }
+        }
+        result
+    }
+
+    fn apply_op(&mut self, r: &ClientRequest, key: &PrimitiveKey) -> Result<Response, ErrorKind> {
+        let key = key.clone();
         validate_id("n", &key.name).map_err(|e| e.kind())?;
         let old = self.get(&key).members;
         let mut new = old.clone();
@@ -263,8 +282,8 @@ impl Model {
                 ModelSession {
                     timeout: DEFAULT_TIMEOUT,
                     expires: self.now + DEFAULT_TIMEOUT,
-                    highest: 0,
-                    recent: Vec::new(),
+                    forgotten: 0,
+                    recent: BTreeMap::new(),
                 },
             );
         }
@@ -286,16 +305,6 @@ impl Model {
             }
             None => Response::Primitive(self.get(&key)),
         };
-        if r.request_id != 0 {
-            let version = self.get(&key).version;
-            if let Some(s) = self.sessions.get_mut(&r.client_id) {
-                s.highest = s.highest.max(r.request_id);
-                s.recent.push((r.request_id, version));
-                if s.recent.len() > 32 {
-                    s.recent.remove(0);
-                }
-            }
-        }
         Ok(response)
     }
 }
@@ -456,9 +465,36 @@ proptest! {
             for event in &applied.events {
                 prop_assert_eq!(&event.state, &sm.primitive(&event.key));
             }
+            let windows: Vec<(String, u64, Vec<(u64, Result<u64, ErrorKind>)>)> = sm
+                .sessions()
+                .map(|(c, s)| {
+                    let recent = s
+                        .recent
+                        .iter()
+                        .map(|r| match r.outcome {
+                            Outcome::Applied { version } => (r.request_id, Ok(version)),
+                            Outcome::Rejected { kind } => (r.request_id, Err(kind)),
+                        })
+                        .collect();
+                    (c.clone(), s.forgotten_up_to, recent)
+                })
+                .collect();
+            let expected_windows: Vec<(String, u64, Vec<(u64, Result<u64, ErrorKind>)>)> = model
+                .sessions
+                .iter()
+                .map(|(c, s)| (c.clone(), s.forgotten, s.recent.iter().map(|(id, o)| (*id, *o)).collect()))
+                .collect();
+            prop_assert_eq!(windows, expected_windows, "step {}: exactly-once windows", i);
             if applied.result.is_err() {
+                // A refusal changes no primitive and renews nothing; only
+                // the exactly-once window may remember it.
                 prop_assert_eq!(sm.primitives().collect::<Vec<_>>(), before.primitives().collect::<Vec<_>>());
-                prop_assert_eq!(sm.sessions().collect::<Vec<_>>(), before.sessions().collect::<Vec<_>>());
+                let liveness = |m: &StateMachine| {
+                    m.sessions()
+                        .map(|(c, s)| (c.clone(), s.timeout_ms, s.expires_at_ms, s.memberships.clone()))
+                        .collect::<Vec<_>>()
+                };
+                prop_assert_eq!(liveness(&sm), liveness(&before));
             }
             check_invariants(&sm, &before);
         }

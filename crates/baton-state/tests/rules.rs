@@ -385,7 +385,10 @@ fn the_window_remembers_recent_request_ids_and_refuses_older_ones() {
     }
     let session = sm.session("x").unwrap();
     assert_eq!(session.recent.len(), baton_state::REQUEST_WINDOW);
-    assert_eq!(session.highest_request_id, 40);
+    assert_eq!(
+        session.forgotten_up_to,
+        40 - baton_state::REQUEST_WINDOW as u64
+    );
     // Inside the window: answered. Below it: refused, FAILED_PRECONDITION.
     ok(
         &mut sm,
@@ -400,19 +403,19 @@ fn the_window_remembers_recent_request_ids_and_refuses_older_ones() {
 fn a_stale_close_is_refused_and_a_current_one_closes() {
     let mut sm = StateMachine::default();
     let l = PrimitiveKey::latch("l");
-    ok(
-        &mut sm,
-        op("x", 5, Operation::Join { latch: "l".into() }),
-        T0,
-    );
+    for request_id in 1..=40 {
+        let join = op("x", request_id, Operation::Join { latch: "l".into() });
+        ok(&mut sm, join, T0);
+    }
     let close = |request_id| Command::CloseSession {
         client_id: "x".into(),
         request_id,
     };
+    // Below the window: a late duplicate; refused.
     let error = rejected(&mut sm, close(4), T0);
     assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
     assert_eq!(members(&sm, &l), ["x"]);
-    ok(&mut sm, close(6), T0);
+    ok(&mut sm, close(41), T0);
     assert!(members(&sm, &l).is_empty());
 }
 
@@ -458,6 +461,20 @@ fn any_request_renews_the_session() {
         T0 + 3_000,
     );
     assert_eq!(sm.session("a").unwrap().expires_at_ms, T0 + 5_000);
+}
+
+#[test]
+fn reopening_a_session_with_a_shorter_timeout_never_shortens_its_expiry() {
+    let mut sm = StateMachine::default();
+    let open = |timeout_ms| Command::OpenSession {
+        client_id: "a".into(),
+        timeout_ms,
+    };
+    ok(&mut sm, open(10_000), T0);
+    ok(&mut sm, open(1_000), T0 + 1_000);
+    let session = sm.session("a").unwrap();
+    assert_eq!(session.timeout_ms, 1_000);
+    assert_eq!(session.expires_at_ms, T0 + 10_000);
 }
 
 #[test]
@@ -764,28 +781,37 @@ fn session_limit_is_resource_exhausted() {
 }
 
 #[test]
-fn rejected_command_changes_nothing_not_even_the_exactly_once_record() {
+fn a_refused_request_stays_refused_when_retried() {
     let mut sm = StateMachine::default();
     ok(&mut sm, enter("a", "e"), T0);
-    rejected(
-        &mut sm,
-        op(
-            "a",
-            5,
-            Operation::Anoint {
-                election: "e".into(),
-                candidate: "b".into(),
-            },
-        ),
-        T0,
+    let anoint_b = op(
+        "a",
+        5,
+        Operation::Anoint {
+            election: "e".into(),
+            candidate: "b".into(),
+        },
     );
+    let before = sm.primitive(&PrimitiveKey::election("e"));
+    let first = sm.apply(&anoint_b, T0).result.unwrap_err();
+    assert_eq!(first.kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(sm.primitive(&PrimitiveKey::election("e")), before);
     ok(&mut sm, enter("b", "e"), T0);
-    // The same request id is retried after it became valid: it is applied.
+    // A late copy of the refused request, now that it would be valid: it is
+    // refused again, never applied (the client was told it was refused).
+    let again = sm.apply(&anoint_b, T0 + 1);
+    assert_eq!(
+        again.result.unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+    assert!(again.events.is_empty());
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["a", "b"]);
+    // A new request id is evaluated afresh.
     ok(
         &mut sm,
         op(
             "a",
-            5,
+            6,
             Operation::Anoint {
                 election: "e".into(),
                 candidate: "b".into(),
@@ -928,34 +954,21 @@ fn a_late_duplicate_older_than_the_latest_request_is_never_applied() {
         "a late duplicate removed the client"
     );
 
-    // A request below the highest one applied that was never applied (it
-    // was lost in flight and the client moved on) is refused.
+    // Concurrent requests of one client may overtake each other in flight:
+    // a lower id that was never applied is still applied, once.
     let mut sm = StateMachine::default();
-    ok(&mut sm, enter("y", "e"), T0);
-    ok(
-        &mut sm,
+    let join = |request_id, latch: &str| {
         op(
             "y",
-            5,
-            Operation::Enter {
-                election: "e".into(),
+            request_id,
+            Operation::Join {
+                latch: latch.into(),
             },
-        ),
-        T0,
-    );
-    let late = op(
-        "y",
-        4,
-        Operation::Withdraw {
-            election: "e".into(),
-        },
-    );
-    let applied = sm.apply(&late, T0 + 1);
-    assert!(
-        applied.result.is_err(),
-        "stale request applied: {applied:?}"
-    );
-    assert_eq!(members(&sm, &e), ["y"]);
+        )
+    };
+    ok(&mut sm, join(5, "a"), T0);
+    ok(&mut sm, join(4, "b"), T0);
+    assert_eq!(members(&sm, &PrimitiveKey::latch("b")), ["y"]);
 }
 
 #[test]
