@@ -13,8 +13,8 @@ use baton_store::NodeId;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::keepalive::SessionKeeper;
@@ -101,10 +101,18 @@ fn raft_config(config: &NodeConfig) -> Result<Config, NodeError> {
     .map_err(|e| NodeError::Config(e.to_string()))
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
+/// Binds `addr` and yields accepted connections with TCP_NODELAY set:
+/// serving from our own listener bypasses tonic's `tcp_nodelay`, and with
+/// Nagle's algorithm every small reply would wait for the peer's delayed
+/// ACK (~40 ms).
+async fn bind(addr: SocketAddr) -> Result<TcpIncoming, NodeError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| NodeError::Bind { addr, source })
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    TcpIncoming::from_listener(listener, true, None).map_err(|e| NodeError::Bind {
+        addr,
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// Runs a node until `shutdown` completes, then stops gracefully: open
@@ -154,10 +162,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(peer_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(peer_listener, stopped(stop_rx.clone()));
     let peer_server = tokio::spawn(peer_server);
 
     let sessions = SessionKeeper::default();
@@ -194,10 +199,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
         )
         .add_service(AdminServiceServer::new(AdminApi::new(context.clone())))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(client_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(client_listener, stopped(stop_rx.clone()));
     let client_server = tokio::spawn(client_server);
 
     if !initialize_if_new(&raft, &config, &channels).await? {

@@ -180,6 +180,11 @@ impl Cluster {
         std::fs::remove_dir_all(&node.data_dir).unwrap();
     }
 
+    /// The process id of node `id` (running).
+    pub fn pid(&self, id: u64) -> u32 {
+        self.node(id).child.as_ref().expect("node is running").id()
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.client_addr.clone()).collect()
     }

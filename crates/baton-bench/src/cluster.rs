@@ -1,0 +1,235 @@
+//! Three-node clusters of Baton or etcd on loopback, started and killed by
+//! the benchmark itself (the failover workload SIGKILLs the leader).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
+use baton::proto::baton::v1::StatusRequest;
+
+use crate::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::etcd::etcdserverpb::StatusRequest as EtcdStatusRequest;
+use crate::target::{channel, Target};
+
+/// Which system a cluster runs.
+#[derive(Debug, Clone)]
+pub enum System {
+    /// `baton serve`, from this binary path.
+    Baton(PathBuf),
+    /// `etcd`, from this binary path.
+    Etcd(PathBuf),
+}
+
+struct Member {
+    client: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// A running three-node cluster whose processes die with it.
+pub struct LocalCluster {
+    system: System,
+    members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalCluster {
+    /// Starts three members with fresh data directories and waits until
+    /// they have a leader.
+    pub async fn start(system: System) -> Result<LocalCluster, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let client = free_port().map_err(|e| e.to_string())?;
+            let peer = free_port().map_err(|e| e.to_string())?;
+            ports.push((client, peer));
+        }
+        let members = match &system {
+            System::Baton(_) => {
+                let peers = ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, peer))| format!("{}=127.0.0.1:{peer}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (client, peer))| Member {
+                        client: format!("127.0.0.1:{client}"),
+                        args: vec![
+                            "serve".into(),
+                            "--id".into(),
+                            (i + 1).to_string(),
+                            "--listen".into(),
+                            format!("127.0.0.1:{client}"),
+                            "--peer-listen".into(),
+                            format!("127.0.0.1:{peer}"),
+                            "--peers".into(),
+                            peers.clone(),
+                            "--data-dir".into(),
+                            path_arg(&dir.path().join(format!("baton{}", i + 1))),
+                        ],
+                        child: None,
+                    })
+                    .collect::<Vec<_>>()
+            }
+            System::Etcd(_) => {
+                let initial = ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, peer))| format!("m{}=http://127.0.0.1:{peer}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (client, peer))| Member {
+                        client: format!("127.0.0.1:{client}"),
+                        args: vec![
+                            "--name".into(),
+                            format!("m{}", i + 1),
+                            "--data-dir".into(),
+                            path_arg(&dir.path().join(format!("etcd{}", i + 1))),
+                            "--listen-client-urls".into(),
+                            format!("http://127.0.0.1:{client}"),
+                            "--advertise-client-urls".into(),
+                            format!("http://127.0.0.1:{client}"),
+                            "--listen-peer-urls".into(),
+                            format!("http://127.0.0.1:{peer}"),
+                            "--initial-advertise-peer-urls".into(),
+                            format!("http://127.0.0.1:{peer}"),
+                            "--initial-cluster".into(),
+                            initial.clone(),
+                            "--initial-cluster-state".into(),
+                            "new".into(),
+                            "--initial-cluster-token".into(),
+                            "baton-bench".into(),
+                        ],
+                        child: None,
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let mut cluster = LocalCluster {
+            system,
+            members,
+            _dir: dir,
+        };
+        for i in 0..3 {
+            cluster.spawn(i)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.leader().await.is_none() {
+            if Instant::now() > deadline {
+                return Err("no leader within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<(), String> {
+        let binary = match &self.system {
+            System::Baton(bin) | System::Etcd(bin) => bin.clone(),
+        };
+        let member = &mut self.members[index];
+        let child = Command::new(&binary)
+            .args(&member.args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        member.child = Some(child);
+        Ok(())
+    }
+
+    /// What the workloads drive.
+    pub fn target(&self) -> Target {
+        let endpoints = self.members.iter().map(|m| m.client.clone()).collect();
+        match self.system {
+            System::Baton(_) => Target::Baton(endpoints),
+            System::Etcd(_) => Target::Etcd(endpoints),
+        }
+    }
+
+    /// The index of the member that says it leads, if any answers so.
+    pub async fn leader(&self) -> Option<usize> {
+        for (index, member) in self.members.iter().enumerate() {
+            if member.child.is_none() {
+                continue;
+            }
+            let channel = channel(&member.client);
+            let leads = match self.system {
+                System::Baton(_) => {
+                    let mut admin = AdminServiceClient::new(channel);
+                    let call = admin.status(StatusRequest {});
+                    match tokio::time::timeout(Duration::from_millis(200), call).await {
+                        Ok(Ok(status)) => status.into_inner().role == "leader",
+                        _ => false,
+                    }
+                }
+                System::Etcd(_) => {
+                    let mut maintenance = MaintenanceClient::new(channel);
+                    let call = maintenance.status(EtcdStatusRequest {});
+                    match tokio::time::timeout(Duration::from_millis(200), call).await {
+                        Ok(Ok(status)) => {
+                            let status = status.into_inner();
+                            let me = status.header.map(|h| h.member_id).unwrap_or_default();
+                            me != 0 && status.leader == me
+                        }
+                        _ => false,
+                    }
+                }
+            };
+            if leads {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// SIGKILLs member `index`.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The resident set size of each running member, in bytes.
+    pub fn rss_bytes(&self) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref())
+            .filter_map(|child| rss_of(child.id()))
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

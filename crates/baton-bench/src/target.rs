@@ -1,0 +1,227 @@
+//! The two systems under test, behind the same few operations.
+
+use std::time::Duration;
+
+use baton::client::{header, next_request_id};
+use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
+use baton::proto::atomix::primitive::election::{self as el, Term};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::etcd::etcdserverpb::kv_client::KvClient;
+use crate::etcd::etcdserverpb::lease_client::LeaseClient;
+use crate::etcd::etcdserverpb::{LeaseGrantRequest, PutRequest};
+use crate::etcd::v3electionpb::election_client::ElectionClient;
+use crate::etcd::v3electionpb::{CampaignRequest, LeaderKey, ResignRequest};
+
+/// A cluster to drive, by its client endpoints (host:port).
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Baton's Atomix election API.
+    Baton(Vec<String>),
+    /// etcd's v3 election API.
+    Etcd(Vec<String>),
+}
+
+impl Target {
+    /// "baton" or "etcd".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Baton(_) => "baton",
+            Target::Etcd(_) => "etcd",
+        }
+    }
+
+    /// The client endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        match self {
+            Target::Baton(e) | Target::Etcd(e) => e,
+        }
+    }
+
+    /// A session of client `index`, connected to one endpoint (clients are
+    /// spread over the nodes, as real processes would be).
+    pub async fn session(&self, index: usize) -> Result<Session, Status> {
+        let endpoints = self.endpoints();
+        let channel = channel(&endpoints[index % endpoints.len()]);
+        let id = format!("bench-{}-{index}", std::process::id());
+        Ok(match self {
+            Target::Baton(_) => Session::Baton {
+                client: LeaderElectionServiceClient::new(channel),
+                id,
+            },
+            Target::Etcd(_) => {
+                let grant = LeaseClient::new(channel.clone())
+                    .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                    .await?
+                    .into_inner();
+                Session::Etcd {
+                    election: ElectionClient::new(channel.clone()),
+                    kv: KvClient::new(channel),
+                    lease: grant.id,
+                    id,
+                }
+            }
+        })
+    }
+}
+
+/// A lazily connected channel to `endpoint`, with Nagle off as gRPC clients
+/// have it.
+pub fn channel(endpoint: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{endpoint}"))
+        .expect("endpoint is host:port")
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// One benchmark client's connection and identity.
+pub enum Session {
+    /// A Baton client (its session opens with its first request).
+    Baton {
+        /// The election service on one node.
+        client: LeaderElectionServiceClient<Channel>,
+        /// Its candidate id.
+        id: String,
+    },
+    /// An etcd client with a lease.
+    Etcd {
+        /// The election service on one member.
+        election: ElectionClient<Channel>,
+        /// The KV service on the same member.
+        kv: KvClient<Channel>,
+        /// The lease its candidacies hang on.
+        lease: i64,
+        /// Its value in elections.
+        id: String,
+    },
+}
+
+/// Proof of candidacy, to withdraw or resign with.
+pub enum Candidacy {
+    /// Baton: the election's state after entering.
+    Baton(Term),
+    /// etcd: the leader key a campaign returned.
+    Etcd(LeaderKey),
+}
+
+fn baton_header(
+    id: &str,
+    election: &str,
+) -> Option<baton::proto::atomix::primitive::RequestHeader> {
+    header(id, "Election", election, next_request_id())
+}
+
+impl Session {
+    /// This client's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Session::Baton { id, .. } | Session::Etcd { id, .. } => id,
+        }
+    }
+
+    /// Enters `election`. Baton answers at once (the client may be queued
+    /// behind others); etcd's campaign returns only once this client leads.
+    pub async fn enter(&mut self, election: &str) -> Result<Candidacy, Status> {
+        match self {
+            Session::Baton { client, id } => {
+                let term = client
+                    .enter(el::EnterRequest {
+                        header: baton_header(id, election),
+                        input: Some(el::EnterInput {}),
+                    })
+                    .await?
+                    .into_inner()
+                    .output
+                    .and_then(|o| o.term)
+                    .unwrap_or_default();
+                Ok(Candidacy::Baton(term))
+            }
+            Session::Etcd {
+                election: service,
+                lease,
+                id,
+                ..
+            } => {
+                let leader = service
+                    .campaign(CampaignRequest {
+                        name: election.as_bytes().to_vec(),
+                        lease: *lease,
+                        value: id.as_bytes().to_vec(),
+                    })
+                    .await?
+                    .into_inner()
+                    .leader
+                    .unwrap_or_default();
+                Ok(Candidacy::Etcd(leader))
+            }
+        }
+    }
+
+    /// Withdraws from `election` (etcd: resigns the candidacy).
+    pub async fn withdraw(&mut self, election: &str, candidacy: Candidacy) -> Result<(), Status> {
+        match (self, candidacy) {
+            (Session::Baton { client, id }, _) => {
+                client
+                    .withdraw(el::WithdrawRequest {
+                        header: baton_header(id, election),
+                        input: Some(el::WithdrawInput {}),
+                    })
+                    .await?;
+                Ok(())
+            }
+            (
+                Session::Etcd {
+                    election: service, ..
+                },
+                Candidacy::Etcd(leader),
+            ) => {
+                service
+                    .resign(ResignRequest {
+                        leader: Some(leader),
+                    })
+                    .await?;
+                Ok(())
+            }
+            (Session::Etcd { .. }, Candidacy::Baton(_)) => {
+                Err(Status::internal("an etcd session holds etcd candidacies"))
+            }
+        }
+    }
+
+    /// One small durable write (Baton: enter or withdraw, alternately;
+    /// etcd: a put), with a per-call deadline.
+    pub async fn write(&mut self, seq: u64, deadline: Duration) -> Result<(), Status> {
+        match self {
+            Session::Baton { client, id } => {
+                let header = baton_header(id, "bench-writes");
+                let result = if seq.is_multiple_of(2) {
+                    let mut request = tonic::Request::new(el::EnterRequest {
+                        header,
+                        input: Some(el::EnterInput {}),
+                    });
+                    request.set_timeout(deadline);
+                    client.enter(request).await.map(|_| ())
+                } else {
+                    let mut request = tonic::Request::new(el::WithdrawRequest {
+                        header,
+                        input: Some(el::WithdrawInput {}),
+                    });
+                    request.set_timeout(deadline);
+                    client.withdraw(request).await.map(|_| ())
+                };
+                result
+            }
+            Session::Etcd { kv, .. } => {
+                let mut request = tonic::Request::new(PutRequest {
+                    key: b"bench-writes".to_vec(),
+                    value: seq.to_be_bytes().to_vec(),
+                    lease: 0,
+                });
+                request.set_timeout(deadline);
+                kv.put(request).await.map(|_| ())
+            }
+        }
+    }
+}

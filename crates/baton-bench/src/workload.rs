@@ -1,0 +1,265 @@
+//! The workloads, each the same for both systems.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton::client::header;
+use baton::proto::atomix::primitive::election as el;
+use tokio::sync::Barrier;
+
+use crate::cluster::LocalCluster;
+use crate::stats::Outcome;
+use crate::target::{Session, Target};
+
+/// Per-call deadline of the failover writer.
+pub const FAILOVER_CALL_DEADLINE: Duration = Duration::from_millis(300);
+
+fn run_id() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Connects `clients` sessions, then runs `body` in each from one start
+/// signal until `duration` has passed; sums their outcomes.
+async fn clients_for<F, Fut>(
+    target: &Target,
+    clients: usize,
+    duration: Duration,
+    body: F,
+) -> Outcome
+where
+    F: Fn(usize, Session, Instant) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let start = Arc::new(Barrier::new(clients + 1));
+    let body = Arc::new(body);
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let target = target.clone();
+            let start = start.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let session = target.session(i).await;
+                start.wait().await;
+                match session {
+                    Ok(session) => body(i, session, Instant::now() + duration).await,
+                    Err(_) => Outcome {
+                        errors: 1,
+                        ..Outcome::default()
+                    },
+                }
+            })
+        })
+        .collect();
+    start.wait().await;
+    let began = Instant::now();
+    let mut total = Outcome::default();
+    for task in tasks {
+        if let Ok(outcome) = task.await {
+            total.merge(outcome);
+        }
+    }
+    total.elapsed = began.elapsed();
+    total
+}
+
+/// `clients` clients, each entering and withdrawing on its own election as
+/// fast as it can; one op = one cycle.
+pub async fn churn(target: &Target, clients: usize, duration: Duration) -> Outcome {
+    let run = run_id();
+    clients_for(
+        target,
+        clients,
+        duration,
+        move |i, mut session, deadline| async move {
+            let election = format!("churn-{run}-{i}");
+            let mut out = Outcome::default();
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                let cycle = async {
+                    let candidacy = session.enter(&election).await?;
+                    session.withdraw(&election, candidacy).await
+                };
+                match cycle.await {
+                    Ok(()) => {
+                        out.ops += 1;
+                        out.latencies.push(began.elapsed());
+                    }
+                    Err(_) => out.errors += 1,
+                }
+            }
+            out
+        },
+    )
+    .await
+}
+
+/// `clients` clients on one election; whoever leads withdraws and enters
+/// again at once. One op = one leadership, counted by its holder.
+pub async fn contend(target: &Target, clients: usize, duration: Duration) -> Outcome {
+    let election = format!("contend-{}", run_id());
+    clients_for(target, clients, duration, move |_, session, deadline| {
+        let election = election.clone();
+        async move {
+            match session {
+                Session::Baton { client, id } => {
+                    contend_baton(client, id, election, deadline).await
+                }
+                etcd => contend_etcd(etcd, election, deadline).await,
+            }
+        }
+    })
+    .await
+}
+
+async fn contend_baton(
+    client: baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient<tonic::transport::Channel>,
+    id: String,
+    election: String,
+    deadline: Instant,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut session = Session::Baton {
+        client: client.clone(),
+        id: id.clone(),
+    };
+    let events = client
+        .clone()
+        .events(el::EventsRequest {
+            header: header(&id, "Election", &election, 0),
+            input: None,
+        })
+        .await;
+    let Ok(events) = events else {
+        out.errors += 1;
+        return out;
+    };
+    let mut events = events.into_inner();
+    if session.enter(&election).await.is_err() {
+        out.errors += 1;
+    }
+    let mut handled_epoch = 0;
+    loop {
+        let message = tokio::time::timeout_at(deadline.into(), events.message()).await;
+        let Ok(Ok(Some(message))) = message else {
+            return out;
+        };
+        let term = message.output.and_then(|o| o.term).unwrap_or_default();
+        let epoch = term.id.map(|e| e.num).unwrap_or(0);
+        if term.leader == id && epoch > handled_epoch {
+            handled_epoch = epoch;
+            out.ops += 1;
+            let led_since = Instant::now();
+            let hand_over = async {
+                session
+                    .withdraw(&election, crate::target::Candidacy::Baton(term))
+                    .await?;
+                session.enter(&election).await
+            };
+            if hand_over.await.is_err() {
+                out.errors += 1;
+            }
+            out.latencies.push(led_since.elapsed());
+        }
+        if Instant::now() >= deadline {
+            return out;
+        }
+    }
+}
+
+async fn contend_etcd(mut session: Session, election: String, deadline: Instant) -> Outcome {
+    let mut out = Outcome::default();
+    while Instant::now() < deadline {
+        let began = Instant::now();
+        let campaign = tokio::time::timeout_at(deadline.into(), session.enter(&election)).await;
+        match campaign {
+            Ok(Ok(candidacy)) => {
+                out.ops += 1;
+                if session.withdraw(&election, candidacy).await.is_err() {
+                    out.errors += 1;
+                }
+                out.latencies.push(began.elapsed());
+            }
+            Ok(Err(_)) => out.errors += 1,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// What happened around a leader's SIGKILL under a write loop.
+#[derive(Debug, Clone)]
+pub struct FailoverReport {
+    /// Writes acknowledged in the whole run.
+    pub writes: u64,
+    /// The longest gap between acknowledged writes.
+    pub longest_gap: Duration,
+    /// From the kill until a surviving node reported itself leader.
+    pub new_leader_after: Option<Duration>,
+    /// From the kill until the first acknowledged write.
+    pub first_write_after: Option<Duration>,
+}
+
+/// One writer (300 ms per call, next endpoint on any error) runs for
+/// `before`, the Raft leader is SIGKILLed, and the writer goes on for
+/// `after`.
+pub async fn failover(
+    cluster: &mut LocalCluster,
+    target: &Target,
+    before: Duration,
+    after: Duration,
+) -> Result<FailoverReport, String> {
+    let endpoints = target.endpoints().len();
+    let mut sessions = Vec::new();
+    for i in 0..endpoints {
+        sessions.push(target.session(i).await.map_err(|e| e.to_string())?);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut index = 0usize;
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let session = &mut sessions[index % endpoints];
+                let call = session.write(seq, FAILOVER_CALL_DEADLINE);
+                match tokio::time::timeout(FAILOVER_CALL_DEADLINE, call).await {
+                    Ok(Ok(())) => acks.push(Instant::now()),
+                    _ => index += 1,
+                }
+            }
+            acks
+        })
+    };
+    tokio::time::sleep(before).await;
+    let leader = cluster.leader().await.ok_or("no leader before the kill")?;
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let mut new_leader_after = None;
+    while killed_at.elapsed() < after {
+        if new_leader_after.is_none() && cluster.leader().await.is_some() {
+            new_leader_after = Some(killed_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acks = writer.await.map_err(|e| e.to_string())?;
+    let longest_gap = acks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    Ok(FailoverReport {
+        writes: acks.len() as u64,
+        longest_gap,
+        new_leader_after,
+        first_write_after: acks
+            .iter()
+            .find(|t| **t > killed_at)
+            .map(|t| *t - killed_at),
+    })
+}

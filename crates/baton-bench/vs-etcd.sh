@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the same election workloads against a three-member etcd cluster and
+# a three-node Baton cluster on loopback, one after the other, and prints one
+# table with the ratios. Installs etcd (Debian's etcd-server) if missing.
+# Usage: crates/baton-bench/vs-etcd.sh [SECONDS_PER_WORKLOAD]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if ! command -v etcd >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq etcd-server
+fi
+cargo build --release --locked --bin baton -p baton --bin baton-bench -p baton-bench
+exec target/release/baton-bench compare \
+    --baton-bin target/release/baton \
+    --etcd-bin "$(command -v etcd)" \
+    --secs "${1:-10}"

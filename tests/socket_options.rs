@@ -1,0 +1,126 @@
+//! Accepted sockets on both ports run with TCP_NODELAY: without it, small
+//! replies wait for the peer's delayed ACK (~40 ms) and every request pays it
+//! (issue 8). Checked on the real server process: its accepted sockets are
+//! duplicated into the test with pidfd_getfd(2) and asked with getsockopt(2).
+
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use common::*;
+
+/// The local ports of the accepted (connected) TCP sockets `pid` holds, with
+/// whether each has TCP_NODELAY.
+fn accepted_sockets(pid: u32) -> Vec<(u16, bool)> {
+    // SAFETY: plain syscalls with valid arguments; every returned descriptor
+    // is owned (and closed) by an OwnedFd.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if !target.to_string_lossy().starts_with("socket:") {
+                continue;
+            }
+            let Ok(remote_fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), remote_fd, 0) as i32;
+            if fd < 0 {
+                continue;
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let mut peer: libc::sockaddr_in = std::mem::zeroed();
+            let mut peer_len = len;
+            let local = libc::getsockname(
+                fd.as_raw_fd(),
+                &mut addr as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            );
+            let connected = libc::getpeername(
+                fd.as_raw_fd(),
+                &mut peer as *mut _ as *mut libc::sockaddr,
+                &mut peer_len,
+            );
+            if local != 0 || connected != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t
+            {
+                continue;
+            }
+            let mut nodelay: libc::c_int = 0;
+            let mut optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let got = libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &mut nodelay as *mut _ as *mut libc::c_void,
+                &mut optlen,
+            );
+            if got == 0 {
+                found.push((u16::from_be(addr.sin_port), nodelay != 0));
+            }
+        }
+        found
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_sockets_on_both_ports_have_tcp_nodelay() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    // A client connection to every node, and peers connected to each other.
+    for id in 1..=3 {
+        until_ok("a write through every node", || {
+            join(&cluster, id, "a", "nodelay")
+        })
+        .await;
+    }
+    // A client connection held open while the sockets are inspected.
+    let held = cluster.channel(leader);
+    let mut admin = baton::proto::baton::v1::admin_service_client::AdminServiceClient::new(held);
+    admin
+        .status(baton::proto::baton::v1::StatusRequest {})
+        .await
+        .unwrap();
+    let node = cluster.nodes.iter().find(|n| n.id == leader).unwrap();
+    let sockets = accepted_sockets(cluster.pid(leader));
+    let client_port = port_of(&node.client_addr);
+    let peer_port = port_of(&node.peer_addr);
+    let on = |port| {
+        sockets
+            .iter()
+            .filter(|(p, _)| *p == port)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !on(client_port).is_empty(),
+        "no accepted client socket found: {sockets:?}"
+    );
+    assert!(
+        !on(peer_port).is_empty(),
+        "no accepted peer socket found: {sockets:?}"
+    );
+    for (port, nodelay) in on(client_port).into_iter().chain(on(peer_port)) {
+        assert!(
+            nodelay,
+            "an accepted socket on port {port} runs with Nagle's algorithm"
+        );
+    }
+}
