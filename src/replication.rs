@@ -66,6 +66,13 @@ struct Inner {
     last_stamp: AtomicU64,
     clock: LeaderClock,
     liveness: Liveness,
+    /// The term in which this node, as leader, has applied its grace entry,
+    /// and the applied index at that moment. Reads on the leader wait for
+    /// it: a leader restored after a restart in its old term has no fresh
+    /// no-op entry, and its commit index (not flushed on every commit) may
+    /// lag what was acknowledged before the crash; once an entry of its own
+    /// term is applied, everything acknowledged before is too.
+    graced: Mutex<Option<(u64, u64)>>,
     rejoining: AtomicBool,
 }
 
@@ -90,6 +97,7 @@ impl Replicator {
                 last_stamp: AtomicU64::new(0),
                 clock: LeaderClock::default(),
                 liveness,
+                graced: Mutex::new(None),
                 rejoining: AtomicBool::new(false),
             }),
         }
@@ -428,8 +436,16 @@ impl Replicator {
                 _ => ProposeRejection::NotLeader,
             });
         }
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let graced = *self.inner.graced.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(graced_index) = graced.filter(|(t, _)| *t == term).map(|(_, i)| i) else {
+            // Not ready to serve reads in this term yet; the caller retries.
+            return Err(ProposeRejection::NotLeader);
+        };
         match self.inner.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map(|id| id.index)),
+            Ok((read_log_id, _)) => Ok(Some(
+                read_log_id.map_or(graced_index, |id| id.index.max(graced_index)),
+            )),
             Err(RaftError::APIError(_)) => Err(ProposeRejection::NotLeader),
             Err(error) => Err(ProposeRejection::Unknown(error.to_string())),
         }
@@ -488,7 +504,12 @@ impl Replicator {
             let mut graced = false;
             while still_leader(&self) && !graced {
                 match self.propose_as_leader(Command::LeaderGrace).await {
-                    Ok(_) => graced = true,
+                    Ok(_) => {
+                        graced = true;
+                        let applied = self.inner.state.applied_index().unwrap_or(0);
+                        *self.inner.graced.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((term, applied));
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "grace entry not committed yet; retrying");
                         tokio::time::sleep(Duration::from_millis(100)).await;

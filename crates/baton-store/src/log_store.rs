@@ -140,12 +140,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        // Flushed before openraft applies (and acknowledges) the entries: a
-        // node that was leader restarts as leader without a new term and
-        // serves reads at this commit index, so it must cover every
-        // acknowledged write.
-        self.write_meta(COMMITTED, &committed)?;
-        self.flush().await
+        // Not flushed: Raft does not need a durable commit index, and an
+        // fsync per commit on every node doubled the cost of a write. After
+        // a crash the marker may lag; a leader restored in its old term then
+        // serves reads only after its grace entry of that term is applied
+        // (the server's read index), which covers every acknowledged write.
+        // The marker is never ahead of the flushed log: appends are flushed
+        // before they can be committed, and sled persists writes in order.
+        self.write_meta(COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
