@@ -16,8 +16,9 @@ use crate::target::{channel, Target};
 /// Which system a cluster runs.
 #[derive(Debug, Clone)]
 pub enum System {
-    /// `baton serve`, from this binary path.
-    Baton(PathBuf),
+    /// `baton serve`, from this binary path, with extra arguments (e.g.
+    /// timing flags).
+    Baton(PathBuf, Vec<String>),
     /// `etcd`, from this binary path.
     Etcd(PathBuf),
 }
@@ -51,7 +52,7 @@ impl LocalCluster {
             ports.push((client, peer));
         }
         let members = match &system {
-            System::Baton(_) => {
+            System::Baton(_, extra) => {
                 let peers = ports
                     .iter()
                     .enumerate()
@@ -75,7 +76,10 @@ impl LocalCluster {
                             peers.clone(),
                             "--data-dir".into(),
                             path_arg(&dir.path().join(format!("baton{}", i + 1))),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(extra.iter().cloned())
+                        .collect(),
                         child: None,
                     })
                     .collect::<Vec<_>>()
@@ -137,7 +141,7 @@ impl LocalCluster {
 
     fn spawn(&mut self, index: usize) -> Result<(), String> {
         let binary = match &self.system {
-            System::Baton(bin) | System::Etcd(bin) => bin.clone(),
+            System::Baton(bin, _) | System::Etcd(bin) => bin.clone(),
         };
         let member = &mut self.members[index];
         let child = Command::new(&binary)
@@ -156,7 +160,7 @@ impl LocalCluster {
     pub fn target(&self) -> Target {
         let endpoints = self.members.iter().map(|m| m.client.clone()).collect();
         match self.system {
-            System::Baton(_) => Target::Baton(endpoints),
+            System::Baton(..) => Target::Baton(endpoints),
             System::Etcd(_) => Target::Etcd(endpoints),
         }
     }
@@ -169,7 +173,7 @@ impl LocalCluster {
             }
             let channel = channel(&member.client);
             let leads = match self.system {
-                System::Baton(_) => {
+                System::Baton(..) => {
                     let mut admin = AdminServiceClient::new(channel);
                     let call = admin.status(StatusRequest {});
                     match tokio::time::timeout(Duration::from_millis(200), call).await {

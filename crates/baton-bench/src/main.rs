@@ -64,6 +64,12 @@ enum Cmd {
         /// Seconds per throughput workload.
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Extra `baton serve` argument (repeatable), e.g. timing flags.
+        #[arg(long = "baton-arg", allow_hyphen_values = true)]
+        baton_args: Vec<String>,
+        /// Skip etcd (figures for Baton only).
+        #[arg(long)]
+        baton_only: bool,
     },
 }
 
@@ -98,7 +104,17 @@ async fn main() -> std::process::ExitCode {
             baton_bin,
             etcd_bin,
             secs,
-        } => compare(baton_bin, etcd_bin, Duration::from_secs(secs)).await,
+            baton_args,
+            baton_only,
+        } => {
+            let baton = System::Baton(baton_bin, baton_args);
+            let duration = Duration::from_secs(secs);
+            if baton_only {
+                measure(baton, duration).await.map(|_| ())
+            } else {
+                compare(baton, System::Etcd(etcd_bin), duration).await
+            }
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -151,9 +167,9 @@ fn ms(d: Option<Duration>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-async fn compare(baton_bin: PathBuf, etcd_bin: PathBuf, duration: Duration) -> Result<(), String> {
-    let etcd = measure(System::Etcd(etcd_bin), duration).await?;
-    let baton = measure(System::Baton(baton_bin), duration).await?;
+async fn compare(baton: System, etcd: System, duration: Duration) -> Result<(), String> {
+    let etcd = measure(etcd, duration).await?;
+    let baton = measure(baton, duration).await?;
     println!("| workload | etcd | baton | baton / etcd |\n|---|---|---|---|");
     for ((clients, e), (_, b)) in etcd.churn.iter().zip(&baton.churn) {
         println!(
