@@ -24,6 +24,29 @@ pub struct StateMachine {
     #[serde(with = "entries")]
     primitives: BTreeMap<PrimitiveKey, Primitive>,
     sessions: BTreeMap<String, Session>,
+    /// Ended sessions' highest request ids (DESIGN §3): a late copy of a
+    /// request the client sent before its session was closed or expired
+    /// must not bring it back. At most `limits.max_sessions` of them, each
+    /// kept for [`TOMBSTONE_TTL_MS`] of log time.
+    #[serde(default)]
+    tombstones: BTreeMap<String, Tombstone>,
+    /// The tombstones by age, oldest first, to forget them in order.
+    #[serde(default)]
+    tombstone_order: BTreeSet<(u64, String)>,
+}
+
+/// How long (log time) an ended session's highest request id is remembered:
+/// twice the longest session timeout, far beyond any forwarding delay.
+pub const TOMBSTONE_TTL_MS: u64 = 2 * crate::limits::MAX_SESSION_TIMEOUT_MS;
+
+/// What is left of an ended session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The highest request id the session had seen; lower or equal ids of
+    /// this client are refused as stale.
+    pub highest_request_id: u64,
+    /// Log time at which the session ended.
+    pub ended_at_ms: u64,
 }
 
 impl Default for StateMachine {
@@ -40,6 +63,65 @@ impl StateMachine {
             now_ms: 0,
             primitives: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            tombstone_order: BTreeSet::new(),
+        }
+    }
+
+    /// What is left of `client_id`'s ended session, if remembered.
+    pub fn tombstone(&self, client_id: &str) -> Option<&Tombstone> {
+        self.tombstones.get(client_id)
+    }
+
+    /// Every remembered ended session, by client id.
+    pub fn tombstones(&self) -> impl Iterator<Item = (&String, &Tombstone)> {
+        self.tombstones.iter()
+    }
+
+    /// A new session for `client_id` that refuses the request ids its
+    /// previous session had already seen.
+    fn fresh_session(&mut self, client_id: &str, timeout_ms: u64) -> Session {
+        let mut session = Session::new(timeout_ms, self.now_ms);
+        if let Some(tombstone) = self.tombstones.remove(client_id) {
+            self.tombstone_order
+                .remove(&(tombstone.ended_at_ms, client_id.to_owned()));
+            session.forgotten_up_to = tombstone.highest_request_id;
+        }
+        session
+    }
+
+    fn bury(&mut self, client_id: &str, highest_request_id: u64) {
+        if highest_request_id == 0 {
+            return;
+        }
+        let tombstone = Tombstone {
+            highest_request_id,
+            ended_at_ms: self.now_ms,
+        };
+        if let Some(old) = self.tombstones.insert(client_id.to_owned(), tombstone) {
+            self.tombstone_order
+                .remove(&(old.ended_at_ms, client_id.to_owned()));
+        }
+        self.tombstone_order
+            .insert((tombstone.ended_at_ms, client_id.to_owned()));
+        while self.tombstones.len() > self.limits.max_sessions {
+            self.forget_oldest_tombstone();
+        }
+    }
+
+    fn forget_oldest_tombstone(&mut self) {
+        if let Some((_, id)) = self.tombstone_order.pop_first() {
+            self.tombstones.remove(&id);
+        }
+    }
+
+    fn prune_tombstones(&mut self) {
+        while self
+            .tombstone_order
+            .first()
+            .is_some_and(|(at, _)| at.saturating_add(TOMBSTONE_TTL_MS) <= self.now_ms)
+        {
+            self.forget_oldest_tombstone();
         }
     }
 
@@ -95,6 +177,7 @@ impl StateMachine {
     /// A rejected command leaves every primitive and session as it was.
     pub fn apply(&mut self, command: &Command, stamp_ms: u64) -> Applied {
         self.now_ms = self.now_ms.max(stamp_ms);
+        self.prune_tombstones();
         let mut changed = BTreeSet::new();
         let result = match command {
             Command::Client(request) => self.apply_client(request, &mut changed),
@@ -218,9 +301,10 @@ impl StateMachine {
         }
 
         // Every check has passed: from here on the command takes effect.
+        let new_sessions: Vec<String> = new_sessions.into_iter().cloned().collect();
         for id in new_sessions {
-            self.sessions
-                .insert(id.clone(), Session::new(DEFAULT_SESSION_TIMEOUT_MS, now));
+            let session = self.fresh_session(&id, DEFAULT_SESSION_TIMEOUT_MS);
+            self.sessions.insert(id, session);
         }
         if let Some(caller) = self.sessions.get_mut(&request.client_id) {
             caller.renew(now);
@@ -257,7 +341,15 @@ impl StateMachine {
             return None;
         }
         let now = self.now_ms;
-        let session = self.sessions.get_mut(&request.client_id)?;
+        let Some(session) = self.sessions.get_mut(&request.client_id) else {
+            let tombstone = self.tombstones.get(&request.client_id)?;
+            return (request.request_id <= tombstone.highest_request_id).then(|| {
+                Err(CommandError::StaleRequest {
+                    request_id: request.request_id,
+                    forgotten_up_to: tombstone.highest_request_id,
+                })
+            });
+        };
         match session.outcome(request.request_id) {
             Some(Outcome::Applied { version }) => {
                 let state = self.primitives.get(key).cloned().unwrap_or_default();
@@ -298,8 +390,8 @@ impl StateMachine {
                         max: self.limits.max_sessions,
                     });
                 }
-                self.sessions
-                    .insert(client_id.to_owned(), Session::new(timeout_ms, now));
+                let session = self.fresh_session(client_id, timeout_ms);
+                self.sessions.insert(client_id.to_owned(), session);
             }
         }
         Ok(Response::SessionOpen { timeout_ms })
@@ -364,8 +456,11 @@ impl StateMachine {
                 changed.insert(key);
             }
         }
+        let leaving: Vec<String> = leaving.into_iter().cloned().collect();
         for id in leaving {
-            self.sessions.remove(id.as_str());
+            if let Some(session) = self.sessions.remove(&id) {
+                self.bury(&id, session.highest_request_id());
+            }
         }
     }
 

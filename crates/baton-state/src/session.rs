@@ -87,6 +87,15 @@ impl Session {
             .map(|i| self.recent[i].outcome)
     }
 
+    /// The highest request id this session has seen (applied, refused or
+    /// forgotten).
+    pub fn highest_request_id(&self) -> u64 {
+        self.recent
+            .last()
+            .map_or(0, |r| r.request_id)
+            .max(self.forgotten_up_to)
+    }
+
     /// Whether `request_id` is too old to apply: below the window and not
     /// remembered.
     pub fn is_stale(&self, request_id: u64) -> bool {

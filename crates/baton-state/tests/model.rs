@@ -34,7 +34,11 @@ struct Model {
     now: u64,
     primitives: BTreeMap<PrimitiveKey, Primitive>,
     sessions: BTreeMap<String, ModelSession>,
+    /// Ended sessions: client -> (highest request id seen, ended at).
+    tombstones: BTreeMap<String, (u64, u64)>,
 }
+
+const TOMBSTONE_TTL: u64 = 600_000;
 
 impl Model {
     fn get(&self, key: &PrimitiveKey) -> Primitive {
@@ -73,8 +77,34 @@ impl Model {
             self.set(&key, kept);
         }
         for id in gone {
-            self.sessions.remove(id);
+            if let Some(s) = self.sessions.remove(id) {
+                let highest = s
+                    .recent
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0)
+                    .max(s.forgotten);
+                if highest > 0 {
+                    self.tombstones.insert(id.clone(), (highest, self.now));
+                    while self.tombstones.len() > LIMITS.max_sessions {
+                        // The oldest goes first; ties by client id.
+                        let oldest = self
+                            .tombstones
+                            .iter()
+                            .min_by_key(|(c, (_, at))| (*at, (*c).clone()))
+                            .map(|(c, _)| c.clone())
+                            .expect("not empty");
+                        self.tombstones.remove(&oldest);
+                    }
+                }
+            }
         }
+    }
+
+    /// A new session's starting window: what its ended predecessor saw.
+    fn reborn(&mut self, id: &str) -> u64 {
+        self.tombstones.remove(id).map_or(0, |(highest, _)| highest)
     }
 
     fn renew(&mut self, id: &str) {
@@ -87,6 +117,8 @@ impl Model {
     fn apply(&mut self, command: &Command, stamp: u64) -> Result<Response, ErrorKind> {
         self.now = self.now.max(stamp);
         let now = self.now;
+        self.tombstones
+            .retain(|_, (_, at)| *at + TOMBSTONE_TTL > now);
         match command {
             Command::OpenSession {
                 client_id,
@@ -106,11 +138,10 @@ impl Model {
                 {
                     return Err(ErrorKind::ResourceExhausted);
                 }
-                let (expires, forgotten, recent) = self
-                    .sessions
-                    .get(client_id)
-                    .map(|s| (s.expires, s.forgotten, s.recent.clone()))
-                    .unwrap_or_default();
+                let (expires, forgotten, recent) = match self.sessions.get(client_id) {
+                    Some(s) => (s.expires, s.forgotten, s.recent.clone()),
+                    None => (0, self.reborn(client_id), BTreeMap::new()),
+                };
                 self.sessions.insert(
                     client_id.clone(),
                     ModelSession {
@@ -181,6 +212,13 @@ impl Model {
     fn apply_client(&mut self, r: &ClientRequest) -> Result<Response, ErrorKind> {
         validate_id("c", &r.client_id).map_err(|e| e.kind())?;
         let key = r.operation.key();
+        if r.request_id != 0 && !self.sessions.contains_key(&r.client_id) {
+            if let Some((highest, _)) = self.tombstones.get(&r.client_id) {
+                if r.request_id <= *highest {
+                    return Err(ErrorKind::FailedPrecondition);
+                }
+            }
+        }
         if let Some(s) = self
             .sessions
             .get(&r.client_id)
@@ -277,12 +315,13 @@ impl Model {
             return Err(ErrorKind::ResourceExhausted);
         }
         for c in needed {
+            let forgotten = self.reborn(&c);
             self.sessions.insert(
                 c,
                 ModelSession {
                     timeout: DEFAULT_TIMEOUT,
                     expires: self.now + DEFAULT_TIMEOUT,
-                    forgotten: 0,
+                    forgotten,
                     recent: BTreeMap::new(),
                 },
             );
@@ -485,6 +524,16 @@ proptest! {
                 .map(|(c, s)| (c.clone(), s.forgotten, s.recent.iter().map(|(id, o)| (*id, *o)).collect()))
                 .collect();
             prop_assert_eq!(windows, expected_windows, "step {}: exactly-once windows", i);
+            let tombstones: Vec<(String, u64, u64)> = sm
+                .tombstones()
+                .map(|(c, t)| (c.clone(), t.highest_request_id, t.ended_at_ms))
+                .collect();
+            let expected_tombstones: Vec<(String, u64, u64)> = model
+                .tombstones
+                .iter()
+                .map(|(c, (h, at))| (c.clone(), *h, *at))
+                .collect();
+            prop_assert_eq!(tombstones, expected_tombstones, "step {}: tombstones", i);
             if applied.result.is_err() {
                 // A refusal changes no primitive and renews nothing; only
                 // the exactly-once window may remember it.

@@ -988,3 +988,61 @@ fn the_exactly_once_record_holds_no_member_lists() {
     let bytes = serde_json::to_vec(&sm).unwrap().len();
     assert!(bytes < 2_000_000, "snapshot is {bytes} bytes");
 }
+
+#[test]
+fn a_late_copy_of_a_request_sent_before_the_session_ended_cannot_bring_the_client_back() {
+    let mut sm = StateMachine::default();
+    let l = PrimitiveKey::latch("l");
+    let join = |request_id| op("x", request_id, Operation::Join { latch: "l".into() });
+    ok(&mut sm, join(7), T0);
+    ok(
+        &mut sm,
+        Command::CloseSession {
+            client_id: "x".into(),
+            request_id: 8,
+        },
+        T0 + 1,
+    );
+    assert_eq!(sm.tombstone("x").map(|t| t.highest_request_id), Some(7));
+    // A copy of request 7 (already answered) or of an older one arrives late.
+    for late in [7, 3] {
+        let error = rejected(&mut sm, join(late), T0 + 2);
+        assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
+    }
+    assert!(members(&sm, &l).is_empty());
+    assert!(sm.session("x").is_none());
+    // The client's next request opens a new session that keeps refusing them.
+    ok(&mut sm, join(9), T0 + 3);
+    assert!(sm.tombstone("x").is_none());
+    let error = rejected(&mut sm, join(5), T0 + 4);
+    assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
+}
+
+#[test]
+fn tombstones_are_bounded_in_number_and_age() {
+    let limits = Limits {
+        max_sessions: 3,
+        ..Limits::default()
+    };
+    let mut sm = StateMachine::new(limits);
+    for (i, c) in ["a", "b", "c", "d"].iter().enumerate() {
+        let t = T0 + i as u64;
+        ok(&mut sm, op(c, 1, Operation::Join { latch: "l".into() }), t);
+        ok(
+            &mut sm,
+            Command::CloseSession {
+                client_id: (*c).into(),
+                request_id: 0,
+            },
+            t,
+        );
+    }
+    let kept: Vec<&String> = sm.tombstones().map(|(c, _)| c).collect();
+    assert_eq!(kept, ["b", "c", "d"], "the oldest is forgotten first");
+    ok(
+        &mut sm,
+        Command::ExpireDue,
+        T0 + 3 + baton_state::TOMBSTONE_TTL_MS,
+    );
+    assert_eq!(sm.tombstones().count(), 0);
+}
