@@ -516,12 +516,13 @@ pub async fn run_renewing(
             50..=51 => {
                 // Close the session: it gives up everything now.
                 beliefs.end_all(&who, Instant::now());
+                let close_id = next_request_id();
                 let _ = client
                     .call(|ch, t| {
                         let request = with_deadline(
                             CloseSessionRequest {
                                 client_id: who.clone(),
-                                request_id: next_request_id(),
+                                request_id: close_id,
                             },
                             t,
                         );

@@ -451,12 +451,15 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
         let thread: ThreadId = (index, generation);
         if rng.gen_ratio(1, 40) {
             let invoked = Instant::now();
+            // One id for every attempt: a late copy of an attempt must not
+            // close the session the client opens next.
+            let close_id = next_request_id();
             let closed = client
                 .call(|ch, t| {
                     let request = with_deadline(
                         CloseSessionRequest {
                             client_id: who.clone(),
-                            request_id: 0,
+                            request_id: close_id,
                         },
                         t,
                     );

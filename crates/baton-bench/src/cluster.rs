@@ -139,6 +139,15 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts member `index` again (after [`LocalCluster::kill`]), on its
+    /// old data directory.
+    pub fn restart(&mut self, index: usize) -> Result<(), String> {
+        if self.members[index].child.is_some() {
+            return Ok(());
+        }
+        self.spawn(index)
+    }
+
     fn spawn(&mut self, index: usize) -> Result<(), String> {
         let binary = match &self.system {
             System::Baton(bin, _) | System::Etcd(bin) => bin.clone(),

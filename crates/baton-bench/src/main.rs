@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         secs: u64,
     },
+    /// Baton only: load N primitives and sessions, report RSS per node and
+    /// the time from a full restart to the first linearizable read.
+    Scale {
+        #[arg(long)]
+        baton_bin: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        items: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
     /// Starts a Baton and an etcd cluster, one after the other, runs every
     /// workload on each and prints a table with the ratios.
     Compare {
@@ -100,6 +110,11 @@ async fn main() -> std::process::ExitCode {
             println!("{} {clients}: {}", target.name(), outcome.summary());
             Ok(())
         }
+        Cmd::Scale {
+            baton_bin,
+            items,
+            clients,
+        } => scale(baton_bin, items, clients).await,
         Cmd::Compare {
             baton_bin,
             etcd_bin,
@@ -123,6 +138,24 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn scale(baton_bin: PathBuf, items: usize, clients: usize) -> Result<(), String> {
+    let mut cluster = LocalCluster::start(System::Baton(baton_bin, Vec::new())).await?;
+    let report = workload::scale(&mut cluster, items, clients).await?;
+    println!(
+        "{} primitives + sessions loaded in {:.1} s; RSS per node: {}; full restart to a linearizable read: {} ms",
+        report.items,
+        report.load.as_secs_f64(),
+        report
+            .rss_bytes
+            .iter()
+            .map(|b| format!("{:.0} MB", *b as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", "),
+        report.restart_to_read.as_millis()
+    );
+    Ok(())
 }
 
 struct Results {

@@ -263,3 +263,112 @@ pub async fn failover(
             .map(|t| *t - killed_at),
     })
 }
+
+/// What holding many primitives and sessions costs.
+#[derive(Debug, Clone)]
+pub struct ScaleReport {
+    /// Primitives (latches) and sessions created.
+    pub items: usize,
+    /// How long creating them took.
+    pub load: Duration,
+    /// Resident set size of each node afterwards, in bytes.
+    pub rss_bytes: Vec<u64>,
+    /// From restarting all three (after SIGKILL) to the first successful
+    /// linearizable read.
+    pub restart_to_read: Duration,
+}
+
+/// Baton only: `items` clients each open a 5-minute session and join a
+/// latch of their own (`clients` at a time); then every node's RSS is read,
+/// all three are SIGKILLed and restarted, and the time until a linearizable
+/// read succeeds is measured.
+pub async fn scale(
+    cluster: &mut LocalCluster,
+    items: usize,
+    clients: usize,
+) -> Result<ScaleReport, String> {
+    use baton::proto::atomix::primitive::leader as la;
+    use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
+    use baton::proto::baton::v1::session_service_client::SessionServiceClient;
+    use baton::proto::baton::v1::OpenSessionRequest;
+
+    let target = cluster.target();
+    let endpoints = target.endpoints().to_vec();
+    let began = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..clients)
+        .map(|w| {
+            let channel = crate::target::channel(&endpoints[w % endpoints.len()]);
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut sessions = SessionServiceClient::new(channel.clone());
+                let mut latches = LeaderLatchServiceClient::new(channel);
+                let mut failures = 0u64;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= items {
+                        return failures;
+                    }
+                    let client_id = format!("scale-{i}");
+                    let opened = sessions
+                        .open_session(OpenSessionRequest {
+                            client_id: client_id.clone(),
+                            timeout_ms: baton_state_max_timeout(),
+                        })
+                        .await;
+                    let joined = latches
+                        .latch(la::LatchRequest {
+                            header: header(&client_id, "LeaderLatch", &format!("scale-{i}"), 0),
+                            input: None,
+                        })
+                        .await;
+                    if opened.is_err() || joined.is_err() {
+                        failures += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut failures = 0;
+    for worker in workers {
+        failures += worker.await.map_err(|e| e.to_string())?;
+    }
+    if failures > 0 {
+        return Err(format!("{failures} of {items} items failed to load"));
+    }
+    let load = began.elapsed();
+    let rss_bytes = cluster.rss_bytes();
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    let restarted = Instant::now();
+    for index in 0..3 {
+        cluster.restart(index)?;
+    }
+    let mut reader = LeaderLatchServiceClient::new(crate::target::channel(&endpoints[0]));
+    loop {
+        let mut read = tonic::Request::new(la::GetRequest {
+            header: header("scale-reader", "LeaderLatch", "scale-0", 0),
+            input: None,
+        });
+        read.set_timeout(Duration::from_millis(500));
+        if reader.get(read).await.is_ok() {
+            break;
+        }
+        if restarted.elapsed() > Duration::from_secs(120) {
+            return Err("no linearizable read within 120 s of the restart".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(ScaleReport {
+        items,
+        load,
+        rss_bytes,
+        restart_to_read: restarted.elapsed(),
+    })
+}
+
+/// The longest session timeout a client may ask for (5 minutes).
+fn baton_state_max_timeout() -> u64 {
+    300_000
+}

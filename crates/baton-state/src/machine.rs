@@ -343,12 +343,12 @@ impl StateMachine {
         let now = self.now_ms;
         let Some(session) = self.sessions.get_mut(&request.client_id) else {
             let tombstone = self.tombstones.get(&request.client_id)?;
-            return (request.request_id <= tombstone.highest_request_id).then(|| {
-                Err(CommandError::StaleRequest {
+            return (request.request_id <= tombstone.highest_request_id).then_some(Err(
+                CommandError::StaleRequest {
                     request_id: request.request_id,
                     forgotten_up_to: tombstone.highest_request_id,
-                })
-            });
+                },
+            ));
         };
         match session.outcome(request.request_id) {
             Some(Outcome::Applied { version }) => {
@@ -413,6 +413,16 @@ impl StateMachine {
             });
         }
         self.end_sessions(&[client_id.to_owned()], changed);
+        // The close itself is a request of that session: a late copy of it
+        // must not close the client's next session.
+        if request_id != 0 {
+            let highest = self
+                .tombstones
+                .get(client_id)
+                .map_or(0, |t| t.highest_request_id)
+                .max(request_id);
+            self.bury(client_id, highest);
+        }
         Ok(Response::SessionClosed { existed: true })
     }
 

@@ -182,6 +182,23 @@ impl Model {
                 }
                 let existed = self.sessions.contains_key(client_id);
                 self.remove_clients(&BTreeSet::from([client_id.clone()]));
+                if existed && *request_id != 0 {
+                    let highest = self
+                        .tombstones
+                        .get(client_id)
+                        .map_or(0, |(h, _)| *h)
+                        .max(*request_id);
+                    self.tombstones.insert(client_id.clone(), (highest, now));
+                    while self.tombstones.len() > LIMITS.max_sessions {
+                        let oldest = self
+                            .tombstones
+                            .iter()
+                            .min_by_key(|(c, (_, at))| (*at, (*c).clone()))
+                            .map(|(c, _)| c.clone())
+                            .expect("not empty");
+                        self.tombstones.remove(&oldest);
+                    }
+                }
                 Ok(Response::SessionClosed { existed })
             }
             Command::ExpireDue => {

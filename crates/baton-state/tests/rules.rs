@@ -1003,7 +1003,7 @@ fn a_late_copy_of_a_request_sent_before_the_session_ended_cannot_bring_the_clien
         },
         T0 + 1,
     );
-    assert_eq!(sm.tombstone("x").map(|t| t.highest_request_id), Some(7));
+    assert_eq!(sm.tombstone("x").map(|t| t.highest_request_id), Some(8));
     // A copy of request 7 (already answered) or of an older one arrives late.
     for late in [7, 3] {
         let error = rejected(&mut sm, join(late), T0 + 2);
@@ -1011,8 +1011,16 @@ fn a_late_copy_of_a_request_sent_before_the_session_ended_cannot_bring_the_clien
     }
     assert!(members(&sm, &l).is_empty());
     assert!(sm.session("x").is_none());
-    // The client's next request opens a new session that keeps refusing them.
+    // The client's next request opens a new session that keeps refusing
+    // them, and a late copy of the close does not close it.
     ok(&mut sm, join(9), T0 + 3);
+    let late_close = Command::CloseSession {
+        client_id: "x".into(),
+        request_id: 8,
+    };
+    let error = rejected(&mut sm, late_close, T0 + 3);
+    assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
+    assert_eq!(members(&sm, &l), ["x"]);
     assert!(sm.tombstone("x").is_none());
     let error = rejected(&mut sm, join(5), T0 + 4);
     assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}");
