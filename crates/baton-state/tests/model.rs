@@ -86,19 +86,24 @@ impl Model {
                     .unwrap_or(0)
                     .max(s.forgotten);
                 if highest > 0 {
-                    self.tombstones.insert(id.clone(), (highest, self.now));
-                    while self.tombstones.len() > LIMITS.max_sessions {
-                        // The oldest goes first; ties by client id.
-                        let oldest = self
-                            .tombstones
-                            .iter()
-                            .min_by_key(|(c, (_, at))| (*at, (*c).clone()))
-                            .map(|(c, _)| c.clone())
-                            .expect("not empty");
-                        self.tombstones.remove(&oldest);
-                    }
+                    self.bury(id, highest);
                 }
             }
+        }
+    }
+
+    /// Remembers an ended session's highest request id; beyond the limit the
+    /// oldest is forgotten first (ties by client id).
+    fn bury(&mut self, id: &str, highest: u64) {
+        self.tombstones.insert(id.to_owned(), (highest, self.now));
+        while self.tombstones.len() > LIMITS.max_sessions {
+            let oldest = self
+                .tombstones
+                .iter()
+                .min_by_key(|(c, (_, at))| (*at, (*c).clone()))
+                .map(|(c, _)| c.clone())
+                .expect("not empty");
+            self.tombstones.remove(&oldest);
         }
     }
 
@@ -188,16 +193,7 @@ impl Model {
                         .get(client_id)
                         .map_or(0, |(h, _)| *h)
                         .max(*request_id);
-                    self.tombstones.insert(client_id.clone(), (highest, now));
-                    while self.tombstones.len() > LIMITS.max_sessions {
-                        let oldest = self
-                            .tombstones
-                            .iter()
-                            .min_by_key(|(c, (_, at))| (*at, (*c).clone()))
-                            .map(|(c, _)| c.clone())
-                            .expect("not empty");
-                        self.tombstones.remove(&oldest);
-                    }
+                    self.bury(client_id, highest);
                 }
                 Ok(Response::SessionClosed { existed })
             }
