@@ -144,9 +144,10 @@ async fn scale(baton_bin: PathBuf, items: usize, clients: usize) -> Result<(), S
     let mut cluster = LocalCluster::start(System::Baton(baton_bin, Vec::new())).await?;
     let report = workload::scale(&mut cluster, items, clients).await?;
     println!(
-        "{} primitives + sessions loaded in {:.1} s; RSS per node: {}; full restart to a linearizable read: {} ms",
+        "{} primitives + sessions loaded in {:.1} s ({} UNAVAILABLE retried); RSS per node: {}; full restart to a linearizable read: {} ms",
         report.items,
         report.load.as_secs_f64(),
+        report.retries,
         report
             .rss_bytes
             .iter()

@@ -269,6 +269,8 @@ pub async fn failover(
 pub struct ScaleReport {
     /// Primitives (latches) and sessions created.
     pub items: usize,
+    /// UNAVAILABLE answers retried while loading.
+    pub retries: u64,
     /// How long creating them took.
     pub load: Duration,
     /// Resident set size of each node afterwards, in bytes.
@@ -304,37 +306,72 @@ pub async fn scale(
                 let mut sessions = SessionServiceClient::new(channel.clone());
                 let mut latches = LeaderLatchServiceClient::new(channel);
                 let mut failures = 0u64;
+                let mut retries = 0u64;
+                let mut last_error = None;
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= items {
-                        return failures;
+                        return (failures, retries, last_error);
                     }
                     let client_id = format!("scale-{i}");
-                    let opened = sessions
-                        .open_session(OpenSessionRequest {
-                            client_id: client_id.clone(),
-                            timeout_ms: baton_state_max_timeout(),
-                        })
-                        .await;
-                    let joined = latches
-                        .latch(la::LatchRequest {
-                            header: header(&client_id, "LeaderLatch", &format!("scale-{i}"), 0),
-                            input: None,
-                        })
-                        .await;
-                    if opened.is_err() || joined.is_err() {
+                    // Retried like any client would: under this load a node
+                    // may briefly answer UNAVAILABLE.
+                    let mut loaded = false;
+                    for _ in 0..50 {
+                        let opened = sessions
+                            .open_session(OpenSessionRequest {
+                                client_id: client_id.clone(),
+                                timeout_ms: baton_state_max_timeout(),
+                            })
+                            .await;
+                        let joined = match opened {
+                            Ok(_) => latches
+                                .latch(la::LatchRequest {
+                                    header: header(
+                                        &client_id,
+                                        "LeaderLatch",
+                                        &format!("scale-{i}"),
+                                        0,
+                                    ),
+                                    input: None,
+                                })
+                                .await
+                                .map(|_| ()),
+                            Err(status) => Err(status),
+                        };
+                        match joined {
+                            Ok(()) => {
+                                loaded = true;
+                                break;
+                            }
+                            Err(status) if status.code() == tonic::Code::Unavailable => {
+                                retries += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(status) => {
+                                last_error = Some(status.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    if !loaded {
                         failures += 1;
                     }
                 }
             })
         })
         .collect();
-    let mut failures = 0;
+    let (mut failures, mut retries, mut last_error) = (0, 0, None);
     for worker in workers {
-        failures += worker.await.map_err(|e| e.to_string())?;
+        let (f, r, e) = worker.await.map_err(|e| e.to_string())?;
+        failures += f;
+        retries += r;
+        last_error = last_error.or(e);
     }
     if failures > 0 {
-        return Err(format!("{failures} of {items} items failed to load"));
+        return Err(format!(
+            "{failures} of {items} items failed to load ({retries} retries); last error: {last_error:?}"
+        ));
     }
     let load = began.elapsed();
     let rss_bytes = cluster.rss_bytes();
@@ -362,6 +399,7 @@ pub async fn scale(
     }
     Ok(ScaleReport {
         items,
+        retries,
         load,
         rss_bytes,
         restart_to_read: restarted.elapsed(),
