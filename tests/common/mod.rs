@@ -28,12 +28,18 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports. The listeners are held until all are chosen:
+/// dropped one by one, the kernel may hand the same port out twice, and two
+/// nodes of one cluster then collide (seen as a peer answering UNIMPLEMENTED
+/// and no leader being elected).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 pub struct Node {
@@ -55,11 +61,12 @@ impl Cluster {
     /// Starts three nodes at once with empty data directories.
     pub async fn start(extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(6);
         let nodes: Vec<Node> = (1..=3)
             .map(|id| Node {
                 id,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
+                client_addr: format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]),
+                peer_addr: format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]),
                 data_dir: dir.path().join(format!("node{id}")),
                 child: None,
             })

@@ -36,8 +36,16 @@ pub struct LocalCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free ports (listeners held until all are chosen, so the
+/// kernel cannot hand the same port out twice).
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
 }
 
 impl LocalCluster {
@@ -45,12 +53,8 @@ impl LocalCluster {
     /// they have a leader.
     pub async fn start(system: System) -> Result<LocalCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut ports = Vec::new();
-        for _ in 0..3 {
-            let client = free_port().map_err(|e| e.to_string())?;
-            let peer = free_port().map_err(|e| e.to_string())?;
-            ports.push((client, peer));
-        }
+        let free = free_ports(6).map_err(|e| e.to_string())?;
+        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
         let members = match &system {
             System::Baton(_, extra) => {
                 let peers = ports

@@ -18,7 +18,14 @@ use tokio::sync::broadcast;
 use crate::types::{CommandOutcome, NodeId, TypeConfig};
 use crate::OpenError;
 
-const CURRENT_SNAPSHOT: &[u8] = b"current";
+/// Snapshot metadata (JSON) and the serialized state machine (raw bytes),
+/// written together in one sled batch. Kept apart so that checking which
+/// snapshot is stored does not decode the state, and the state is not
+/// re-encoded as a JSON array of numbers.
+const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_DATA: &[u8] = b"data";
+/// The layout before: the whole `StoredSnapshot` as JSON under one key.
+const LEGACY_SNAPSHOT: &[u8] = b"current";
 /// How many applied batches a slow watcher may fall behind before it is told
 /// it lagged (it then re-reads the latest state, so nothing final is lost).
 const CHANGE_BUFFER: usize = 4_096;
@@ -134,15 +141,12 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     pub(crate) fn new(db: &sled::Db, limits: Limits) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
-        let applied = match snapshots.get(CURRENT_SNAPSHOT)? {
-            Some(bytes) => {
-                let stored: StoredSnapshot = serde_json::from_slice(&bytes)?;
-                AppliedState {
-                    machine: stored.state()?,
-                    last_applied: stored.meta.last_log_id,
-                    membership: stored.meta.last_membership,
-                }
-            }
+        let applied = match read_stored(&snapshots)? {
+            Some(stored) => AppliedState {
+                machine: stored.state()?,
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership,
+            },
             None => AppliedState {
                 machine: StateMachine::new(limits),
                 last_applied: None,
@@ -171,9 +175,14 @@ impl StateMachineStore {
 
     /// The snapshot currently stored on disk, if any.
     pub fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, OpenError> {
-        match self.snapshots.get(CURRENT_SNAPSHOT)? {
+        read_stored(&self.snapshots)
+    }
+
+    /// The metadata of the snapshot stored on disk, if any.
+    fn stored_meta(&self) -> Result<Option<SnapshotMeta<NodeId, BasicNode>>, OpenError> {
+        match self.snapshots.get(SNAPSHOT_META)? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
+            None => Ok(read_stored(&self.snapshots)?.map(|s| s.meta)),
         }
     }
 
@@ -184,21 +193,39 @@ impl StateMachineStore {
         let _serialized = self.persist_lock.lock().await;
         let signature = Some(snapshot.meta.signature());
         let stored = self
-            .stored_snapshot()
+            .stored_meta()
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        if stored.is_some_and(|s| s.meta.last_log_id >= snapshot.meta.last_log_id) {
+        if stored.is_some_and(|meta| meta.last_log_id >= snapshot.meta.last_log_id) {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(snapshot)
+        let meta = serde_json::to_vec(&snapshot.meta)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META, meta);
+        batch.insert(SNAPSHOT_DATA, snapshot.data.as_slice());
+        batch.remove(LEGACY_SNAPSHOT);
         self.snapshots
-            .insert(CURRENT_SNAPSHOT, bytes)
+            .apply_batch(batch)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         self.db
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         Ok(())
+    }
+}
+
+/// The snapshot stored in `tree`, in either layout.
+fn read_stored(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, OpenError> {
+    if let (Some(meta), Some(data)) = (tree.get(SNAPSHOT_META)?, tree.get(SNAPSHOT_DATA)?) {
+        return Ok(Some(StoredSnapshot {
+            meta: serde_json::from_slice(&meta)?,
+            data: data.to_vec(),
+        }));
+    }
+    match tree.get(LEGACY_SNAPSHOT)? {
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        None => Ok(None),
     }
 }
 
@@ -213,7 +240,12 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let data = serde_json::to_vec(&self.machine)
+        // Encoding a large state takes a while: off the async workers, so
+        // heartbeats and client requests keep flowing meanwhile.
+        let machine = std::mem::take(&mut self.machine);
+        let data = tokio::task::spawn_blocking(move || serde_json::to_vec(&machine))
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(&e))?
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let counter = self.store.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match self.last_applied {
