@@ -279,15 +279,17 @@ impl Replicator {
             let leader = self
                 .working_leader()
                 .map_err(|loss| self.unavailable(loss.to_string()))?;
+            // `propose_as_leader` watches the quorum itself; only the
+            // forwarding hop needs watching here.
             let attempt = async {
                 if leader == self.inner.id {
                     self.propose_as_leader(command.clone()).await
                 } else {
-                    self.forward(leader, &command).await
+                    self.while_leader_reachable(self.forward(leader, &command))
+                        .await
                 }
             };
-            let outcome =
-                tokio::time::timeout_at(deadline, self.while_leader_reachable(attempt)).await;
+            let outcome = tokio::time::timeout_at(deadline, attempt).await;
             match outcome {
                 Err(_) => {
                     return Err(ReplicationError::DeadlineExceeded(

@@ -403,7 +403,7 @@ impl StateMachine {
         request_id: u64,
         changed: &mut BTreeSet<PrimitiveKey>,
     ) -> Result<Response, CommandError> {
-        let Some(session) = self.sessions.get(client_id) else {
+        let Some(session) = self.sessions.get_mut(client_id) else {
             return Ok(Response::SessionClosed { existed: false });
         };
         if session.is_stale(request_id) {
@@ -412,17 +412,16 @@ impl StateMachine {
                 forgotten_up_to: session.forgotten_up_to,
             });
         }
-        self.end_sessions(&[client_id.to_owned()], changed);
-        // The close itself is a request of that session: a late copy of it
-        // must not close the client's next session.
+        // The close is a request of this session like any other: recorded,
+        // its id goes into the tombstone, so a late copy of it cannot close
+        // the client's next session.
         if request_id != 0 {
-            let highest = self
-                .tombstones
-                .get(client_id)
-                .map_or(0, |t| t.highest_request_id)
-                .max(request_id);
-            self.bury(client_id, highest);
+            session.record(RecordedRequest {
+                request_id,
+                outcome: Outcome::Applied { version: 0 },
+            });
         }
+        self.end_sessions(&[client_id.to_owned()], changed);
         Ok(Response::SessionClosed { existed: true })
     }
 

@@ -28,6 +28,17 @@ struct ModelSession {
     recent: BTreeMap<u64, Result<u64, ErrorKind>>,
 }
 
+impl ModelSession {
+    /// Remembers an outcome; beyond 32 the lowest id is forgotten.
+    fn record(&mut self, request_id: u64, outcome: Result<u64, ErrorKind>) {
+        self.recent.insert(request_id, outcome);
+        if self.recent.len() > 32 {
+            let (lowest, _) = self.recent.pop_first().expect("not empty");
+            self.forgotten = self.forgotten.max(lowest);
+        }
+    }
+}
+
 /// The specification, written as plainly as possible: no indexes, full scans.
 #[derive(Default)]
 struct Model {
@@ -186,15 +197,14 @@ impl Model {
                     }
                 }
                 let existed = self.sessions.contains_key(client_id);
-                self.remove_clients(&BTreeSet::from([client_id.clone()]));
-                if existed && *request_id != 0 {
-                    let highest = self
-                        .tombstones
-                        .get(client_id)
-                        .map_or(0, |(h, _)| *h)
-                        .max(*request_id);
-                    self.bury(client_id, highest);
+                if let Some(s) = self
+                    .sessions
+                    .get_mut(client_id)
+                    .filter(|_| *request_id != 0)
+                {
+                    s.record(*request_id, Ok(0));
                 }
+                self.remove_clients(&BTreeSet::from([client_id.clone()]));
                 Ok(Response::SessionClosed { existed })
             }
             Command::ExpireDue => {
@@ -252,12 +262,10 @@ impl Model {
         if r.request_id != 0 {
             let version = self.get(&key).version;
             if let Some(s) = self.sessions.get_mut(&r.client_id) {
-                let outcome = result.as_ref().map(|_| version).map_err(|k| *k);
-                s.recent.insert(r.request_id, outcome);
-                if s.recent.len() > 32 {
-                    let (lowest, _) = s.recent.pop_first().expect("not empty");
-                    s.forgotten = s.forgotten.max(lowest);
-                }
+                s.record(
+                    r.request_id,
+                    result.as_ref().map(|_| version).map_err(|k| *k),
+                );
             }
         }
         result
