@@ -28,7 +28,7 @@ use baton::proto::atomix::primitive::election::{self as el};
 use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
 use baton::proto::atomix::primitive::leader::{self as la};
 use baton::proto::baton::v1::session_service_client::SessionServiceClient;
-use baton::proto::baton::v1::{CloseSessionRequest, KeepAliveRequest, OpenSessionRequest};
+use baton::proto::baton::v1::{CloseSessionRequest, KeepAliveRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_stream::StreamExt;
@@ -72,9 +72,8 @@ pub struct Findings {
     pub sightings: Vec<Sighting>,
 }
 
-/// An Events stream of a lease primitive, as (members, epoch).
-type StateStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<(Vec<String>, u64), Status>> + Send>>;
+use crate::history::{Op, Ret};
+use crate::{open_session, StateStream};
 
 /// One interval in which a client believed it led a primitive at an epoch.
 #[derive(Clone, Debug)]
@@ -298,21 +297,6 @@ impl Beliefs {
     }
 }
 
-fn latch_state(latch: Option<la::Latch>) -> (Vec<String>, u64) {
-    let latch = latch.unwrap_or_default();
-    let epoch = latch
-        .meta
-        .and_then(|m| m.revision)
-        .map(|r| r.num)
-        .unwrap_or(0);
-    (latch.participants, epoch)
-}
-
-fn term_state(term: Option<el::Term>) -> (Vec<String>, u64) {
-    let term = term.unwrap_or_default();
-    (term.candidates, term.id.map(|e| e.num).unwrap_or(0))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Step {
     Join,
@@ -320,120 +304,30 @@ enum Step {
     Read,
 }
 
-/// One operation on lease primitive `p`; the state it answered.
+/// A state as (members, epoch); None for an answer that carries none.
+fn state_of(ret: Ret) -> Option<(Vec<String>, u64)> {
+    match ret {
+        Ret::State { members, epoch } => Some((members, epoch)),
+        _ => None,
+    }
+}
+
+/// One operation on lease primitive `p` (through the workload's
+/// [`crate::perform_on`]); the state it answered.
 async fn perform(
     client: &Client,
     who: &str,
     p: usize,
     step: Step,
-) -> Result<(Vec<String>, u64), Status> {
-    let rid = if step == Step::Read {
-        0
-    } else {
-        next_request_id()
+) -> Result<Option<(Vec<String>, u64)>, Status> {
+    let (op, request_id) = match step {
+        Step::Join => (Op::Join(who.to_owned()), next_request_id()),
+        Step::Withdraw => (Op::Withdraw(who.to_owned()), next_request_id()),
+        Step::Read => (Op::Read, 0),
     };
-    if is_latch(p) {
-        let h = header(who, "LeaderLatch", &name(p), rid);
-        match step {
-            Step::Join | Step::Withdraw => client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        la::LatchRequest {
-                            header: h.clone(),
-                            input: None,
-                        },
-                        t,
-                    );
-                    async move { LeaderLatchServiceClient::new(ch).latch(request).await }
-                })
-                .await
-                .map(|r| latch_state(r.output.and_then(|o| o.latch))),
-            Step::Read => client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        la::GetRequest {
-                            header: h.clone(),
-                            input: None,
-                        },
-                        t,
-                    );
-                    async move { LeaderLatchServiceClient::new(ch).get(request).await }
-                })
-                .await
-                .map(|r| latch_state(r.output.and_then(|o| o.latch))),
-        }
-    } else {
-        let h = header(who, "Election", &name(p), rid);
-        match step {
-            Step::Join => client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        el::EnterRequest {
-                            header: h.clone(),
-                            input: None,
-                        },
-                        t,
-                    );
-                    async move { LeaderElectionServiceClient::new(ch).enter(request).await }
-                })
-                .await
-                .map(|r| term_state(r.output.and_then(|o| o.term))),
-            Step::Withdraw => client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        el::WithdrawRequest {
-                            header: h.clone(),
-                            input: None,
-                        },
-                        t,
-                    );
-                    async move { LeaderElectionServiceClient::new(ch).withdraw(request).await }
-                })
-                .await
-                .map(|r| term_state(r.output.and_then(|o| o.term))),
-            Step::Read => client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        el::GetTermRequest {
-                            header: h.clone(),
-                            input: None,
-                        },
-                        t,
-                    );
-                    async move { LeaderElectionServiceClient::new(ch).get_term(request).await }
-                })
-                .await
-                .map(|r| term_state(r.output.and_then(|o| o.term))),
-        }
-    }
-}
-
-async fn open_session(
-    client: &Client,
-    who: &str,
-    timeout_ms: u64,
-    stop: &AtomicBool,
-) -> Option<Instant> {
-    while !stop.load(Ordering::Relaxed) {
-        let sent = Instant::now();
-        let opened = client
-            .call(|ch, t| {
-                let request = with_deadline(
-                    OpenSessionRequest {
-                        client_id: who.to_owned(),
-                        timeout_ms,
-                    },
-                    t,
-                );
-                async move { SessionServiceClient::new(ch).open_session(request).await }
-            })
-            .await;
-        if opened.is_ok() {
-            return Some(sent);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
+    crate::perform_on(client, who, &name(p), is_latch(p), &op, request_id)
+        .await
+        .map(state_of)
 }
 
 /// A client that renews its own session and bounds its belief by its lease.
@@ -550,7 +444,8 @@ pub async fn run_renewing(
             }
         }
         match perform(&client, &who, p, step).await {
-            Ok((members, epoch)) => {
+            Ok(None) => {}
+            Ok(Some((members, epoch))) => {
                 let now = Instant::now();
                 if step != Step::Read {
                     renewed_at = renewed_at.max(sent);
@@ -633,7 +528,7 @@ pub async fn run_watching(
                 .map(|s| {
                     Box::pin(
                         s.into_inner()
-                            .map(|m| m.map(|m| latch_state(m.output.and_then(|o| o.latch)))),
+                            .map(|m| m.map(|m| crate::latch_ret(m.output.and_then(|o| o.latch)))),
                     ) as _
                 })
         } else {
@@ -646,7 +541,7 @@ pub async fn run_watching(
                 .map(|s| {
                     Box::pin(
                         s.into_inner()
-                            .map(|m| m.map(|m| term_state(m.output.and_then(|o| o.term)))),
+                            .map(|m| m.map(|m| crate::term_ret(m.output.and_then(|o| o.term)))),
                     ) as _
                 })
         };
@@ -660,7 +555,7 @@ pub async fn run_watching(
                     }
                 };
                 match next {
-                    Some(Ok((members, epoch))) => {
+                    Some(Ok(Ret::State { members, epoch })) => {
                         let now = Instant::now();
                         beliefs.saw(&who, p, &members, epoch, now);
                         let mut r = beliefs.lock();

@@ -311,8 +311,20 @@ async fn perform(
     op: &Op,
     request_id: u64,
 ) -> Result<Ret, Status> {
-    let name = primitive_name(p);
-    if is_latch(p) {
+    perform_on(client, who, &primitive_name(p), is_latch(p), op, request_id).await
+}
+
+/// Sends one operation on the latch (or election) `name`; see [`perform`].
+async fn perform_on(
+    client: &Client,
+    who: &str,
+    name: &str,
+    latch: bool,
+    op: &Op,
+    request_id: u64,
+) -> Result<Ret, Status> {
+    let name = name.to_owned();
+    if latch {
         let h = header(who, "LeaderLatch", &name, request_id);
         match op {
             Op::Join(_) => client
@@ -415,13 +427,25 @@ async fn perform(
 }
 
 async fn open_long_session(client: &Client, who: &str, stop: &AtomicBool) -> bool {
+    open_session(client, who, SESSION_MS, stop).await.is_some()
+}
+
+/// Opens (or resets) `who`'s session, retrying until it succeeds or the
+/// run stops; returns when the successful request was sent.
+async fn open_session(
+    client: &Client,
+    who: &str,
+    timeout_ms: u64,
+    stop: &AtomicBool,
+) -> Option<Instant> {
     while !stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
         let opened = client
             .call(|ch, t| {
                 let request = with_deadline(
                     OpenSessionRequest {
                         client_id: who.to_owned(),
-                        timeout_ms: SESSION_MS,
+                        timeout_ms,
                     },
                     t,
                 );
@@ -429,11 +453,11 @@ async fn open_long_session(client: &Client, who: &str, stop: &AtomicBool) -> boo
             })
             .await;
         if opened.is_ok() {
-            return true;
+            return Some(sent);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    false
+    None
 }
 
 async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<AtomicBool>) {
