@@ -1,28 +1,18 @@
 //! Command-line interface: `serve`, `dev`, and client commands for every RPC.
 
-// tonic::Status is the error type of every RPC and stream here.
-#![allow(clippy::result_large_err)]
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton::client::{header, with_deadline, Client};
 use baton::node::{self, NodeConfig};
-use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
-use baton::proto::atomix::primitive::election::{self as election_pb, Term};
-use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
-use baton::proto::atomix::primitive::leader::{self as latch_pb, Latch};
-use baton::proto::atomix::primitive::meta::{object_meta, Epoch, ObjectMeta, Revision};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
-use baton::proto::baton::v1::session_service_client::SessionServiceClient;
-use baton::proto::baton::v1::{
-    CloseSessionRequest, KeepAliveRequest, OpenSessionRequest, StatusRequest, StatusResponse,
-};
+use baton::proto::baton::v1::{StatusRequest, StatusResponse};
+use baton_client::{with_deadline, Client, ClientBuilder, Endpoints, View};
 use clap::{Parser, Subcommand};
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio_stream::StreamExt;
+use std::time::UNIX_EPOCH;
 
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
@@ -105,10 +95,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1_000)]
     snapshot_every: u64,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 30)]
     heartbeat_ms: u64,
     /// Minimum Raft election timeout in milliseconds (maximum is twice it).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 100)]
     election_timeout_ms: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -153,6 +143,16 @@ enum ElectionAction {
     Term { name: String },
     /// Print the term and every change until Ctrl-C.
     Watch { name: String },
+    /// Campaign as --client-id with a session of its own: prints "leading
+    /// with epoch N" once it leads, keeps the session alive, resigns on
+    /// Ctrl-C or SIGTERM, and exits non-zero the moment leadership is lost.
+    Campaign {
+        name: String,
+        /// Session timeout: how long after this process stops (killed,
+        /// paused, cut off) the next candidate can take over.
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u64,
+    },
     /// Print the election's snapshot (JSON with --json, usable by restore).
     Snapshot { name: String },
     /// Replace the election with a snapshot read from FILE ('-': stdin).
@@ -188,36 +188,29 @@ struct PrimitiveJson {
     timestamp_ms: u64,
 }
 
-fn millis(t: Option<&prost_types::Timestamp>) -> u64 {
-    t.map(|t| (t.seconds.max(0) as u64) * 1_000 + (t.nanos.max(0) as u64) / 1_000_000)
-        .unwrap_or(0)
-}
-
-fn latch_json(name: &str, latch: &Latch) -> PrimitiveJson {
-    let meta = latch.meta.as_ref();
-    let time = meta.and_then(|m| match &m.timestamp {
-        Some(object_meta::Timestamp::PhysicalTimestamp(p)) => p.time.as_ref(),
-        _ => None,
-    });
-    PrimitiveJson {
-        name: name.to_owned(),
-        epoch: meta
-            .and_then(|m| m.revision.as_ref())
-            .map(|r| r.num)
-            .unwrap_or(0),
-        leader: Some(latch.leader.clone()).filter(|l| !l.is_empty()),
-        members: latch.participants.clone(),
-        timestamp_ms: millis(time),
+impl PrimitiveJson {
+    fn of(name: &str, view: &View) -> Self {
+        let since = view
+            .leader_since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        PrimitiveJson {
+            name: name.to_owned(),
+            epoch: view.epoch,
+            leader: view.leader.clone(),
+            members: view.members.clone(),
+            timestamp_ms: u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
+        }
     }
-}
 
-fn term_json(name: &str, term: &Term) -> PrimitiveJson {
-    PrimitiveJson {
-        name: name.to_owned(),
-        epoch: term.id.as_ref().map(|e| e.num).unwrap_or(0),
-        leader: Some(term.leader.clone()).filter(|l| !l.is_empty()),
-        members: term.candidates.clone(),
-        timestamp_ms: millis(term.timestamp.as_ref()),
+    /// The state to restore (the cluster stamps its own time).
+    fn view(&self) -> View {
+        View {
+            epoch: self.epoch,
+            leader: self.leader.clone(),
+            members: self.members.clone(),
+            leader_since: None,
+        }
     }
 }
 
@@ -226,9 +219,10 @@ struct Output {
 }
 
 impl Output {
-    fn primitive(&self, label: &str, p: &PrimitiveJson) {
+    fn primitive(&self, label: &str, name: &str, view: &View) {
+        let p = PrimitiveJson::of(name, view);
         if self.json {
-            println!("{}", serde_json::to_string(p).unwrap_or_default());
+            println!("{}", serde_json::to_string(&p).unwrap_or_default());
         } else {
             println!(
                 "{label} {}: leader={} epoch={} members=[{}]",
@@ -243,41 +237,20 @@ impl Output {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// A watch stream, already turned into printable states.
-type JsonStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<PrimitiveJson, tonic::Status>> + Send>,
->;
-
-/// Prints the primitive and every change until Ctrl-C. When a stream breaks
-/// it reconnects (the client tries the next endpoint) and resumes: a state
-/// older than the newest epoch already printed (a lagging node) is skipped.
-async fn watch_forever<F, Fut>(label: &str, out: &Output, mut open: F) -> CliResult
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<JsonStream, tonic::Status>>,
-{
-    let mut newest_epoch = 0;
-    loop {
-        match open().await {
-            Ok(mut stream) => {
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(state) if state.epoch >= newest_epoch => {
-                            newest_epoch = state.epoch;
-                            out.primitive(label, &state);
-                        }
-                        Ok(_) => {}
-                        Err(status) => {
-                            eprintln!("watch: stream ended ({}); reconnecting", status.message());
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(status) => eprintln!("watch: {}; retrying", status.message()),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// Prints the primitive and every change until Ctrl-C or the session ends.
+/// The library's feed reconnects through other nodes and never goes back to
+/// an older epoch.
+async fn watch_forever(
+    label: &str,
+    name: &str,
+    out: &Output,
+    views: impl Stream<Item = baton_client::Result<View>>,
+) -> CliResult {
+    let mut views = std::pin::pin!(views);
+    while let Some(view) = views.next().await {
+        out.primitive(label, name, &view?);
     }
+    Ok(())
 }
 
 /// Runs the parsed command line.
@@ -288,24 +261,20 @@ pub async fn run(args: Args) -> CliResult {
         .unwrap_or_else(|| format!("cli-{:016x}", rand::random::<u64>()));
     let out = Output { json: args.json };
     let timeout = Duration::from_millis(args.timeout_ms);
+    let client = || {
+        Client::builder(&args.endpoints)
+            .client_id(client_id.clone())
+            .call_timeout(timeout)
+    };
     match args.command {
         Commands::Serve(serve) => serve_node(serve).await,
         Commands::Dev {
             data_dir,
             base_port,
         } => crate::dev::run(data_dir, base_port).await,
-        Commands::Latch { action } => {
-            let client = Client::new(&args.endpoints, timeout)?;
-            latch_command(&client, &client_id, action, &out).await
-        }
-        Commands::Election { action } => {
-            let client = Client::new(&args.endpoints, timeout)?;
-            election_command(&client, &client_id, action, &out).await
-        }
-        Commands::Session { action } => {
-            let client = Client::new(&args.endpoints, timeout)?;
-            session_command(&client, &client_id, action, &out).await
-        }
+        Commands::Latch { action } => latch_command(&client().attach()?, action, &out).await,
+        Commands::Election { action } => election_command(client(), action, &out).await,
+        Commands::Session { action } => session_command(client(), &client_id, action, &out).await,
         Commands::Cluster {
             action: ClusterAction::Status,
         } => cluster_status(&args.endpoints, &out).await,
@@ -359,10 +328,6 @@ pub(crate) async fn termination() {
     }
 }
 
-fn request_id() -> u64 {
-    baton::client::next_request_id()
-}
-
 fn read_snapshot_file(file: &PathBuf) -> Result<PrimitiveJson, Box<dyn std::error::Error>> {
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
@@ -372,355 +337,139 @@ fn read_snapshot_file(file: &PathBuf) -> Result<PrimitiveJson, Box<dyn std::erro
     Ok(serde_json::from_str(&text)?)
 }
 
-async fn latch_command(
-    client: &Client,
-    client_id: &str,
-    action: LatchAction,
-    out: &Output,
-) -> CliResult {
-    let rid = request_id();
-    let h = |name: &str, rid: u64| header(client_id, "LeaderLatch", name, rid);
-    match action {
-        LatchAction::Join { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        latch_pb::LatchRequest {
-                            header: h(&name, rid),
-                            input: Some(latch_pb::LatchInput {}),
-                        },
-                        t,
-                    );
-                    async move { LeaderLatchServiceClient::new(ch).latch(request).await }
-                })
-                .await?;
-            out.primitive(
-                "latch",
-                &latch_json(&name, &r.output.and_then(|o| o.latch).unwrap_or_default()),
-            );
-        }
-        LatchAction::Get { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        latch_pb::GetRequest {
-                            header: h(&name, 0),
-                            input: Some(latch_pb::GetInput {}),
-                        },
-                        t,
-                    );
-                    async move { LeaderLatchServiceClient::new(ch).get(request).await }
-                })
-                .await?;
-            out.primitive(
-                "latch",
-                &latch_json(&name, &r.output.and_then(|o| o.latch).unwrap_or_default()),
-            );
-        }
-        LatchAction::Snapshot { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        latch_pb::SnapshotRequest {
-                            header: h(&name, 0),
-                        },
-                        t,
-                    );
-                    async move { LeaderLatchServiceClient::new(ch).snapshot(request).await }
-                })
-                .await?;
-            let latch = r.snapshot.and_then(|s| s.latch).unwrap_or_default();
-            out.primitive("latch snapshot", &latch_json(&name, &latch));
-        }
+async fn latch_command(client: &Client, action: LatchAction, out: &Output) -> CliResult {
+    let (label, view, name) = match action {
+        LatchAction::Join { name } => ("latch", client.latch(&name).join().await?, name),
+        LatchAction::Get { name } => ("latch", client.latch(&name).get().await?, name),
+        LatchAction::Snapshot { name } => (
+            "latch snapshot",
+            client.latch(&name).snapshot().await?,
+            name,
+        ),
         LatchAction::Restore { name, file } => {
             let snapshot = read_snapshot_file(&file)?;
-            let latch = Latch {
-                meta: Some(ObjectMeta {
-                    revision: Some(Revision {
-                        num: snapshot.epoch,
-                    }),
-                    timestamp: None,
-                }),
-                leader: snapshot.leader.clone().unwrap_or_default(),
-                participants: snapshot.members.clone(),
-            };
-            client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        latch_pb::RestoreRequest {
-                            header: h(&name, rid),
-                            snapshot: Some(latch_pb::Snapshot {
-                                latch: Some(latch.clone()),
-                            }),
-                        },
-                        t,
-                    );
-                    async move { LeaderLatchServiceClient::new(ch).restore(request).await }
-                })
-                .await?;
+            client.latch(&name).restore(&snapshot.view()).await?;
             println!("restored latch {name}");
+            return Ok(());
         }
         LatchAction::Watch { name } => {
-            return watch_forever("latch", out, || async {
-                let request = latch_pb::EventsRequest {
-                    header: h(&name, 0),
-                    input: Some(latch_pb::EventsInput {}),
-                };
-                let stream = client
-                    .call(|ch, _| {
-                        let request = request.clone();
-                        async move { LeaderLatchServiceClient::new(ch).events(request).await }
-                    })
-                    .await?;
-                let name = name.clone();
-                let states = stream.map(move |event| {
-                    event.map(|e| {
-                        latch_json(&name, &e.output.and_then(|o| o.latch).unwrap_or_default())
-                    })
-                });
-                Ok(Box::pin(states) as JsonStream)
-            })
-            .await;
+            return watch_forever("latch", &name, out, client.latch(&name).observe()).await;
         }
-    }
+    };
+    out.primitive(label, &name, &view);
     Ok(())
 }
 
 async fn election_command(
-    client: &Client,
-    client_id: &str,
+    builder: ClientBuilder,
     action: ElectionAction,
     out: &Output,
 ) -> CliResult {
-    use election_pb::*;
-    let rid = request_id();
-    let h = |name: &str, rid: u64| header(client_id, "Election", name, rid);
-    let svc = LeaderElectionServiceClient::new;
-    let (name, term) = match action {
-        ElectionAction::Enter { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        EnterRequest {
-                            header: h(&name, rid),
-                            input: Some(EnterInput {}),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).enter(request).await }
-                })
-                .await?;
-            (name, r.output.and_then(|o| o.term))
-        }
+    let client = &builder.clone().attach()?;
+    let (label, view, name) = match action {
+        ElectionAction::Enter { name } => ("election", client.election(&name).enter().await?, name),
         ElectionAction::Withdraw { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        WithdrawRequest {
-                            header: h(&name, rid),
-                            input: Some(WithdrawInput {}),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).withdraw(request).await }
-                })
-                .await?;
-            (name, r.output.and_then(|o| o.term))
+            ("election", client.election(&name).withdraw().await?, name)
         }
-        ElectionAction::Anoint { name, candidate } => {
-            let input = Some(AnointInput {
-                candidate_id: candidate,
-            });
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        AnointRequest {
-                            header: h(&name, rid),
-                            input: input.clone(),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).anoint(request).await }
-                })
-                .await?;
-            (name, r.output.and_then(|o| o.term))
-        }
-        ElectionAction::Promote { name, candidate } => {
-            let input = Some(PromoteInput {
-                candidate_id: candidate,
-            });
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        PromoteRequest {
-                            header: h(&name, rid),
-                            input: input.clone(),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).promote(request).await }
-                })
-                .await?;
-            (name, r.output.and_then(|o| o.term))
-        }
-        ElectionAction::Evict { name, candidate } => {
-            let input = Some(EvictInput {
-                candidate_id: candidate,
-            });
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        EvictRequest {
-                            header: h(&name, rid),
-                            input: input.clone(),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).evict(request).await }
-                })
-                .await?;
-            (name, r.output.and_then(|o| o.term))
-        }
-        ElectionAction::Term { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        GetTermRequest {
-                            header: h(&name, 0),
-                            input: Some(GetTermInput {}),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).get_term(request).await }
-                })
-                .await?;
-            (name, r.output.and_then(|o| o.term))
-        }
-        ElectionAction::Snapshot { name } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        SnapshotRequest {
-                            header: h(&name, 0),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).snapshot(request).await }
-                })
-                .await?;
-            let term = r.snapshot.and_then(|s| s.term).unwrap_or_default();
-            out.primitive("election snapshot", &term_json(&name, &term));
-            return Ok(());
-        }
+        ElectionAction::Anoint { name, candidate } => (
+            "election",
+            client.election(&name).anoint(&candidate).await?,
+            name,
+        ),
+        ElectionAction::Promote { name, candidate } => (
+            "election",
+            client.election(&name).promote(&candidate).await?,
+            name,
+        ),
+        ElectionAction::Evict { name, candidate } => (
+            "election",
+            client.election(&name).evict(&candidate).await?,
+            name,
+        ),
+        ElectionAction::Term { name } => ("election", client.election(&name).term().await?, name),
+        ElectionAction::Snapshot { name } => (
+            "election snapshot",
+            client.election(&name).snapshot().await?,
+            name,
+        ),
         ElectionAction::Restore { name, file } => {
             let snapshot = read_snapshot_file(&file)?;
-            let term = Term {
-                id: Some(Epoch {
-                    num: snapshot.epoch,
-                }),
-                timestamp: None,
-                leader: snapshot.leader.clone().unwrap_or_default(),
-                candidates: snapshot.members.clone(),
-            };
-            client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        RestoreRequest {
-                            header: h(&name, rid),
-                            snapshot: Some(election_pb::Snapshot {
-                                term: Some(term.clone()),
-                            }),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).restore(request).await }
-                })
-                .await?;
+            client.election(&name).restore(&snapshot.view()).await?;
             println!("restored election {name}");
             return Ok(());
         }
         ElectionAction::Watch { name } => {
-            return watch_forever("election", out, || async {
-                let request = EventsRequest {
-                    header: h(&name, 0),
-                    input: Some(EventsInput {}),
-                };
-                let stream = client
-                    .call(|ch, _| {
-                        let request = request.clone();
-                        async move { svc(ch).events(request).await }
-                    })
-                    .await?;
-                let name = name.clone();
-                let states = stream.map(move |event| {
-                    event.map(|e| {
-                        term_json(&name, &e.output.and_then(|o| o.term).unwrap_or_default())
-                    })
-                });
-                Ok(Box::pin(states) as JsonStream)
-            })
-            .await;
+            return watch_forever("election", &name, out, client.election(&name).observe()).await;
+        }
+        ElectionAction::Campaign {
+            name,
+            session_timeout_ms,
+        } => {
+            let client = builder
+                .session_timeout(Duration::from_millis(session_timeout_ms))
+                .connect()
+                .await?;
+            return campaign(&client, &name, out).await;
         }
     };
-    out.primitive("election", &term_json(&name, &term.unwrap_or_default()));
+    out.primitive(label, &name, &view);
     Ok(())
 }
 
+/// `baton election campaign NAME`: campaigns, says "leading with epoch N"
+/// once it leads, keeps the session alive, resigns on Ctrl-C or SIGTERM, and
+/// fails the moment leadership is lost.
+async fn campaign(client: &Client, name: &str, out: &Output) -> CliResult {
+    let election = client.election(name);
+    let leadership = tokio::select! {
+        leadership = election.campaign() => leadership?,
+        _ = termination() => {
+            election.withdraw().await?;
+            client.close().await?;
+            return Ok(());
+        }
+    };
+    if out.json {
+        println!(
+            "{}",
+            serde_json::json!({"name": name, "client_id": client.client_id(), "leading": true, "epoch": leadership.epoch()})
+        );
+    } else {
+        println!("leading with epoch {}", leadership.epoch());
+    }
+    tokio::select! {
+        why = leadership.lost() => {
+            Err(format!("lost leadership of {name} (epoch {}): {why}", leadership.epoch()).into())
+        }
+        _ = termination() => {
+            leadership.resign().await?;
+            client.close().await?;
+            println!("resigned");
+            Ok(())
+        }
+    }
+}
+
 async fn session_command(
-    client: &Client,
+    client: ClientBuilder,
     client_id: &str,
     action: SessionAction,
     out: &Output,
 ) -> CliResult {
-    let svc = SessionServiceClient::new;
-    let id = client_id.to_owned();
-    let rid = request_id();
-    let (verb, timeout_ms) = match action {
+    let (verb, timeout) = match action {
         SessionAction::Open { timeout_ms } => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        OpenSessionRequest {
-                            client_id: id.clone(),
-                            timeout_ms,
-                        },
-                        t,
-                    );
-                    async move { svc(ch).open_session(request).await }
-                })
-                .await?;
-            ("opened", Some(r.timeout_ms))
+            let client = client
+                .session_timeout(Duration::from_millis(timeout_ms))
+                .attach()?;
+            ("opened", Some(client.open_session().await?))
         }
-        SessionAction::KeepAlive => {
-            let r = client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        KeepAliveRequest {
-                            client_id: id.clone(),
-                        },
-                        t,
-                    );
-                    async move { svc(ch).keep_alive(request).await }
-                })
-                .await?;
-            ("renewed", Some(r.timeout_ms))
-        }
+        SessionAction::KeepAlive => ("renewed", Some(client.attach()?.keep_alive().await?)),
         SessionAction::Close => {
-            client
-                .call(|ch, t| {
-                    let request = with_deadline(
-                        CloseSessionRequest {
-                            client_id: id.clone(),
-                            request_id: rid,
-                        },
-                        t,
-                    );
-                    async move { svc(ch).close_session(request).await }
-                })
-                .await?;
+            client.attach()?.close().await?;
             ("closed", None)
         }
     };
+    let timeout_ms = timeout.map(|t| t.as_millis());
     if out.json {
         println!(
             "{}",
@@ -749,7 +498,7 @@ struct NodeStatus {
 }
 
 async fn cluster_status(endpoints: &[String], out: &Output) -> CliResult {
-    let client = Client::new(endpoints, Duration::from_secs(1))?;
+    let client = Endpoints::new(endpoints)?;
     let mut nodes = Vec::new();
     let mut leaders = BTreeMap::<u64, usize>::new();
     for (index, endpoint) in endpoints.iter().enumerate() {

@@ -6,7 +6,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 /// Metadata key carrying the Raft leader's client address, when known.
-pub const LEADER_ADDR_METADATA: &str = "baton-leader";
+pub const LEADER_ADDR_METADATA: &str = baton_client::LEADER_HINT_METADATA;
 /// Metadata key carrying the Raft leader's node id, when known.
 pub const LEADER_ID_METADATA: &str = "baton-leader-id";
 

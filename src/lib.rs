@@ -9,14 +9,13 @@
 //! a working leader is within reach; [`health`] gRPC health and the leader
 //! address cache;
 //! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
-//! renewal on clients' behalf; [`node`] wires one node together; [`client`]
-//! is a small failover client.
+//! renewal on clients' behalf; [`node`] wires one node together. The CLI,
+//! the tests and users call the cluster through `baton-client`.
 
 #![warn(missing_docs)]
 // tonic::Status and openraft's errors are the types their traits require.
 #![allow(clippy::result_large_err)]
 
-pub mod client;
 pub mod clock;
 pub mod convert;
 pub mod error;

@@ -33,6 +33,17 @@ use crate::service::{AdminApi, Context, ElectionApi, LatchApi, SessionApi};
 /// a full primitive is well under this).
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// An open Events stream keeps its client's session alive (DESIGN §3), so
+/// a client process that is paused (SIGSTOP, a long GC) or cut off must
+/// lose its connection soon, or its leadership would outlive it: the
+/// kernel keeps the TCP connection open for a stopped process. HTTP/2
+/// PINGs are answered by the process itself; one unanswered for
+/// `CLIENT_PING_TIMEOUT` closes the connection, ending its streams, so a
+/// stopped client stops being renewed within about 3 s.
+const CLIENT_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`CLIENT_PING_INTERVAL`]; generous against a briefly starved client.
+const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -182,8 +193,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .build_v1()
         .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
     let client_server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .http2_keepalive_interval(Some(CLIENT_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

@@ -1,38 +1,22 @@
-//! Generated protobuf and gRPC code, one module per protobuf package.
-//!
-//! The `atomix` packages are the upstream wire contract (shared/spec/WIRE.md);
-//! `baton::v1` is ours: sessions, administration and the peer protocol.
+//! Protobuf and gRPC code. The client-facing packages (`atomix.*` and
+//! Baton's sessions and administration) come from `baton-client`, so server,
+//! CLI and library share one set of types; the peer protocol is generated
+//! here, into the same `baton::v1` module.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
-/// `atomix.*` packages (upstream-compatible).
-pub mod atomix {
-    /// `atomix.primitive`: request and response headers.
-    pub mod primitive {
-        tonic::include_proto!("atomix.primitive");
-
-        /// `atomix.primitive.meta`: object metadata and timestamps.
-        pub mod meta {
-            tonic::include_proto!("atomix.primitive.meta");
-        }
-        /// `atomix.primitive.leader`: the LeaderLatchService.
-        pub mod leader {
-            tonic::include_proto!("atomix.primitive.leader");
-        }
-        /// `atomix.primitive.election`: the LeaderElectionService.
-        pub mod election {
-            tonic::include_proto!("atomix.primitive.election");
-        }
-    }
-}
+pub use baton_client::proto::atomix;
 
 /// `baton.*` packages (ours).
 pub mod baton {
-    /// `baton.v1`: sessions, administration, peer protocol.
+    /// `baton.v1`: sessions and administration (from `baton-client`) and the
+    /// peer protocol.
     pub mod v1 {
+        pub use baton_client::proto::baton::v1::*;
         tonic::include_proto!("baton.v1");
     }
 }
 
-/// Encoded `FileDescriptorSet` of every package, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
+/// Encoded `FileDescriptorSet` of the packages served on the client port,
+/// for gRPC reflection (the peer protocol is not served there).
+pub const FILE_DESCRIPTOR_SET: &[u8] = baton_client::proto::FILE_DESCRIPTOR_SET;

@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::client::{header, next_request_id, with_deadline, Client};
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::{self as el};
 use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
 use baton::proto::atomix::primitive::leader::{self as la};
 use baton::proto::baton::v1::session_service_client::SessionServiceClient;
 use baton::proto::baton::v1::{CloseSessionRequest, KeepAliveRequest};
+use baton_client::{next_request_id, request_header, with_deadline, Kind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_stream::StreamExt;
@@ -73,7 +73,7 @@ pub struct Findings {
 }
 
 use crate::history::{Op, Ret};
-use crate::{open_session, StateStream};
+use crate::{open_session, Client, StateStream};
 
 /// One interval in which a client believed it led a primitive at an epoch.
 #[derive(Clone, Debug)]
@@ -508,12 +508,12 @@ pub async fn run_watching(
             .keep_alive_timeout(timeout / 6)
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let h = header(
+        let h = request_header(
             &who,
             if is_latch(p) {
-                "LeaderLatch"
+                Kind::Latch
             } else {
-                "Election"
+                Kind::Election
             },
             &name(p),
             0,

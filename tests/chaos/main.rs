@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::client::{header, next_request_id, with_deadline, Client};
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::{self as el};
 use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
@@ -30,11 +29,48 @@ use baton::proto::baton::v1::session_service_client::SessionServiceClient;
 use baton::proto::baton::v1::{
     CloseSessionRequest, KeepAliveRequest, OpenSessionRequest, StatusRequest, StatusResponse,
 };
+use baton_client::{next_request_id, request_header, with_deadline, Endpoints, Kind};
 use history::{check_linearizable, Op, Record, Ret, ThreadId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// The library's endpoints with one timeout for every call of a workload,
+/// answering raw statuses: the chaos workload builds its own requests to
+/// control ids and record exactly what the wire said.
+pub struct Client {
+    endpoints: Endpoints,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, baton_client::Error> {
+        Ok(Client {
+            endpoints: Endpoints::new(endpoints)?,
+            timeout,
+        })
+    }
+
+    pub fn channel(&self, index: usize) -> Channel {
+        self.endpoints.channel(index)
+    }
+
+    pub async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.endpoints
+            .call(self.timeout, rpc)
+            .await
+            .map_err(|e| match e {
+                baton_client::Error::Status(status) => *status,
+                other => Status::unknown(other.to_string()),
+            })
+    }
+}
 
 /// Long-session clients whose histories are checked for linearizability;
 /// most clients are the short-session ones of `lease`.
@@ -325,7 +361,7 @@ async fn perform_on(
 ) -> Result<Ret, Status> {
     let name = name.to_owned();
     if latch {
-        let h = header(who, "LeaderLatch", &name, request_id);
+        let h = request_header(who, Kind::Latch, &name, request_id);
         match op {
             Op::Join(_) => client
                 .call(|ch, t| {
@@ -356,7 +392,7 @@ async fn perform_on(
             other => unreachable!("no {other:?} on a latch"),
         }
     } else {
-        let h = header(who, "Election", &name, request_id);
+        let h = request_header(who, Kind::Election, &name, request_id);
         macro_rules! call {
             ($method:ident, $request:expr) => {
                 client
@@ -693,12 +729,12 @@ async fn run_watcher(p: usize, journal_: SharedJournal, stop: Arc<AtomicBool>) {
         let Ok(client) = Client::new(&endpoints[node..node + 1], Duration::from_secs(2)) else {
             continue;
         };
-        let h = header(
+        let h = request_header(
             &who,
             if is_latch(p) {
-                "LeaderLatch"
+                Kind::Latch
             } else {
-                "Election"
+                Kind::Election
             },
             &name,
             0,

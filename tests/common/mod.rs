@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use baton::client::header;
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::{self as el, Term};
 use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
@@ -17,6 +16,7 @@ use baton::proto::atomix::primitive::leader::{self as la, Latch};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::session_service_client::SessionServiceClient;
 use baton::proto::baton::v1::{OpenSessionRequest, StatusRequest, StatusResponse};
+use baton_client::{request_header, Kind};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -317,14 +317,14 @@ pub fn latch_header(
     client: &str,
     name: &str,
 ) -> Option<baton::proto::atomix::primitive::RequestHeader> {
-    header(client, "LeaderLatch", name, 0)
+    request_header(client, Kind::Latch, name, 0)
 }
 
 pub fn election_header(
     client: &str,
     name: &str,
 ) -> Option<baton::proto::atomix::primitive::RequestHeader> {
-    header(client, "Election", name, 0)
+    request_header(client, Kind::Election, name, 0)
 }
 
 pub async fn join(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Latch, Status> {

@@ -36,6 +36,49 @@ pub struct LocalCluster {
     _dir: tempfile::TempDir,
 }
 
+/// One member's view of Raft: whether it leads, its term and its commit
+/// index (etcd: `raftIndex`, its committed index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftView {
+    /// It says it is the leader.
+    pub leads: bool,
+    /// Its current term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit: u64,
+}
+
+async fn raft_view(system: &System, endpoint: &str) -> Option<RaftView> {
+    let channel = channel(endpoint);
+    match system {
+        System::Baton(..) => {
+            let status = AdminServiceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            Some(RaftView {
+                leads: status.role == "leader",
+                term: status.term,
+                commit: status.commit_index,
+            })
+        }
+        System::Etcd(_) => {
+            let status = MaintenanceClient::new(channel)
+                .status(EtcdStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let me = status.header.map(|h| h.member_id).unwrap_or_default();
+            Some(RaftView {
+                leads: me != 0 && status.leader == me,
+                term: status.raft_term,
+                commit: status.raft_index,
+            })
+        }
+    }
+}
+
 /// `n` distinct free ports (listeners held until all are chosen, so the
 /// kernel cannot hand the same port out twice).
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
@@ -180,38 +223,36 @@ impl LocalCluster {
 
     /// The index of the member that says it leads, if any answers so.
     pub async fn leader(&self) -> Option<usize> {
-        for (index, member) in self.members.iter().enumerate() {
-            if member.child.is_none() {
-                continue;
-            }
-            let channel = channel(&member.client);
-            let leads = match self.system {
-                System::Baton(..) => {
-                    let mut admin = AdminServiceClient::new(channel);
-                    let call = admin.status(StatusRequest {});
-                    match tokio::time::timeout(Duration::from_millis(200), call).await {
-                        Ok(Ok(status)) => status.into_inner().role == "leader",
-                        _ => false,
-                    }
-                }
-                System::Etcd(_) => {
-                    let mut maintenance = MaintenanceClient::new(channel);
-                    let call = maintenance.status(EtcdStatusRequest {});
-                    match tokio::time::timeout(Duration::from_millis(200), call).await {
-                        Ok(Ok(status)) => {
-                            let status = status.into_inner();
-                            let me = status.header.map(|h| h.member_id).unwrap_or_default();
-                            me != 0 && status.leader == me
-                        }
-                        _ => false,
-                    }
-                }
-            };
-            if leads {
-                return Some(index);
-            }
-        }
-        None
+        self.raft_views()
+            .await
+            .into_iter()
+            .find(|(_, view)| view.leads)
+            .map(|(index, _)| index)
+    }
+
+    /// What every running member that answers within 200 ms says of its
+    /// Raft state, asked all at once.
+    pub async fn raft_views(&self) -> Vec<(usize, RaftView)> {
+        let asks = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, member)| member.child.is_some())
+            .map(|(index, member)| async move {
+                let view = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    raft_view(&self.system, &member.client),
+                )
+                .await
+                .ok()
+                .flatten();
+                view.map(|view| (index, view))
+            });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// SIGKILLs member `index`.

@@ -236,8 +236,14 @@ async fn compare(baton: System, etcd: System, duration: Duration) -> Result<(), 
             "failover: longest gap",
             (|f: &FailoverReport| Some(f.longest_gap)) as fn(&FailoverReport) -> Option<Duration>,
         ),
-        ("failover: new leader after kill", |f| f.new_leader_after),
-        ("failover: first write after kill", |f| f.first_write_after),
+        ("failover: election began (detection)", |f| {
+            f.election_started_after
+        }),
+        ("failover: new leader (election)", |f| f.new_leader_after),
+        ("failover: its first commit", |f| f.first_commit_after),
+        ("failover: first write acked (redirect)", |f| {
+            f.first_write_after
+        }),
     ] {
         let (e, b) = (pick(&etcd.failover), pick(&baton.failover));
         let ratio = match (e, b) {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use baton::client::{header, next_request_id};
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::{self as el, Term};
+use baton_client::{next_request_id, request_header, Kind};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -110,7 +110,7 @@ fn baton_header(
     id: &str,
     election: &str,
 ) -> Option<baton::proto::atomix::primitive::RequestHeader> {
-    header(id, "Election", election, next_request_id())
+    request_header(id, Kind::Election, election, next_request_id())
 }
 
 impl Session {

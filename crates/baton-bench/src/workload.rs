@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::client::header;
 use baton::proto::atomix::primitive::election as el;
+use baton_client::{request_header, Kind};
 use tokio::sync::Barrier;
 
 use crate::cluster::LocalCluster;
@@ -128,7 +128,7 @@ async fn contend_baton(
     let events = client
         .clone()
         .events(el::EventsRequest {
-            header: header(&id, "Election", &election, 0),
+            header: request_header(&id, Kind::Election, &election, 0),
             input: None,
         })
         .await;
@@ -189,22 +189,71 @@ async fn contend_etcd(mut session: Session, election: String, deadline: Instant)
     out
 }
 
-/// What happened around a leader's SIGKILL under a write loop.
+/// What happened around a leader's SIGKILL under a write loop. Every
+/// `*_after` is measured from the kill.
 #[derive(Debug, Clone)]
 pub struct FailoverReport {
     /// Writes acknowledged in the whole run.
     pub writes: u64,
     /// The longest gap between acknowledged writes.
     pub longest_gap: Duration,
-    /// From the kill until a surviving node reported itself leader.
+    /// Detection: a survivor moved to a higher term (an election began).
+    pub election_started_after: Option<Duration>,
+    /// Election: a survivor reported itself leader.
     pub new_leader_after: Option<Duration>,
-    /// From the kill until the first acknowledged write.
+    /// First commit: the new leader's commit index passed every index the
+    /// survivors had committed before it led (its own term's first entry).
+    pub first_commit_after: Option<Duration>,
+    /// Client redirect: the writer's first acknowledged write.
     pub first_write_after: Option<Duration>,
+}
+
+/// Timestamps of the phases of one failover, seen by polling the survivors.
+#[derive(Default)]
+struct Phases {
+    election_started: Option<Duration>,
+    new_leader: Option<Duration>,
+    first_commit: Option<Duration>,
+}
+
+/// Polls the survivors every few milliseconds for `watch` after the kill.
+async fn watch_failover(
+    cluster: &LocalCluster,
+    term_before: u64,
+    killed_at: Instant,
+    watch: Duration,
+) -> Phases {
+    let mut phases = Phases::default();
+    let mut commit_floor = 0u64;
+    while killed_at.elapsed() < watch && phases.first_commit.is_none() {
+        let views = cluster.raft_views().await;
+        let now = killed_at.elapsed();
+        if phases.election_started.is_none() && views.iter().any(|(_, v)| v.term > term_before) {
+            phases.election_started = Some(now);
+        }
+        match views.iter().find(|(_, v)| v.leads && v.term > term_before) {
+            Some((_, leader)) => {
+                phases.new_leader.get_or_insert(now);
+                if leader.commit > commit_floor {
+                    phases.first_commit = Some(now);
+                }
+            }
+            None => {
+                commit_floor = views
+                    .iter()
+                    .map(|(_, v)| v.commit)
+                    .fold(commit_floor, u64::max);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    phases
 }
 
 /// One writer (300 ms per call, next endpoint on any error) runs for
 /// `before`, the Raft leader is SIGKILLed, and the writer goes on for
-/// `after`.
+/// `after`; meanwhile the survivors are polled for the phases of the
+/// failover.
 pub async fn failover(
     cluster: &mut LocalCluster,
     target: &Target,
@@ -236,16 +285,15 @@ pub async fn failover(
         })
     };
     tokio::time::sleep(before).await;
-    let leader = cluster.leader().await.ok_or("no leader before the kill")?;
+    let views = cluster.raft_views().await;
+    let (leader, view) = views
+        .into_iter()
+        .find(|(_, view)| view.leads)
+        .ok_or("no leader before the kill")?;
     let killed_at = Instant::now();
     cluster.kill(leader);
-    let mut new_leader_after = None;
-    while killed_at.elapsed() < after {
-        if new_leader_after.is_none() && cluster.leader().await.is_some() {
-            new_leader_after = Some(killed_at.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let phases = watch_failover(cluster, view.term, killed_at, after).await;
+    tokio::time::sleep(after.saturating_sub(killed_at.elapsed())).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acks = writer.await.map_err(|e| e.to_string())?;
     let longest_gap = acks
@@ -256,11 +304,15 @@ pub async fn failover(
     Ok(FailoverReport {
         writes: acks.len() as u64,
         longest_gap,
-        new_leader_after,
+        election_started_after: phases.election_started,
+        new_leader_after: phases.new_leader,
+        first_commit_after: phases.first_commit,
+        // Writes acknowledged before the election began were the old
+        // leader's, answered just before it died.
         first_write_after: acks
             .iter()
-            .find(|t| **t > killed_at)
-            .map(|t| *t - killed_at),
+            .map(|t| t.saturating_duration_since(killed_at))
+            .find(|after| *after >= phases.election_started.unwrap_or_default()),
     })
 }
 
@@ -327,9 +379,9 @@ pub async fn scale(
                         let joined = match opened {
                             Ok(_) => latches
                                 .latch(la::LatchRequest {
-                                    header: header(
+                                    header: request_header(
                                         &client_id,
-                                        "LeaderLatch",
+                                        Kind::Latch,
                                         &format!("scale-{i}"),
                                         0,
                                     ),
@@ -385,7 +437,7 @@ pub async fn scale(
     let mut reader = LeaderLatchServiceClient::new(crate::target::channel(&endpoints[0]));
     loop {
         let mut read = tonic::Request::new(la::GetRequest {
-            header: header("scale-reader", "LeaderLatch", "scale-0", 0),
+            header: request_header("scale-reader", Kind::Latch, "scale-0", 0),
             input: None,
         });
         read.set_timeout(Duration::from_millis(500));

@@ -11,6 +11,10 @@ use baton_state::{
 };
 use proptest::prelude::*;
 
+/// One session's exactly-once window: client, forgotten-up-to, and the
+/// recorded outcomes (request id, applied version or rejection kind).
+type SessionWindow = (String, u64, Vec<(u64, Result<u64, ErrorKind>)>);
+
 const LIMITS: Limits = Limits {
     max_members_per_primitive: 3,
     max_primitives: 4,
@@ -525,7 +529,7 @@ proptest! {
             for event in &applied.events {
                 prop_assert_eq!(&event.state, &sm.primitive(&event.key));
             }
-            let windows: Vec<(String, u64, Vec<(u64, Result<u64, ErrorKind>)>)> = sm
+            let windows: Vec<SessionWindow> = sm
                 .sessions()
                 .map(|(c, s)| {
                     let recent = s
@@ -539,7 +543,7 @@ proptest! {
                     (c.clone(), s.forgotten_up_to, recent)
                 })
                 .collect();
-            let expected_windows: Vec<(String, u64, Vec<(u64, Result<u64, ErrorKind>)>)> = model
+            let expected_windows: Vec<SessionWindow> = model
                 .sessions
                 .iter()
                 .map(|(c, s)| (c.clone(), s.forgotten, s.recent.iter().map(|(id, o)| (*id, *o)).collect()))

@@ -20,6 +20,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
+// The error type is the one openraft's Suite returns.
+#[allow(clippy::result_large_err)]
 fn baton_store_passes_the_openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
     Suite::test_all(TempStore)
 }

@@ -1,0 +1,189 @@
+//! A feed of a primitive's views that survives node loss: it opens Events
+//! on one endpoint after another, and never hands out an older epoch after
+//! a newer one. Each node's first message is linearizable (DESIGN §6), so
+//! reconnecting cannot go back in time; the epoch check guards the rest.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, Streaming};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::proto::atomix::primitive::election as el;
+use crate::proto::atomix::primitive::leader as la;
+use crate::session::Ended;
+use crate::view::{Kind, View};
+
+/// Whether opening Events again (elsewhere) may succeed: the node could not
+/// serve it, or the connection failed. Anything else is the caller's error.
+fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+/// Pause before trying the endpoints again after a full round failed.
+const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+
+/// Views buffered between the feed task and its reader.
+const FEED_BUFFER: usize = 16;
+
+enum Events {
+    Latch(Streaming<la::EventsResponse>),
+    Election(Streaming<el::EventsResponse>),
+}
+
+impl Events {
+    async fn open(
+        client: &Client,
+        kind: Kind,
+        name: &str,
+        index: usize,
+    ) -> Result<Events, Box<Status>> {
+        let inner = &client.inner;
+        let channel = inner.endpoints.channel(index);
+        let header = inner.header(kind, name, 0);
+        Ok(match kind {
+            Kind::Latch => {
+                let request = la::EventsRequest {
+                    header,
+                    input: Some(la::EventsInput {}),
+                };
+                let mut service =
+                    la::leader_latch_service_client::LeaderLatchServiceClient::new(channel);
+                Events::Latch(service.events(request).await?.into_inner())
+            }
+            Kind::Election => {
+                let request = el::EventsRequest {
+                    header,
+                    input: Some(el::EventsInput {}),
+                };
+                let mut service =
+                    el::leader_election_service_client::LeaderElectionServiceClient::new(channel);
+                Events::Election(service.events(request).await?.into_inner())
+            }
+        })
+    }
+
+    /// The next message carrying a view (handshake messages carry none);
+    /// `Ok(None)` when the stream ended.
+    async fn next_view(&mut self) -> Result<Option<View>, Box<Status>> {
+        loop {
+            let view = match self {
+                Events::Latch(stream) => match stream.message().await? {
+                    None => return Ok(None),
+                    Some(message) => message.output.and_then(|o| o.latch).map(View::from),
+                },
+                Events::Election(stream) => match stream.message().await? {
+                    None => return Ok(None),
+                    Some(message) => message.output.and_then(|o| o.term).map(View::from),
+                },
+            };
+            if view.is_some() {
+                return Ok(view);
+            }
+        }
+    }
+}
+
+/// Whether `view` may follow `last`: a newer epoch, or the same epoch with
+/// different members. Anything else is old news from a lagging stream.
+fn is_news(last: Option<&View>, view: &View) -> bool {
+    match last {
+        None => true,
+        Some(last) => view.epoch > last.epoch || (view.epoch == last.epoch && view != last),
+    }
+}
+
+/// Starts the feed of `name`'s views for `client`; it runs until `stop` is
+/// cancelled, the receiver is dropped, or the session ends (then the last
+/// item is the error).
+pub(crate) fn spawn_feed(
+    client: Client,
+    kind: Kind,
+    name: String,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Result<View>> {
+    let (tx, rx) = mpsc::channel(FEED_BUFFER);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tx.closed() => {}
+            _ = run_feed(&client, kind, &name, &tx) => {}
+        }
+    });
+    rx
+}
+
+async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Result<View>>) {
+    let endpoints = &client.inner.endpoints;
+    let mut index = endpoints.preferred();
+    let mut last: Option<View> = None;
+    let mut failures = 0usize;
+    loop {
+        if let Err(e) = client.inner.check_session() {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+        let opened = tokio::time::timeout(
+            client.inner.call_timeout,
+            Events::open(client, kind, name, index),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Box::new(Status::deadline_exceeded(
+                "Events did not open in time",
+            )))
+        });
+        let mut events = match opened {
+            Ok(events) => events,
+            Err(status) if is_retryable(&status) => {
+                tracing::debug!(index, "Events refused: {status}");
+                index = endpoints.after_failure(index, &status);
+                failures += 1;
+                if failures.is_multiple_of(endpoints.len()) {
+                    tokio::time::sleep(REOPEN_PAUSE).await;
+                }
+                continue;
+            }
+            Err(status) => {
+                let error = if status.code() == Code::NotFound {
+                    let why = status.message().to_owned();
+                    client.inner.session.end(Ended::SessionLost(why.clone()));
+                    Error::SessionLost(why)
+                } else {
+                    Error::from(*status)
+                };
+                let _ = tx.send(Err(error)).await;
+                return;
+            }
+        };
+        failures = 0;
+        loop {
+            match events.next_view().await {
+                Ok(Some(view)) => {
+                    if is_news(last.as_ref(), &view) {
+                        last = Some(view.clone());
+                        if tx.send(Ok(view)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(index, "Events ended: {status}");
+                    index = endpoints.after_failure(index, &status);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads a unary answer's view, or `Malformed` if it carries none.
+pub(crate) fn view_of<T: Into<View>>(part: Option<T>, what: &'static str) -> Result<View> {
+    part.map(Into::into).ok_or(Error::Malformed(what))
+}

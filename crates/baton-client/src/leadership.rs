@@ -1,0 +1,278 @@
+//! Leadership as a value: held from the moment the cluster names this
+//! client leader until the first of an event naming someone else, the
+//! session's end, the client-side lease running out, or a resignation.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::feed::spawn_feed;
+use crate::session::Ended;
+use crate::view::{Kind, View};
+
+/// How the cluster is told when a leadership is let go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Release {
+    /// Withdraw the candidacy (elections).
+    Withdraw,
+    /// Close the session: the only way to leave a latch.
+    CloseSession,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    name: String,
+    epoch: u64,
+    leader_since: Option<SystemTime>,
+    lost: CancellationToken,
+    why: Mutex<Option<Ended>>,
+}
+
+impl Shared {
+    fn end(&self, why: Ended) {
+        if let Ok(mut slot) = self.why.lock() {
+            slot.get_or_insert(why);
+        }
+        self.lost.cancel();
+    }
+
+    fn reason(&self) -> Ended {
+        self.why
+            .lock()
+            .ok()
+            .and_then(|why| why.clone())
+            .unwrap_or(Ended::Resigned)
+    }
+}
+
+/// This client leads a latch or an election. `epoch` is the fencing token:
+/// hand it to every resource the leader writes, and let the resource refuse
+/// tokens lower than the highest it has seen.
+///
+/// [`Leadership::is_leader`] turns false, and [`Leadership::lost`]
+/// resolves, at the first of: an event showing another leader or a newer
+/// epoch, the session ending, or the client-side lease running out (the send
+/// time of the last confirmed keep-alive + session timeout × (1 − margin)).
+/// The lease alone makes a paused or cut-off client stop before the cluster
+/// can expire its session and name the next leader.
+///
+/// Dropping it lets go at once, like `resign` without waiting.
+#[derive(Debug)]
+pub struct Leadership {
+    shared: Arc<Shared>,
+    release: Option<Release>,
+}
+
+impl Leadership {
+    /// Starts watching a leadership the cluster granted at `view`, using
+    /// `feed` (already subscribed) for later changes.
+    pub(crate) fn start(
+        client: Client,
+        name: String,
+        view: &View,
+        feed: mpsc::Receiver<Result<View>>,
+        feed_stop: CancellationToken,
+        release: Release,
+    ) -> Leadership {
+        let shared = Arc::new(Shared {
+            client,
+            name,
+            epoch: view.epoch,
+            leader_since: view.leader_since,
+            lost: CancellationToken::new(),
+            why: Mutex::new(None),
+        });
+        tokio::spawn(watch(shared.clone(), feed, feed_stop));
+        Leadership {
+            shared,
+            release: Some(release),
+        }
+    }
+
+    /// The leadership epoch: the fencing token.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// When this leadership began (the cluster's clock).
+    pub fn leader_since(&self) -> Option<SystemTime> {
+        self.shared.leader_since
+    }
+
+    /// The latch or election led.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether this client may still act as leader, checked against the
+    /// clock now (not when a background task last looked).
+    pub fn is_leader(&self) -> bool {
+        !self.shared.lost.is_cancelled() && self.shared.client.inner.session.alive()
+    }
+
+    /// Resolves when the leadership ends, with the reason.
+    pub async fn lost(&self) -> Ended {
+        self.shared.lost.cancelled().await;
+        self.shared.reason()
+    }
+
+    /// A token cancelled when the leadership ends: give it to the work that
+    /// must stop with it.
+    pub fn token(&self) -> CancellationToken {
+        self.shared.lost.child_token()
+    }
+
+    /// Stops leading (locally first, so nothing acts on it any more) and
+    /// tells the cluster: an election withdraws this candidate; a latch,
+    /// which has no leave call, closes the client's session.
+    pub async fn resign(mut self) -> Result<()> {
+        let release = self.release.take();
+        self.shared.end(Ended::Resigned);
+        match release {
+            Some(release) => let_go(&self.shared, release).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        let Some(release) = self.release.take() else {
+            return;
+        };
+        self.shared.end(Ended::Resigned);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                if let Err(e) = let_go(&shared, release).await {
+                    tracing::warn!(name = %shared.name, "releasing a dropped leadership failed: {e}");
+                }
+            });
+        }
+    }
+}
+
+async fn let_go(shared: &Shared, release: Release) -> Result<()> {
+    match release {
+        Release::Withdraw => shared
+            .client
+            .election(shared.name.clone())
+            .withdraw()
+            .await
+            .map(|_| ()),
+        Release::CloseSession => shared.client.close().await,
+    }
+}
+
+/// Ends the leadership at the first sign it is over; `is_leader` does not
+/// wait for this task, it reads the lease itself.
+async fn watch(
+    shared: Arc<Shared>,
+    mut feed: mpsc::Receiver<Result<View>>,
+    feed_stop: CancellationToken,
+) {
+    let _stop_feed = feed_stop.drop_guard();
+    let session = shared.client.inner.session.clone();
+    let mut lease = session.lease.subscribe();
+    let me = shared.client.client_id().to_owned();
+    let mut feed_open = true;
+    loop {
+        let until = *lease.borrow_and_update();
+        tokio::select! {
+            _ = shared.lost.cancelled() => return,
+            _ = session.ended.cancelled() => {
+                shared.end(session.ended_because().unwrap_or(Ended::Closed));
+                return;
+            }
+            _ = tokio::time::sleep_until(until) => {
+                if *lease.borrow() <= Instant::now() {
+                    shared.end(Ended::LeaseExpired);
+                    return;
+                }
+            }
+            changed = lease.changed() => {
+                if changed.is_err() {
+                    shared.end(Ended::Closed);
+                    return;
+                }
+            }
+            view = feed.recv(), if feed_open => match view {
+                Some(Ok(view)) => {
+                    // Older epochs are news from before this leadership.
+                    let replaced = view.epoch > shared.epoch
+                        || (view.epoch == shared.epoch && !view.is_led_by(&me));
+                    if replaced {
+                        shared.end(Ended::Replaced);
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    shared.end(Ended::SessionLost(e.to_string()));
+                    return;
+                }
+                // The feed stopped without an error: only the lease and the
+                // session can end the leadership now.
+                None => feed_open = false,
+            }
+        }
+    }
+}
+
+/// Subscribes to `name`'s changes, then runs `join` (enter or latch) and
+/// waits up to `wait` (forever if `None`) until the cluster names this
+/// client leader: `Ok(None)` if it did not by then.
+pub(crate) async fn lead_after(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    join: impl Future<Output = Result<View>>,
+    wait: Option<Duration>,
+    release: Release,
+) -> Result<Option<Leadership>> {
+    if !client.inner.managed {
+        return Err(tonic::Status::failed_precondition(
+            "only a client that keeps its own session alive can lead (use connect, not attach)",
+        )
+        .into());
+    }
+    let stop = CancellationToken::new();
+    let stop_unless_led = stop.clone().drop_guard();
+    // Subscribed before joining, so the change that makes this client
+    // leader cannot fall between the two.
+    let mut feed = spawn_feed(client.clone(), kind, name.to_owned(), stop.clone());
+    let mut view = join.await?;
+    let me = client.client_id().to_owned();
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        if view.is_led_by(&me) && client.is_alive() {
+            stop_unless_led.disarm();
+            let leadership =
+                Leadership::start(client.clone(), name.to_owned(), &view, feed, stop, release);
+            return Ok(Some(leadership));
+        }
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, feed.recv()).await {
+                Ok(next) => next,
+                Err(_) => return Ok(None),
+            },
+            None => feed.recv().await,
+        };
+        match next {
+            // Older epochs are from before the join.
+            Some(Ok(newer)) if newer.epoch >= view.epoch => view = newer,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => {
+                client.inner.check_session()?;
+                return Err(Error::SessionLost("the events feed stopped".into()));
+            }
+        }
+    }
+}

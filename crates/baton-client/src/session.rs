@@ -1,0 +1,172 @@
+//! The client's session: opened once, kept alive by explicit KeepAlive
+//! calls in the background, and the client-side lease derived from them
+//! (DESIGN §9): the client counts itself alive only until the send time of
+//! its last keep-alive the cluster confirmed, plus the session timeout less
+//! a drift margin. The cluster cannot expire the session before that
+//! instant, so nothing this client leads can pass to anyone else while the
+//! lease still runs.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::client::Inner;
+use crate::proto::baton::v1::session_service_client::SessionServiceClient;
+use crate::proto::baton::v1::KeepAliveRequest;
+use crate::transport::with_deadline;
+
+/// Keep-alives per session timeout: six leaves room for several to fail in
+/// a row (a node dying, an election) before the lease runs out.
+const KEEPALIVES_PER_TIMEOUT: u32 = 6;
+
+/// Shortest pause between keep-alives, so a tiny timeout does not spin.
+const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Why a session or a leadership ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// No keep-alive was confirmed in time: the client-side lease ran out
+    /// (a pause, a partition, an unreachable cluster).
+    LeaseExpired,
+    /// The cluster no longer knows the session (it expired there).
+    SessionLost(String),
+    /// The client closed its session.
+    Closed,
+    /// Another client leads now (an event showed a new leader or epoch).
+    Replaced,
+    /// The leader resigned or the leadership was dropped.
+    Resigned,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::LeaseExpired => write!(f, "the client-side lease ran out"),
+            Ended::SessionLost(why) => write!(f, "the session was lost: {why}"),
+            Ended::Closed => write!(f, "the session was closed"),
+            Ended::Replaced => write!(f, "another client leads"),
+            Ended::Resigned => write!(f, "resigned"),
+        }
+    }
+}
+
+/// The session as the rest of the library sees it.
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// The timeout the cluster granted.
+    pub timeout: Duration,
+    /// Fraction of the timeout given up for clock-rate drift.
+    pub margin: f64,
+    /// The instant the client-side lease runs out; only ever extended.
+    pub lease: watch::Sender<Instant>,
+    /// Cancelled when the session is over for good (lost or closed).
+    pub ended: CancellationToken,
+    /// Why it ended, once it has.
+    pub end: Mutex<Option<Ended>>,
+}
+
+impl SessionState {
+    pub fn new(timeout: Duration, margin: f64, opened_at: Instant) -> Self {
+        let state = SessionState {
+            timeout,
+            margin,
+            lease: watch::Sender::new(opened_at),
+            ended: CancellationToken::new(),
+            end: Mutex::new(None),
+        };
+        state.confirmed(opened_at);
+        state
+    }
+
+    /// The state of a session this client does not manage: no lease.
+    pub fn unmanaged() -> Self {
+        SessionState {
+            timeout: Duration::ZERO,
+            margin: 0.0,
+            lease: watch::Sender::new(Instant::now()),
+            ended: CancellationToken::new(),
+            end: Mutex::new(None),
+        }
+    }
+
+    /// The lease a keep-alive (or open) sent at `sent_at` earns once the
+    /// cluster confirms it.
+    pub fn confirmed(&self, sent_at: Instant) {
+        let until = sent_at + self.timeout.mul_f64(1.0 - self.margin);
+        self.lease.send_if_modified(|lease| {
+            let later = until > *lease;
+            if later {
+                *lease = until;
+            }
+            later
+        });
+    }
+
+    /// Whether the client-side lease still runs and the session is not over.
+    pub fn alive(&self) -> bool {
+        !self.ended.is_cancelled() && Instant::now() < *self.lease.borrow()
+    }
+
+    /// Ends the session for good, remembering the first reason.
+    pub fn end(&self, why: Ended) {
+        if let Ok(mut end) = self.end.lock() {
+            end.get_or_insert(why);
+        }
+        self.ended.cancel();
+    }
+
+    /// Why the session ended, if it has.
+    pub fn ended_because(&self) -> Option<Ended> {
+        self.end.lock().ok().and_then(|end| end.clone())
+    }
+
+    fn interval(&self) -> Duration {
+        (self.timeout / KEEPALIVES_PER_TIMEOUT).max(MIN_KEEPALIVE_INTERVAL)
+    }
+}
+
+/// Sends a keep-alive every timeout/6 until the session ends or the client
+/// is dropped. A keep-alive may go to any node; each one gets at most one
+/// interval, so a dead node costs one beat, not the lease.
+pub(crate) async fn keep_alive(client: Weak<Inner>, session: Arc<SessionState>) {
+    let interval = session.interval();
+    let mut next = Instant::now() + interval;
+    loop {
+        tokio::select! {
+            _ = session.ended.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let sent_at = Instant::now();
+        next = sent_at + interval;
+        let client_id = inner.client_id.clone();
+        let answer = inner
+            .endpoints
+            .call(interval, |channel, remaining| {
+                let request = KeepAliveRequest {
+                    client_id: client_id.clone(),
+                };
+                async move {
+                    SessionServiceClient::new(channel)
+                        .keep_alive(with_deadline(request, remaining))
+                        .await
+                }
+            })
+            .await;
+        match answer {
+            Ok(_) => session.confirmed(sent_at),
+            Err(e) if e.code() == Code::NotFound => {
+                tracing::warn!(client_id = %inner.client_id, "session lost: {e}");
+                session.end(Ended::SessionLost(e.to_string()));
+                return;
+            }
+            Err(e) => tracing::debug!(client_id = %inner.client_id, "keep-alive failed: {e}"),
+        }
+    }
+}

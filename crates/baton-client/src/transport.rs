@@ -1,0 +1,164 @@
+//! Channels to every endpoint of a cluster and the retry loop every call
+//! goes through: UNAVAILABLE moves on to the leader the node hinted at, or
+//! to the next endpoint, until the call's deadline.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::error::{Error, Result};
+
+/// Metadata key on an UNAVAILABLE answer carrying the Raft leader's client
+/// address (`host:port`), when the answering node knows it.
+pub const LEADER_HINT_METADATA: &str = "baton-leader";
+
+/// How long to wait before going round the endpoints again when none of
+/// them could serve the call: long enough for an election to make progress,
+/// short against a session timeout.
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
+
+/// A fresh request id: above every id this process handed out before and,
+/// being the wall clock in microseconds, above those of earlier processes
+/// using the same client id. The cluster refuses ids at or below the
+/// highest it applied for a client (DESIGN §3), so ids must increase.
+pub fn next_request_id() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+        .max(1);
+    let previous = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(micros.max(last.saturating_add(1)))
+        })
+        .unwrap_or(0);
+    micros.max(previous.saturating_add(1))
+}
+
+/// Wraps `message` with `remaining` as its gRPC deadline.
+pub fn with_deadline<T>(message: T, remaining: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(remaining);
+    request
+}
+
+/// Lazily connected channels to every endpoint, and which one answered
+/// last.
+#[derive(Debug)]
+pub struct Endpoints {
+    addresses: Vec<String>,
+    channels: Vec<Channel>,
+    preferred: AtomicUsize,
+}
+
+impl Endpoints {
+    /// Channels to `addresses` (`host:port`), with Nagle off: requests are
+    /// small and latency-bound.
+    pub fn new(addresses: &[String]) -> Result<Self> {
+        if addresses.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let channels = addresses
+            .iter()
+            .map(|address| {
+                Endpoint::from_shared(format!("http://{address}"))
+                    .map(|e| {
+                        e.connect_timeout(Duration::from_millis(500))
+                            .tcp_nodelay(true)
+                            .connect_lazy()
+                    })
+                    .map_err(|source| Error::BadEndpoint {
+                        endpoint: address.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Endpoints {
+            addresses: addresses.to_vec(),
+            channels,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many endpoints there are.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Always false: there is at least one endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// The channel to endpoint `index` (modulo the number of endpoints).
+    pub fn channel(&self, index: usize) -> Channel {
+        self.channels[index % self.channels.len()].clone()
+    }
+
+    /// The endpoint that answered last.
+    pub fn preferred(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed) % self.channels.len()
+    }
+
+    /// Remembers `index` as the endpoint to try first.
+    pub fn prefer(&self, index: usize) {
+        self.preferred
+            .store(index % self.channels.len(), Ordering::Relaxed);
+    }
+
+    /// The endpoint to try after `index` failed with `status`: the leader it
+    /// hinted at if that is another of ours, else the next one.
+    pub fn after_failure(&self, index: usize, status: &Status) -> usize {
+        let hinted = status
+            .metadata()
+            .get(LEADER_HINT_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|addr| self.addresses.iter().position(|a| a == addr));
+        match hinted {
+            Some(hinted) if hinted != index % self.channels.len() => hinted,
+            _ => (index + 1) % self.channels.len(),
+        }
+    }
+
+    /// Calls `rpc` (given a channel and the time left) on one endpoint after
+    /// another until one answers with anything but UNAVAILABLE, for at most
+    /// `timeout`. Retrying is safe for writes that keep their request id:
+    /// the cluster applies each id once.
+    pub async fn call<T, F, Fut>(&self, timeout: Duration, mut rpc: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut index = self.preferred();
+        let mut attempts = 0usize;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let answer = tokio::time::timeout(remaining, rpc(self.channel(index), remaining)).await;
+            let status = match answer {
+                Ok(Ok(response)) => {
+                    self.prefer(index);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) if status.code() == Code::Unavailable => status,
+                Ok(Err(status)) => return Err(status.into()),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded("no endpoint answered in time").into())
+                }
+            };
+            attempts += 1;
+            index = self.after_failure(index, &status);
+            if attempts.is_multiple_of(self.channels.len()) {
+                tokio::time::sleep(ROUND_PAUSE.min(remaining)).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(status.into());
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Issue 9: the client library's leaders stop before anyone else can start.
+//! Real `baton serve` nodes; campaigners are real `baton election campaign`
+//! processes (paused with SIGSTOP, killed with SIGKILL, stopped with SIGINT)
+//! or in-test `baton_client` clients.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use baton_client::{Client, Ended};
+use common::*;
+
+/// Session timeout of the campaigners: short, so hand-overs are quick, and
+/// longer than the ~3 s in which a node notices a stopped client's
+/// connection (its Events stream would keep the session alive till then).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One line a campaigner printed, or its exit.
+#[derive(Debug)]
+enum Said {
+    Leading { epoch: u64 },
+    Exited { success: bool },
+}
+
+/// A `baton election campaign` process and what it says, timestamped.
+struct Campaigner {
+    name: String,
+    child: Child,
+    said: mpsc::Receiver<(Instant, Said)>,
+}
+
+impl Campaigner {
+    fn start(cluster: &Cluster, election: &str, name: &str) -> Campaigner {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--endpoints", &cluster.endpoints().join(",")])
+            .args(["--client-id", name])
+            .args(["election", "campaign", election])
+            .args([
+                "--session-timeout-ms",
+                &SESSION_TIMEOUT.as_millis().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn baton election campaign");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, said) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(epoch) = line.strip_prefix("leading with epoch ") {
+                    let epoch = epoch.trim().parse().expect("epoch");
+                    let _ = tx.send((Instant::now(), Said::Leading { epoch }));
+                }
+            }
+        });
+        Campaigner {
+            name: name.to_owned(),
+            child,
+            said,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on a child we own.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// What it said so far, plus its exit if it has exited.
+    fn drain(&mut self) -> Vec<(Instant, Said)> {
+        let mut said: Vec<_> = self.said.try_iter().collect();
+        if let Ok(Some(status)) = self.child.try_wait() {
+            said.push((
+                Instant::now(),
+                Said::Exited {
+                    success: status.success(),
+                },
+            ));
+        }
+        said
+    }
+}
+
+impl Drop for Campaigner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until one of `campaigners` says it leads; returns its index, the
+/// epoch and when it said so. Panics if any says anything else.
+fn next_leader(campaigners: &mut [Campaigner], limit: Duration) -> (usize, u64, Instant) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for (index, campaigner) in campaigners.iter_mut().enumerate() {
+            if let Ok((at, said)) = campaigner.said.try_recv() {
+                match said {
+                    Said::Leading { epoch } => return (index, epoch, at),
+                    other => panic!("{} said {other:?}", campaigner.name),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("no campaigner led within {limit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_never_leads_again_and_exits_as_lost() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let mut campaigners: Vec<_> = (1..=3)
+        .map(|i| Campaigner::start(&cluster, "paused", &format!("job-{i}")))
+        .collect();
+    let (first, first_epoch, _) = next_leader(&mut campaigners, Duration::from_secs(20));
+
+    campaigners[first].signal(libc::SIGSTOP);
+    let paused_at = Instant::now();
+    std::thread::sleep(2 * SESSION_TIMEOUT);
+    campaigners[first].signal(libc::SIGCONT);
+    let (second, second_epoch, led_at) = next_leader(&mut campaigners, Duration::from_secs(15));
+    assert_ne!(second, first, "only another campaigner may lead next");
+    assert!(
+        second_epoch > first_epoch,
+        "{second_epoch} after {first_epoch}"
+    );
+    eprintln!(
+        "paused leader replaced {} ms after SIGSTOP (session timeout {} ms, pause {} ms)",
+        (led_at - paused_at).as_millis(),
+        SESSION_TIMEOUT.as_millis(),
+        (2 * SESSION_TIMEOUT).as_millis()
+    );
+
+    let woke_at = paused_at + 2 * SESSION_TIMEOUT;
+    let mut exited = None;
+    while exited.is_none() && woke_at.elapsed() < Duration::from_secs(10) {
+        for (_, said) in campaigners[first].drain() {
+            match said {
+                Said::Leading { epoch } => panic!("the paused process led again at epoch {epoch}"),
+                Said::Exited { success } => exited = Some(success),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(exited, Some(false), "the woken leader must exit as lost");
+    for (index, campaigner) in campaigners.iter_mut().enumerate() {
+        if index != first {
+            for (_, said) in campaigner.drain() {
+                assert!(
+                    !matches!(said, Said::Exited { .. }),
+                    "{} exited",
+                    campaigner.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_passes_on_when_the_leader_is_killed_or_resigns() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let mut campaigners: Vec<_> = (1..=3)
+        .map(|i| Campaigner::start(&cluster, "handover", &format!("job-{i}")))
+        .collect();
+    let (first, epoch, _) = next_leader(&mut campaigners, Duration::from_secs(20));
+
+    let killed_at = Instant::now();
+    campaigners[first].signal(libc::SIGKILL);
+    let (second, after_kill, led_at) = next_leader(&mut campaigners, Duration::from_secs(10));
+    let kill_handover = led_at - killed_at;
+    assert!(second != first && after_kill > epoch);
+
+    let resigned_at = Instant::now();
+    campaigners[second].signal(libc::SIGINT);
+    let (third, after_resign, led_at) = next_leader(&mut campaigners, Duration::from_secs(10));
+    let resign_handover = led_at - resigned_at;
+    assert!(third != first && third != second && after_resign > after_kill);
+    let resigned = loop {
+        if let Some((_, Said::Exited { success })) = campaigners[second].drain().pop() {
+            break success;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(resigned, "a resigning campaigner exits successfully");
+    eprintln!(
+        "hand-over: leader killed -> next leads in {} ms (session timeout {} ms); \
+         leader resigned -> next leads in {} ms",
+        kill_handover.as_millis(),
+        SESSION_TIMEOUT.as_millis(),
+        resign_handover.as_millis()
+    );
+    // Behaviour, with room for a loaded machine: the kill is noticed by the
+    // session's expiry, the resignation at once (figures printed above).
+    assert!(kill_handover < SESSION_TIMEOUT + Duration::from_secs(3));
+    assert!(resign_handover < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_its_leadership_when_its_node_dies() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let raft_leader = cluster.wait_for_leader().await;
+    // The client talks to a follower first (it sticks to the endpoint that
+    // answers), and that follower is then killed.
+    let doomed = cluster.followers_of(raft_leader)[0];
+    let mut endpoints = vec![cluster.nodes[doomed as usize - 1].client_addr.clone()];
+    endpoints.extend(
+        cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != doomed)
+            .map(|n| n.client_addr.clone()),
+    );
+    let client = Client::builder(&endpoints)
+        .client_id("survivor")
+        .session_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect("connect");
+    let election = client.election("failover");
+    let leadership = election.campaign().await.expect("campaign");
+    let epoch = leadership.epoch();
+
+    cluster.kill(doomed);
+    // Longer than the session: only keep-alives through the other nodes can
+    // have kept it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        leadership.is_leader(),
+        "lost: {:?}",
+        tokio::time::timeout(Duration::ZERO, leadership.lost()).await
+    );
+    let term = election.term().await.expect("term through another node");
+    assert_eq!(term.epoch, epoch);
+    assert_eq!(term.leader.as_deref(), Some("survivor"));
+    assert_eq!(term.members, vec!["survivor".to_owned()], "entered once");
+
+    // And it still hears of changes: another client is anointed.
+    let other = Client::builder(&endpoints[1..])
+        .client_id("other")
+        .connect()
+        .await
+        .expect("connect");
+    other.election("failover").enter().await.expect("enter");
+    other
+        .election("failover")
+        .anoint("other")
+        .await
+        .expect("anoint");
+    let why = tokio::time::timeout(Duration::from_secs(5), leadership.lost())
+        .await
+        .expect("told of the new leader");
+    assert_eq!(why, Ended::Replaced);
+    assert!(!leadership.is_leader());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_side_lease_ends_leadership_before_the_cluster_can_hand_it_on() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = cluster.endpoints();
+    let client = Client::builder(&endpoints)
+        .client_id("lease-holder")
+        .session_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect");
+    let leadership = client.election("lease").campaign().await.expect("campaign");
+    let watcher = Client::builder(&endpoints)
+        .client_id("watcher")
+        .connect()
+        .await
+        .expect("connect");
+    watcher.election("lease").enter().await.expect("enter");
+
+    // Every node stops answering this client's keep-alives: pause them all
+    // (SIGSTOP), so the cluster cannot expire the session either, then
+    // resume and see who the cluster names.
+    for node in cluster.running() {
+        cluster.pause(node);
+    }
+    let paused_at = Instant::now();
+    let why = tokio::time::timeout(Duration::from_secs(5), leadership.lost())
+        .await
+        .expect("the lease runs out while nobody answers");
+    let lost_after = paused_at.elapsed();
+    assert_eq!(why, Ended::LeaseExpired);
+    assert!(!leadership.is_leader());
+    for node in cluster.running() {
+        cluster.resume(node);
+    }
+    eprintln!(
+        "client-side lease ended leadership {} ms into the outage",
+        lost_after.as_millis()
+    );
+    assert!(
+        lost_after < Duration::from_secs(2),
+        "before the session timeout"
+    );
+}
