@@ -312,3 +312,43 @@ async fn the_client_side_lease_ends_leadership_before_the_cluster_can_hand_it_on
         "before the session timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_leadership_is_released_before_the_next_campaign_joins() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = cluster.endpoints();
+    let connect = |id: &'static str| {
+        Client::builder(&endpoints)
+            .client_id(id)
+            .session_timeout(Duration::from_secs(5))
+            .connect()
+    };
+    let (a, b) = (
+        connect("a").await.expect("a"),
+        connect("b").await.expect("b"),
+    );
+    for round in 0..5 {
+        let name = format!("redo-{round}");
+        let leadership = a.election(&name).campaign().await.expect("a leads");
+        b.election(&name).enter().await.expect("b enters");
+        // Dropping lets go (a withdraw in the background); campaigning
+        // again at once must not win a leadership that withdraw then ends.
+        drop(leadership);
+        let again = a
+            .election(&name)
+            .campaign_for(Some(Duration::from_millis(500)))
+            .await
+            .expect("campaign");
+        let term = b.election(&name).term().await.expect("term");
+        assert_eq!(term.leader.as_deref(), Some("b"), "round {round}: {term:?}");
+        if let Some(again) = again {
+            panic!(
+                "round {round}: a was told it leads at epoch {} after letting go; b leads at {}",
+                again.epoch(),
+                term.epoch
+            );
+        }
+    }
+}

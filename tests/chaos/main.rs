@@ -8,6 +8,7 @@
 // tonic::Status is the error type of every stream here.
 #![allow(clippy::result_large_err)]
 
+mod fenced;
 mod history;
 mod lease;
 mod net;
@@ -952,6 +953,18 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
             stop_clients.clone(),
         )));
     }
+    let fenced = fenced::Fenced::default();
+    let campaigners: Vec<_> = (0..fenced::CAMPAIGNERS)
+        .map(|i| {
+            fenced::spawn_campaigner(
+                i,
+                seed,
+                ChaosCluster::endpoints(),
+                fenced.clone(),
+                stop_clients.clone(),
+            )
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The schedule: every kind of fault once, in a seeded order; a soak
@@ -1039,6 +1052,11 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     for client in clients {
         let _ = client.await;
     }
+    for campaigner in campaigners {
+        let _ = tokio::task::spawn_blocking(move || campaigner.join()).await;
+    }
+    let (fenced_violations, fenced_summary) = fenced.check();
+    violations.extend(fenced_violations);
     let lease::Findings {
         violations: belief_violations,
         summary: belief_summary,
@@ -1204,6 +1222,7 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         check_started.elapsed().as_millis()
     ));
     summary.extend(belief_summary);
+    summary.extend(fenced_summary);
     summary.push(format!("violations: {}", violations.len()));
     // Straight to stderr: the test harness captures print!, and CI should
     // show this screen even when the run passes.

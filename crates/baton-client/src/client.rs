@@ -99,6 +99,7 @@ impl ClientBuilder {
             lease_margin,
             managed,
             session: Arc::new(SessionState::unmanaged()),
+            releases: tokio::sync::watch::Sender::new(0),
         })
     }
 }
@@ -116,6 +117,10 @@ pub(crate) struct Inner {
     /// such a client can lead).
     pub managed: bool,
     pub session: Arc<SessionState>,
+    /// Releases of dropped leaderships still on their way to the cluster;
+    /// campaigning waits for them, so a late withdraw cannot undo a
+    /// leadership won after it.
+    pub releases: tokio::sync::watch::Sender<usize>,
 }
 
 impl Drop for Inner {

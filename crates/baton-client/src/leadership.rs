@@ -150,10 +150,13 @@ impl Drop for Leadership {
         self.shared.end(Ended::Resigned);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();
+            let releases = shared.client.inner.releases.clone();
+            releases.send_modify(|pending| *pending += 1);
             runtime.spawn(async move {
                 if let Err(e) = let_go(&shared, release).await {
                     tracing::warn!(name = %shared.name, "releasing a dropped leadership failed: {e}");
                 }
+                releases.send_modify(|pending| *pending -= 1);
             });
         }
     }
@@ -242,6 +245,14 @@ pub(crate) async fn lead_after(
         )
         .into());
     }
+    // A dropped leadership's withdraw must reach the cluster before this
+    // join, or it would undo what the join wins.
+    let _ = client
+        .inner
+        .releases
+        .subscribe()
+        .wait_for(|pending| *pending == 0)
+        .await;
     let stop = CancellationToken::new();
     let stop_unless_led = stop.clone().drop_guard();
     // Subscribed before joining, so the change that makes this client
