@@ -125,6 +125,10 @@ enum LatchAction {
     Snapshot { name: String },
     /// Replace the latch with a snapshot read from FILE ('-': stdin).
     Restore { name: String, file: PathBuf },
+    /// Leave the latch as --client-id (its session stays open).
+    Close { name: String },
+    /// Remove the latch; its next use starts again from epoch 0.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +161,10 @@ enum ElectionAction {
     Snapshot { name: String },
     /// Replace the election with a snapshot read from FILE ('-': stdin).
     Restore { name: String, file: PathBuf },
+    /// Withdraw --client-id through the lifecycle API (like withdraw).
+    Close { name: String },
+    /// Remove the election; its next use starts again from epoch 0.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -355,6 +363,16 @@ async fn latch_command(client: &Client, action: LatchAction, out: &Output) -> Cl
         LatchAction::Watch { name } => {
             return watch_forever("latch", &name, out, client.latch(&name).observe()).await;
         }
+        LatchAction::Close { name } => {
+            client.latch(&name).close().await?;
+            println!("left latch {name}");
+            return Ok(());
+        }
+        LatchAction::Delete { name } => {
+            client.latch(&name).delete().await?;
+            println!("deleted latch {name}");
+            return Ok(());
+        }
     };
     out.primitive(label, &name, &view);
     Ok(())
@@ -400,6 +418,16 @@ async fn election_command(
         }
         ElectionAction::Watch { name } => {
             return watch_forever("election", &name, out, client.election(&name).observe()).await;
+        }
+        ElectionAction::Close { name } => {
+            client.election(&name).close().await?;
+            println!("left election {name}");
+            return Ok(());
+        }
+        ElectionAction::Delete { name } => {
+            client.election(&name).delete().await?;
+            println!("deleted election {name}");
+            return Ok(());
         }
         ElectionAction::Campaign {
             name,

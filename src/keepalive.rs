@@ -44,6 +44,8 @@ struct Confirmed {
 struct Clients {
     /// Open streams per client.
     streams: HashMap<String, usize>,
+    /// Connection-bound identities whose connection is open (one each).
+    connections: HashSet<String>,
     /// Clients that read since the last tick.
     touched: HashSet<String>,
     /// Last confirmed renewal per client; forgotten once neither a stream
@@ -75,6 +77,19 @@ impl Drop for StreamHold {
     }
 }
 
+/// Keeps a connection-bound identity's session alive while its connection
+/// is open (see `identity.rs`).
+pub struct ConnectionHold {
+    keeper: SessionKeeper,
+    client_id: String,
+}
+
+impl Drop for ConnectionHold {
+    fn drop(&mut self) {
+        self.keeper.lock().connections.remove(&self.client_id);
+    }
+}
+
 impl SessionKeeper {
     fn lock(&self) -> std::sync::MutexGuard<'_, Clients> {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,6 +99,16 @@ impl SessionKeeper {
     pub fn hold(&self, client_id: &str) -> StreamHold {
         *self.lock().streams.entry(client_id.to_owned()).or_default() += 1;
         StreamHold {
+            keeper: self.clone(),
+            client_id: client_id.to_owned(),
+        }
+    }
+
+    /// Keeps the connection-bound identity `client_id` alive until the
+    /// returned hold is dropped.
+    pub fn hold_connection(&self, client_id: &str) -> ConnectionHold {
+        self.lock().connections.insert(client_id.to_owned());
+        ConnectionHold {
             keeper: self.clone(),
             client_id: client_id.to_owned(),
         }
@@ -99,6 +124,7 @@ impl SessionKeeper {
     pub fn tracked(&self) -> usize {
         let clients = self.lock();
         let mut ids: HashSet<&String> = clients.streams.keys().collect();
+        ids.extend(clients.connections.iter());
         ids.extend(clients.touched.iter());
         ids.extend(clients.confirmed.keys());
         ids.len()
@@ -169,17 +195,22 @@ impl SessionKeeper {
         let mut clients = self.lock();
         let touched = std::mem::take(&mut clients.touched);
         let Clients {
-            streams, confirmed, ..
+            streams,
+            connections,
+            confirmed,
+            ..
         } = &mut *clients;
         replicator.state().read(|machine, _| {
             confirmed.retain(|id, c| {
                 streams.contains_key(id)
+                    || connections.contains(id)
                     || (machine.session(id).is_some()
                         && now.saturating_duration_since(c.sent_at) <= c.timeout)
             });
             let mut shortest: Option<Duration> = None;
             let due = streams
                 .keys()
+                .chain(connections.iter())
                 .chain(touched.iter())
                 .collect::<HashSet<_>>()
                 .into_iter()

@@ -7,7 +7,8 @@
 //! Raft (leader stamping, forwarding, read index, leader duties);
 //! [`clock`] the leader's term clock for log stamps; [`liveness`] whether
 //! a working leader is within reach; [`health`] gRPC health and the leader
-//! address cache;
+//! address cache; [`identity`] names callers without a client_id by their
+//! connection;
 //! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
 //! renewal on clients' behalf; [`node`] wires one node together. The CLI,
 //! the tests and users call the cluster through `baton-client`.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod convert;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod keepalive;
 pub mod liveness;
 pub mod network;

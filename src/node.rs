@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use baton_state::Limits;
 use baton_store::NodeId;
+use futures::TryStreamExt as _;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -17,17 +18,19 @@ use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
 use crate::network::{PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::peer::PeerService;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionServiceServer;
 use crate::proto::atomix::primitive::leader::leader_latch_service_server::LeaderLatchServiceServer;
+use crate::proto::atomix::primitive::primitive_service_server::PrimitiveServiceServer;
 use crate::proto::baton::v1::admin_service_server::AdminServiceServer;
 use crate::proto::baton::v1::raft_service_server::RaftServiceServer;
 use crate::proto::baton::v1::session_service_server::SessionServiceServer;
 use crate::proto::baton::v1::NodeInfoRequest;
 use crate::replication::Replicator;
-use crate::service::{AdminApi, Context, ElectionApi, LatchApi, SessionApi};
+use crate::service::{AdminApi, Context, ElectionApi, LatchApi, PrimitiveApi, SessionApi};
 
 /// Largest client message accepted (ids are at most 256 bytes; a restore of
 /// a full primitive is well under this).
@@ -177,6 +180,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let peer_server = tokio::spawn(peer_server);
 
     let sessions = SessionKeeper::default();
+    let (connections, departed) = Connections::new(config.id);
     let context = Context {
         replicator: replicator.clone(),
         sessions: sessions.clone(),
@@ -187,6 +191,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         <LeaderLatchServiceServer<LatchApi> as NamedService>::NAME,
         <LeaderElectionServiceServer<ElectionApi> as NamedService>::NAME,
         <SessionServiceServer<SessionApi> as NamedService>::NAME,
+        <PrimitiveServiceServer<PrimitiveApi> as NamedService>::NAME,
     ];
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -210,8 +215,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
         )
         .add_service(AdminServiceServer::new(AdminApi::new(context.clone())))
-        .serve_with_incoming_shutdown(client_listener, stopped(stop_rx.clone()));
+        .add_service(PrimitiveServiceServer::new(PrimitiveApi::new(
+            context.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            client_listener.map_ok(move |tcp| connections.track(tcp)),
+            stopped(stop_rx.clone()),
+        );
     let client_server = tokio::spawn(client_server);
+    let closer = tokio::spawn(Connections::close_departed(departed, replicator.clone()));
 
     if !initialize_if_new(&raft, &config, &channels).await? {
         replicator.start_rejoining();
@@ -238,6 +250,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     keeper.abort();
+    closer.abort();
     duties.abort();
     health.abort();
     raft.shutdown()

@@ -352,3 +352,68 @@ async fn a_dropped_leadership_is_released_before_the_next_campaign_joins() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latch_is_acquired_released_observed_and_deleted_through_the_library() {
+    use futures::StreamExt;
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = cluster.endpoints();
+    let connect = |id: &'static str| Client::builder(&endpoints).client_id(id).connect();
+    let (a, b) = (
+        connect("a").await.expect("a"),
+        connect("b").await.expect("b"),
+    );
+    let mut views = b.latch("jobs").observe();
+
+    let first = a
+        .latch("jobs")
+        .acquire(Some(Duration::from_secs(5)))
+        .await
+        .expect("acquire")
+        .expect("a leads an empty latch");
+    let waiting = b
+        .latch("jobs")
+        .acquire(Some(Duration::from_millis(300)))
+        .await
+        .expect("acquire");
+    assert!(waiting.is_none(), "b waits behind a");
+    let epoch = first.epoch();
+    first.resign().await.expect("resign");
+    assert!(a.is_alive(), "leaving a latch keeps the session");
+    let second = b
+        .latch("jobs")
+        .acquire(Some(Duration::from_secs(5)))
+        .await
+        .expect("acquire")
+        .expect("b leads once a left");
+    assert_eq!(second.epoch(), epoch + 1);
+
+    // The observer saw a lead, then b, never going back.
+    let mut seen = Vec::new();
+    while seen
+        .last()
+        .map(|v: &baton_client::View| v.leader.as_deref())
+        != Some(Some("b"))
+    {
+        let view = tokio::time::timeout(Duration::from_secs(5), views.next())
+            .await
+            .expect("a view")
+            .expect("open")
+            .expect("ok");
+        seen.push(view);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].epoch <= w[1].epoch),
+        "{seen:?}"
+    );
+
+    drop(second);
+    b.latch("jobs").delete().await.expect("delete");
+    let again = b.latch("jobs").delete().await.expect_err("second delete");
+    assert_eq!(again.code(), tonic::Code::NotFound);
+    assert!(b.is_alive(), "a missing primitive is not a lost session");
+    let fresh = b.latch("jobs").get().await.expect("get");
+    assert_eq!((fresh.epoch, fresh.members.len()), (0, 0));
+}

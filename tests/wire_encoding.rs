@@ -238,3 +238,43 @@ fn service_names_match_the_upstream_paths() {
     );
     assert_eq!(<Session as NamedService>::NAME, "baton.v1.SessionService");
 }
+
+#[test]
+fn lifecycle_envelopes_put_the_header_at_one() {
+    use baton::proto::atomix::primitive::{
+        CloseRequest, CloseResponse, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse,
+    };
+    let header = Some(RequestHeader {
+        client_id: String::new(),
+        primitive_id: Some(PrimitiveId {
+            r#type: "LeaderLatch".into(),
+            name: "l".into(),
+        }),
+        request_id: 0,
+        request_type: 0,
+    });
+    // header (1, length-delimited) { primitive_id (2) { type (1), name (2) } }
+    let mut expected = vec![0x0a, 18, 0x12, 16, 0x0a, 11];
+    expected.extend_from_slice(b"LeaderLatch");
+    expected.extend_from_slice(&[0x12, 0x01, b'l']);
+    assert_eq!(
+        bytes(&CreateRequest {
+            header: header.clone()
+        }),
+        expected
+    );
+    assert_eq!(
+        bytes(&CloseRequest {
+            header: header.clone()
+        }),
+        expected
+    );
+    assert_eq!(bytes(&DeleteRequest { header }), expected);
+    let response = Some(ResponseHeader {
+        response_type: ResponseType::Response as i32,
+    });
+    // An all-default header is an empty message, still present at field 1.
+    assert_eq!(bytes(&CreateResponse { header: response }), [0x0a, 0x00]);
+    assert_eq!(bytes(&CloseResponse { header: response }), [0x0a, 0x00]);
+    assert_eq!(bytes(&DeleteResponse { header: response }), [0x0a, 0x00]);
+}

@@ -1,12 +1,11 @@
 //! `atomix.primitive.election.LeaderElectionService`.
 
 use baton_state::{Operation, PrimitiveKind};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{Context, EventStream};
-use crate::convert::{
-    caller, deadline, stream_header, term_snapshot, term_to_proto, unary_header, Caller,
-};
+use crate::convert::{deadline, stream_header, term_snapshot, term_to_proto, unary_header, Caller};
 use crate::error::ApiError;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionService;
 use crate::proto::atomix::primitive::election::{
@@ -29,8 +28,16 @@ impl ElectionApi {
         ElectionApi { context }
     }
 
-    fn caller(header: Option<&RequestHeader>) -> Result<Caller, ApiError> {
-        Ok(caller(header, PrimitiveKind::Election)?)
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        header: Option<&RequestHeader>,
+        deadline: Instant,
+    ) -> Result<Caller, ApiError> {
+        let extensions = request.extensions();
+        self.context
+            .caller(extensions, header, PrimitiveKind::Election, deadline)
+            .await
     }
 
     /// Applies an election operation built from the caller's election name
@@ -43,7 +50,7 @@ impl ElectionApi {
     ) -> Result<Term, Status> {
         let deadline = deadline(&request);
         let body = request.get_ref();
-        let caller = Self::caller(header(body))?;
+        let caller = self.caller(&request, header(body), deadline).await?;
         let operation = operation(caller.key.name.clone(), body);
         let term = self.context.operate(&caller, operation, deadline).await?;
         Ok(term_to_proto(&term))
@@ -178,7 +185,9 @@ impl LeaderElectionService for ElectionApi {
         request: Request<GetTermRequest>,
     ) -> Result<Response<GetTermResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = Self::caller(request.get_ref().header.as_ref())?;
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetTermResponse {
             header: unary_header(),
@@ -194,7 +203,10 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let caller = Self::caller(request.get_ref().header.as_ref())?;
+        let deadline = deadline(&request);
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let stream = self.context.events(&caller, |initial, term| {
             let kind = if initial {
                 events_output::Type::None
@@ -202,7 +214,12 @@ impl LeaderElectionService for ElectionApi {
                 events_output::Type::Changed
             };
             EventsResponse {
-                header: stream_header(),
+                // The handshake convention of WIRE.md: RESPONSE_STREAM once.
+                header: if initial {
+                    stream_header()
+                } else {
+                    unary_header()
+                },
                 output: Some(EventsOutput {
                     r#type: kind as i32,
                     term: Some(term_to_proto(term)),
@@ -217,7 +234,9 @@ impl LeaderElectionService for ElectionApi {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = Self::caller(request.get_ref().header.as_ref())?;
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
@@ -232,8 +251,10 @@ impl LeaderElectionService for ElectionApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let request = request.into_inner();
-        let caller = Self::caller(request.header.as_ref())?;
         let operation = Operation::Restore {
             key: caller.key.clone(),
             snapshot: term_snapshot(request.snapshot).map_err(ApiError::from)?,

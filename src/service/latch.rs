@@ -1,11 +1,12 @@
 //! `atomix.primitive.leader.LeaderLatchService`.
 
 use baton_state::{Operation, PrimitiveKind};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{Context, EventStream};
 use crate::convert::{
-    caller, deadline, latch_snapshot, latch_to_proto, stream_header, unary_header, Caller,
+    deadline, latch_snapshot, latch_to_proto, stream_header, unary_header, Caller,
 };
 use crate::error::ApiError;
 use crate::proto::atomix::primitive::leader::leader_latch_service_server::LeaderLatchService;
@@ -28,8 +29,18 @@ impl LatchApi {
     }
 }
 
-fn latch_caller(header: Option<&RequestHeader>) -> Result<Caller, ApiError> {
-    Ok(caller(header, PrimitiveKind::Latch)?)
+impl LatchApi {
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        header: Option<&RequestHeader>,
+        deadline: Instant,
+    ) -> Result<Caller, ApiError> {
+        let extensions = request.extensions();
+        self.context
+            .caller(extensions, header, PrimitiveKind::Latch, deadline)
+            .await
+    }
 }
 
 #[tonic::async_trait]
@@ -39,7 +50,9 @@ impl LeaderLatchService for LatchApi {
         request: Request<LatchRequest>,
     ) -> Result<Response<LatchResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let operation = Operation::Join {
             latch: caller.key.name.clone(),
         };
@@ -54,7 +67,9 @@ impl LeaderLatchService for LatchApi {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetResponse {
             header: unary_header(),
@@ -70,7 +85,10 @@ impl LeaderLatchService for LatchApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let deadline = deadline(&request);
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let stream = self.context.events(&caller, |initial, latch| {
             let kind = if initial {
                 events_output::Type::None
@@ -78,7 +96,12 @@ impl LeaderLatchService for LatchApi {
                 events_output::Type::Change
             };
             EventsResponse {
-                header: stream_header(),
+                // The handshake convention of WIRE.md: RESPONSE_STREAM once.
+                header: if initial {
+                    stream_header()
+                } else {
+                    unary_header()
+                },
                 output: Some(EventsOutput {
                     r#type: kind as i32,
                     latch: Some(latch_to_proto(latch)),
@@ -93,7 +116,9 @@ impl LeaderLatchService for LatchApi {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = latch_caller(request.get_ref().header.as_ref())?;
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
@@ -108,8 +133,10 @@ impl LeaderLatchService for LatchApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
+        let caller = self
+            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .await?;
         let request = request.into_inner();
-        let caller = latch_caller(request.header.as_ref())?;
         let operation = Operation::Restore {
             key: caller.key.clone(),
             snapshot: latch_snapshot(request.snapshot).map_err(ApiError::from)?,

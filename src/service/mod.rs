@@ -5,12 +5,15 @@
 mod admin;
 mod election;
 mod latch;
+mod primitive;
 mod session;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use baton_state::{ClientRequest, Command, Operation, Primitive, PrimitiveKey, Response};
+use baton_state::{
+    ClientRequest, Command, Operation, Primitive, PrimitiveKey, PrimitiveKind, Response,
+};
 use baton_store::AppliedChanges;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
@@ -21,11 +24,14 @@ use tonic::Status;
 pub use admin::AdminApi;
 pub use election::ElectionApi;
 pub use latch::LatchApi;
+pub use primitive::PrimitiveApi;
 pub use session::SessionApi;
 
-use crate::convert::Caller;
+use crate::convert::{caller, Caller};
 use crate::error::{ApiError, ReplicationError};
+use crate::identity::ConnectionInfo;
 use crate::keepalive::SessionKeeper;
+use crate::proto::atomix::primitive::RequestHeader;
 use crate::replication::Replicator;
 
 /// How many updates a watcher's stream buffers before older ones coalesce.
@@ -58,6 +64,32 @@ struct WatchUpdate {
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Context {
+    /// Who sends a request to a primitive of `kind`: its header's
+    /// `client_id`, or, for a caller without one, the identity of its
+    /// connection (DESIGN §3), named and given a session on first use. The
+    /// rest of the header is checked first, so bad input opens nothing.
+    pub async fn caller(
+        &self,
+        extensions: &tonic::Extensions,
+        header: Option<&RequestHeader>,
+        kind: PrimitiveKind,
+        deadline: Instant,
+    ) -> Result<Caller, ApiError> {
+        let Some(anonymous) = header.filter(|h| h.client_id.is_empty()) else {
+            return Ok(caller(header, kind)?);
+        };
+        let Some(connection) = extensions.get::<ConnectionInfo>() else {
+            return Ok(caller(header, kind)?);
+        };
+        let mut named = anonymous.clone();
+        named.client_id = "-".into();
+        caller(Some(&named), kind)?;
+        named.client_id = connection
+            .identity(&self.replicator, &self.sessions, deadline)
+            .await?;
+        Ok(caller(Some(&named), kind)?)
+    }
+
     /// Replicates a command and returns the state machine's answer.
     pub async fn apply(&self, command: Command, deadline: Instant) -> Result<Response, ApiError> {
         Ok(self.replicator.write(command, deadline).await??)

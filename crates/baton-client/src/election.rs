@@ -252,4 +252,16 @@ impl Election {
         )
         .await
     }
+
+    /// Leaves the election (`PrimitiveService.Close`); the session stays open.
+    pub async fn close(&self) -> Result<()> {
+        crate::lifecycle::close(&self.client, Kind::Election, &self.name).await
+    }
+
+    /// Removes the election (`PrimitiveService.Delete`): every member loses its
+    /// place, and its next use starts again from epoch 0, so tokens from
+    /// before mean nothing afterwards. NOT_FOUND if it does not exist.
+    pub async fn delete(&self) -> Result<()> {
+        crate::lifecycle::delete(&self.client, Kind::Election, &self.name).await
+    }
 }

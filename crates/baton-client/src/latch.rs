@@ -1,7 +1,5 @@
 //! A handle on one leader latch: one method per RPC, plus `acquire` and
-//! `observe`. A latch has no leave call: a participant stays until its
-//! session ends, so give each latch its own [`Client`] if it must be left
-//! alone.
+//! `observe`.
 
 use std::time::Duration;
 
@@ -145,7 +143,7 @@ impl Latch {
 
     /// Joins and waits up to `wait` (forever if `None`) to lead: `Ok(None)`
     /// if it did not lead by then (still a participant). Resigning the
-    /// returned leadership closes the client's session.
+    /// returned leadership leaves the latch.
     pub async fn acquire(&self, wait: Option<Duration>) -> Result<Option<Leadership>> {
         let join = self.join();
         lead_after(
@@ -154,8 +152,20 @@ impl Latch {
             &self.name,
             join,
             wait,
-            Release::CloseSession,
+            Release::Leave,
         )
         .await
+    }
+
+    /// Leaves the latch (`PrimitiveService.Close`); the session stays open.
+    pub async fn close(&self) -> Result<()> {
+        crate::lifecycle::close(&self.client, Kind::Latch, &self.name).await
+    }
+
+    /// Removes the latch (`PrimitiveService.Delete`): every member loses its
+    /// place, and its next use starts again from epoch 0, so tokens from
+    /// before mean nothing afterwards. NOT_FOUND if it does not exist.
+    pub async fn delete(&self) -> Result<()> {
+        crate::lifecycle::delete(&self.client, Kind::Latch, &self.name).await
     }
 }

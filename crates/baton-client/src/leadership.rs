@@ -21,8 +21,8 @@ use crate::view::{Kind, View};
 pub(crate) enum Release {
     /// Withdraw the candidacy (elections).
     Withdraw,
-    /// Close the session: the only way to leave a latch.
-    CloseSession,
+    /// Leave the latch (`PrimitiveService.Close`).
+    Leave,
 }
 
 #[derive(Debug)]
@@ -130,8 +130,8 @@ impl Leadership {
     }
 
     /// Stops leading (locally first, so nothing acts on it any more) and
-    /// tells the cluster: an election withdraws this candidate; a latch,
-    /// which has no leave call, closes the client's session.
+    /// tells the cluster: this client withdraws from the election or leaves
+    /// the latch; its session stays open.
     pub async fn resign(mut self) -> Result<()> {
         let release = self.release.take();
         self.shared.end(Ended::Resigned);
@@ -170,7 +170,7 @@ async fn let_go(shared: &Shared, release: Release) -> Result<()> {
             .withdraw()
             .await
             .map(|_| ()),
-        Release::CloseSession => shared.client.close().await,
+        Release::Leave => shared.client.latch(shared.name.clone()).close().await,
     }
 }
 

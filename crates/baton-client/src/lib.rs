@@ -32,6 +32,7 @@ mod error;
 mod feed;
 mod latch;
 mod leadership;
+mod lifecycle;
 mod observe;
 pub mod proto;
 mod session;

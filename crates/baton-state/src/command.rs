@@ -63,6 +63,12 @@ pub enum Operation {
         /// Latch name.
         latch: String,
     },
+    /// Latch: remove the caller from the participants (upstream
+    /// `PrimitiveService.Close` on a latch).
+    Leave {
+        /// Latch name.
+        latch: String,
+    },
     /// Election: add the caller to the candidates.
     Enter {
         /// Election name.
@@ -94,6 +100,12 @@ pub enum Operation {
         /// The candidate to remove.
         candidate: String,
     },
+    /// Remove the primitive and free its place under the limits; its next
+    /// use starts again from epoch 0 (upstream `PrimitiveService.Delete`).
+    Delete {
+        /// The primitive.
+        key: PrimitiveKey,
+    },
     /// Replace one primitive's state with a snapshot.
     Restore {
         /// The primitive.
@@ -107,13 +119,15 @@ impl Operation {
     /// The primitive this operation acts on.
     pub fn key(&self) -> PrimitiveKey {
         match self {
-            Operation::Join { latch } => PrimitiveKey::latch(latch.clone()),
+            Operation::Join { latch } | Operation::Leave { latch } => {
+                PrimitiveKey::latch(latch.clone())
+            }
             Operation::Enter { election }
             | Operation::Withdraw { election }
             | Operation::Anoint { election, .. }
             | Operation::Promote { election, .. }
             | Operation::Evict { election, .. } => PrimitiveKey::election(election.clone()),
-            Operation::Restore { key, .. } => key.clone(),
+            Operation::Restore { key, .. } | Operation::Delete { key } => key.clone(),
         }
     }
 }

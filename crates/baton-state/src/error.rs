@@ -15,7 +15,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// A limit of the cluster would be exceeded.
     ResourceExhausted,
-    /// The caller has no session (it expired or was never opened).
+    /// The caller has no session (it expired or was never opened), or the
+    /// primitive to delete does not exist.
     NotFound,
     /// The request was already applied, but its answer can no longer be
     /// given exactly; the caller should read the state again.
@@ -134,6 +135,12 @@ pub enum CommandError {
         /// The retried request id.
         request_id: u64,
     },
+    /// Delete of a primitive that does not exist.
+    #[error("{name:?} does not exist (never used, or deleted)")]
+    PrimitiveNotFound {
+        /// The primitive's name.
+        name: String,
+    },
     /// A keep-alive for a client that has no session (it expired or closed).
     #[error("client {client_id:?} has no open session (expired or closed)")]
     SessionNotFound {
@@ -161,7 +168,9 @@ impl CommandError {
             | CommandError::EpochExhausted { .. }
             | CommandError::TooManyPrimitives { .. }
             | CommandError::TooManySessions { .. } => ErrorKind::ResourceExhausted,
-            CommandError::SessionNotFound { .. } => ErrorKind::NotFound,
+            CommandError::SessionNotFound { .. } | CommandError::PrimitiveNotFound { .. } => {
+                ErrorKind::NotFound
+            }
         }
     }
 }

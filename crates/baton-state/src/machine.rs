@@ -259,6 +259,9 @@ impl StateMachine {
         let key = key.clone();
         let now = self.now_ms;
         validate_id("primitive name", &key.name)?;
+        if let Operation::Delete { .. } = &request.operation {
+            return self.delete(&key, changed);
+        }
         let current = self.primitive(&key);
         let members = plan_members(&request.client_id, &request.operation, &current)?;
 
@@ -325,6 +328,27 @@ impl StateMachine {
             changed.insert(key.clone());
         }
         Ok(Response::Primitive(self.primitive(&key)))
+    }
+
+    /// Removes a primitive: its members lose their places at once (watchers
+    /// get the empty state) and its slot under the limits is free.
+    fn delete(
+        &mut self,
+        key: &PrimitiveKey,
+        changed: &mut BTreeSet<PrimitiveKey>,
+    ) -> Result<Response, CommandError> {
+        let Some(primitive) = self.primitives.remove(key) else {
+            return Err(CommandError::PrimitiveNotFound {
+                name: key.name.clone(),
+            });
+        };
+        for member in &primitive.members {
+            if let Some(session) = self.sessions.get_mut(member) {
+                session.memberships.remove(key);
+            }
+        }
+        changed.insert(key.clone());
+        Ok(Response::Primitive(Primitive::default()))
     }
 
     /// The answer to a request whose id the caller's session remembers or
@@ -523,7 +547,9 @@ fn plan_members(
                 members.push(caller.to_owned());
             }
         }
-        Operation::Withdraw { .. } => members.retain(|m| m != caller),
+        Operation::Withdraw { .. } | Operation::Leave { .. } => members.retain(|m| m != caller),
+        // Handled before planning: it removes the primitive itself.
+        Operation::Delete { .. } => {}
         Operation::Anoint {
             election,
             candidate,

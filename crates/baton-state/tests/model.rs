@@ -278,6 +278,12 @@ impl Model {
     fn apply_op(&mut self, r: &ClientRequest, key: &PrimitiveKey) -> Result<Response, ErrorKind> {
         let key = key.clone();
         validate_id("n", &key.name).map_err(|e| e.kind())?;
+        if let Operation::Delete { .. } = &r.operation {
+            return match self.primitives.remove(&key) {
+                Some(_) => Ok(Response::Primitive(Primitive::default())),
+                None => Err(ErrorKind::NotFound),
+            };
+        }
         let old = self.get(&key).members;
         let mut new = old.clone();
         let find = |c: &str, members: &[String]| -> Result<usize, ErrorKind> {
@@ -294,7 +300,10 @@ impl Model {
                     new.push(r.client_id.clone());
                 }
             }
-            Operation::Withdraw { .. } => new.retain(|m| *m != r.client_id),
+            Operation::Withdraw { .. } | Operation::Leave { .. } => {
+                new.retain(|m| *m != r.client_id)
+            }
+            Operation::Delete { .. } => unreachable!("handled above"),
             Operation::Anoint { candidate, .. } => {
                 let i = find(candidate, &new)?;
                 let c = new.remove(i);
@@ -401,6 +410,10 @@ fn operation() -> impl Strategy<Value = Operation> {
         3 => name().prop_map(|latch| Operation::Join { latch }),
         3 => name().prop_map(|election| Operation::Enter { election }),
         1 => name().prop_map(|election| Operation::Withdraw { election }),
+        1 => name().prop_map(|latch| Operation::Leave { latch }),
+        1 => (name(), prop::bool::ANY).prop_map(|(name, latch)| Operation::Delete {
+            key: if latch { PrimitiveKey::latch(name) } else { PrimitiveKey::election(name) }
+        }),
         1 => (name(), client()).prop_map(|(election, candidate)| Operation::Anoint { election, candidate }),
         1 => (name(), client()).prop_map(|(election, candidate)| Operation::Promote { election, candidate }),
         1 => (name(), client()).prop_map(|(election, candidate)| Operation::Evict { election, candidate }),
@@ -475,7 +488,13 @@ fn check_invariants(sm: &StateMachine, previous: &StateMachine) {
             );
         }
     }
+    // Epochs only rise, except that Delete (checked against the model)
+    // removes a primitive, whose next use starts from 0 (DESIGN §6).
+    let still_there: BTreeSet<&PrimitiveKey> = sm.primitives().map(|(k, _)| k).collect();
     for (key, before) in previous.primitives() {
+        if !still_there.contains(key) {
+            continue;
+        }
         let after = sm.primitive(key);
         assert!(
             after.epoch >= before.epoch,
@@ -519,8 +538,10 @@ proptest! {
                 model.sessions.iter().map(|(c, s)| (c.clone(), s.timeout, s.expires)).collect();
             prop_assert_eq!(sessions, expected_sessions, "step {}", i);
 
+            // Deleted primitives changed too (to the empty state).
             let changed: BTreeSet<PrimitiveKey> = keys
                 .iter()
+                .chain(before.primitives().map(|(k, _)| k))
                 .filter(|k| before.primitive(k) != sm.primitive(k))
                 .cloned()
                 .collect();

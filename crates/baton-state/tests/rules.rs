@@ -1054,3 +1054,75 @@ fn tombstones_are_bounded_in_number_and_age() {
     );
     assert_eq!(sm.tombstones().count(), 0);
 }
+
+fn leave(client: &str, latch: &str) -> Command {
+    op(
+        client,
+        0,
+        Operation::Leave {
+            latch: latch.into(),
+        },
+    )
+}
+
+fn delete(client: &str, key: PrimitiveKey) -> Command {
+    op(client, 0, Operation::Delete { key })
+}
+
+#[test]
+fn leaving_a_latch_hands_it_to_the_next_participant() {
+    let mut sm = StateMachine::default();
+    ok(&mut sm, join("a", "l"), T0);
+    ok(&mut sm, join("b", "l"), T0);
+    let epoch = sm.primitive(&PrimitiveKey::latch("l")).epoch;
+    ok(&mut sm, leave("a", "l"), T0 + 1);
+    let latch = sm.primitive(&PrimitiveKey::latch("l"));
+    assert_eq!(latch.members, vec!["b".to_owned()]);
+    assert_eq!(latch.epoch, epoch + 1);
+    assert!(
+        sm.session("a").is_some(),
+        "leaving one latch keeps the session"
+    );
+    ok(&mut sm, leave("a", "l"), T0 + 2); // leaving again changes nothing
+}
+
+#[test]
+fn delete_frees_the_place_and_the_next_use_starts_from_epoch_zero() {
+    let mut sm = StateMachine::new(Limits {
+        max_primitives: 1,
+        ..Limits::default()
+    });
+    ok(&mut sm, join("a", "l"), T0);
+    ok(&mut sm, join("b", "l"), T0);
+    let error = rejected(&mut sm, enter("a", "e"), T0);
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+
+    let applied = sm.apply(&delete("a", PrimitiveKey::latch("l")), T0 + 1);
+    assert!(applied.result.is_ok());
+    assert_eq!(applied.events.len(), 1, "watchers see the empty state");
+    assert_eq!(
+        applied.events[0].state,
+        sm.primitive(&PrimitiveKey::latch("l"))
+    );
+    let gone = sm.primitive(&PrimitiveKey::latch("l"));
+    assert_eq!((gone.epoch, gone.members.len()), (0, 0));
+    assert!(sm.session("b").is_some_and(|s| s.memberships.is_empty()));
+
+    ok(&mut sm, enter("a", "e"), T0 + 2); // the freed place is usable
+    let error = rejected(&mut sm, join("a", "l"), T0 + 2);
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted);
+    ok(&mut sm, delete("a", PrimitiveKey::election("e")), T0 + 3);
+    ok(&mut sm, join("b", "l"), T0 + 4);
+    assert_eq!(sm.primitive(&PrimitiveKey::latch("l")).epoch, 1);
+}
+
+#[test]
+fn deleting_an_unknown_primitive_is_not_found() {
+    let mut sm = StateMachine::default();
+    let error = rejected(&mut sm, delete("a", PrimitiveKey::latch("never")), T0);
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    ok(&mut sm, join("a", "l"), T0);
+    ok(&mut sm, delete("a", PrimitiveKey::latch("l")), T0);
+    let error = rejected(&mut sm, delete("a", PrimitiveKey::latch("l")), T0);
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+}

@@ -1,0 +1,46 @@
+//! `atomix.primitive.PrimitiveService` for both kinds: Close (leave the
+//! primitive, keep the session) and Delete.
+
+use crate::client::Client;
+use crate::error::Result;
+use crate::proto::atomix::primitive::primitive_service_client::PrimitiveServiceClient;
+use crate::proto::atomix::primitive::{CloseRequest, DeleteRequest};
+use crate::transport::{next_request_id, with_deadline};
+use crate::view::Kind;
+
+/// Withdraws `client` from `name` (a latch participant leaves, a candidate
+/// withdraws); its session stays open.
+pub(crate) async fn close(client: &Client, kind: Kind, name: &str) -> Result<()> {
+    let header = client.inner.header(kind, name, next_request_id());
+    client
+        .call(|channel, left| {
+            let request = CloseRequest {
+                header: header.clone(),
+            };
+            async move {
+                PrimitiveServiceClient::new(channel)
+                    .close(with_deadline(request, left))
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Removes `name`; NOT_FOUND if it does not exist.
+pub(crate) async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
+    let header = client.inner.header(kind, name, next_request_id());
+    client
+        .call(|channel, left| {
+            let request = DeleteRequest {
+                header: header.clone(),
+            };
+            async move {
+                PrimitiveServiceClient::new(channel)
+                    .delete(with_deadline(request, left))
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,240 @@
+//! Connection-bound identities (DESIGN §3): a caller that sends no
+//! `client_id` (the upstream Atomix client never does) is named by the node
+//! holding its gRPC connection, `conn-<node>-<boot>-<n>`: unique in the
+//! cluster (`boot` is drawn at random when the node process starts, so a
+//! restarted node never reuses a name whose session may still live), and
+//! stable for the life of that connection. The node keeps that session alive
+//! while the connection is open and closes it the moment the connection
+//! closes, so the caller's places pass on at once.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use baton_state::Command;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::transport::server::Connected;
+
+use crate::error::ApiError;
+use crate::keepalive::{ConnectionHold, SessionKeeper};
+use crate::replication::Replicator;
+
+/// How long the node keeps trying to close a departed connection's session
+/// (through elections, a lost quorum); after that the session expires on its
+/// own timeout.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(30);
+/// Pause between attempts to close it.
+const CLOSE_RETRY: Duration = Duration::from_millis(200);
+
+/// Names connections and closes their sessions when they go.
+#[derive(Clone)]
+pub struct Connections {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    node_id: u64,
+    boot: u32,
+    next: AtomicU64,
+    departed: mpsc::UnboundedSender<String>,
+}
+
+impl Connections {
+    /// Connections of node `node_id`, and the receiver of departed
+    /// identities that [`Connections::close_departed`] consumes.
+    pub fn new(node_id: u64) -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (departed, receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            node_id,
+            boot: rand::random(),
+            next: AtomicU64::new(1),
+            departed,
+        });
+        (Connections { shared }, receiver)
+    }
+
+    /// Wraps an accepted connection so that its requests carry a
+    /// [`ConnectionInfo`] and its end is noticed.
+    pub fn track(&self, stream: TcpStream) -> TrackedConnection {
+        let slot = Arc::new(Slot {
+            connections: self.shared.clone(),
+            identity: OnceLock::new(),
+            established: tokio::sync::OnceCell::new(),
+            hold: Mutex::new(None),
+        });
+        TrackedConnection {
+            info: ConnectionInfo {
+                remote: stream.peer_addr().ok(),
+                slot: slot.clone(),
+            },
+            stream,
+            _guard: Departure { slot },
+        }
+    }
+
+    /// Closes the session of every departed connection that had an
+    /// identity, until the channel ends.
+    pub async fn close_departed(
+        mut departed: mpsc::UnboundedReceiver<String>,
+        replicator: Replicator,
+    ) {
+        while let Some(client_id) = departed.recv().await {
+            let replicator = replicator.clone();
+            tokio::spawn(async move {
+                let give_up = Instant::now() + CLOSE_PATIENCE;
+                loop {
+                    let close = Command::CloseSession {
+                        client_id: client_id.clone(),
+                        request_id: 0,
+                    };
+                    let deadline = (Instant::now() + Duration::from_secs(5)).min(give_up);
+                    match replicator.write(close, deadline).await {
+                        Ok(_) => return,
+                        Err(error) if Instant::now() + CLOSE_RETRY < give_up => {
+                            tracing::debug!(%client_id, %error, "closing a departed connection's session");
+                            tokio::time::sleep(CLOSE_RETRY).await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%client_id, %error, "gave up closing a departed connection's session; it will expire");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Per-connection state shared by its requests.
+struct Slot {
+    connections: Arc<Shared>,
+    identity: OnceLock<String>,
+    /// Set once the identity's session is open and held.
+    established: tokio::sync::OnceCell<()>,
+    hold: Mutex<Option<ConnectionHold>>,
+}
+
+/// What tonic attaches to every request of a tracked connection.
+#[derive(Clone)]
+pub struct ConnectionInfo {
+    /// The peer's address.
+    pub remote: Option<SocketAddr>,
+    slot: Arc<Slot>,
+}
+
+impl ConnectionInfo {
+    /// This connection's identity, named on first use; its session is opened
+    /// (default timeout) and kept alive by this node until the connection
+    /// closes.
+    pub async fn identity(
+        &self,
+        replicator: &Replicator,
+        sessions: &SessionKeeper,
+        deadline: Instant,
+    ) -> Result<String, ApiError> {
+        let slot = &self.slot;
+        let identity = slot
+            .identity
+            .get_or_init(|| {
+                let shared = &slot.connections;
+                let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                format!("conn-{}-{:08x}-{n}", shared.node_id, shared.boot)
+            })
+            .clone();
+        slot.established
+            .get_or_try_init(|| async {
+                let hold = sessions.hold_connection(&identity);
+                *slot.hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold);
+                sessions.renew_now(replicator, &identity, deadline).await
+            })
+            .await?;
+        Ok(identity)
+    }
+}
+
+/// Noticed when the connection is dropped: stops renewing its identity's
+/// session and has it closed.
+struct Departure {
+    slot: Arc<Slot>,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        let hold = self
+            .slot
+            .hold
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(hold);
+        if let Some(identity) = self.slot.identity.get() {
+            // The receiver lives as long as the node; if it is gone the node
+            // is stopping and the session will expire.
+            let _ = self.slot.connections.departed.send(identity.clone());
+        }
+    }
+}
+
+/// An accepted client connection whose end is noticed.
+pub struct TrackedConnection {
+    stream: TcpStream,
+    info: ConnectionInfo,
+    _guard: Departure,
+}
+
+impl Connected for TrackedConnection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TrackedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

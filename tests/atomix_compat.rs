@@ -1,0 +1,438 @@
+//! Issue 10: the upstream Atomix client's call pattern works unchanged.
+//! That client sends headers with only `primitive_id` (no client_id, no
+//! request_id, REQUEST even on Events), calls PrimitiveService around its
+//! use of a latch or election, and expects one RESPONSE_STREAM handshake
+//! message on Events, then RESPONSE messages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use baton::proto::atomix::primitive::election as el;
+use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
+use baton::proto::atomix::primitive::leader as la;
+use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
+use baton::proto::atomix::primitive::primitive_service_client::PrimitiveServiceClient;
+use baton::proto::atomix::primitive::{
+    CloseRequest, CreateRequest, DeleteRequest, PrimitiveId, RequestHeader, ResponseHeader,
+    ResponseType,
+};
+use common::*;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// A header exactly as that client fills it: only the primitive id.
+fn upstream_header(type_name: &str, name: &str) -> Option<RequestHeader> {
+    Some(RequestHeader {
+        client_id: String::new(),
+        primitive_id: Some(PrimitiveId {
+            r#type: type_name.into(),
+            name: name.into(),
+        }),
+        request_id: 0,
+        request_type: 0,
+    })
+}
+
+/// One gRPC connection of its own (what one upstream client process has).
+async fn connection(cluster: &Cluster, node: u64) -> Channel {
+    let address = &cluster.nodes[node as usize - 1].client_addr;
+    Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn response_type(header: &Option<ResponseHeader>) -> i32 {
+    header.as_ref().map_or(-1, |h| h.response_type)
+}
+
+/// What one upstream client does with a latch and an election through one
+/// connection.
+struct Upstream {
+    primitives: PrimitiveServiceClient<Channel>,
+    latches: LeaderLatchServiceClient<Channel>,
+    elections: LeaderElectionServiceClient<Channel>,
+}
+
+impl Upstream {
+    fn new(channel: Channel) -> Self {
+        Upstream {
+            primitives: PrimitiveServiceClient::new(channel.clone()),
+            latches: LeaderLatchServiceClient::new(channel.clone()),
+            elections: LeaderElectionServiceClient::new(channel),
+        }
+    }
+
+    async fn create(&mut self, type_name: &str, name: &str) {
+        let header = upstream_header(type_name, name);
+        self.primitives
+            .create(CreateRequest { header })
+            .await
+            .expect("create");
+    }
+
+    async fn join(&mut self, latch: &str) -> la::Latch {
+        let request = la::LatchRequest {
+            header: upstream_header("LeaderLatch", latch),
+            input: Some(la::LatchInput {}),
+        };
+        let reply = self
+            .latches
+            .latch(request)
+            .await
+            .expect("latch")
+            .into_inner();
+        assert_eq!(response_type(&reply.header), ResponseType::Response as i32);
+        reply.output.and_then(|o| o.latch).expect("latch")
+    }
+
+    async fn enter(&mut self, election: &str) -> el::Term {
+        let request = el::EnterRequest {
+            header: upstream_header("Election", election),
+            input: Some(el::EnterInput {}),
+        };
+        let reply = self
+            .elections
+            .enter(request)
+            .await
+            .expect("enter")
+            .into_inner();
+        reply.output.and_then(|o| o.term).expect("term")
+    }
+
+    async fn latch_events(&mut self, latch: &str) -> tonic::Streaming<la::EventsResponse> {
+        let request = la::EventsRequest {
+            header: upstream_header("LeaderLatch", latch),
+            input: Some(la::EventsInput {}),
+        };
+        self.latches
+            .events(request)
+            .await
+            .expect("events")
+            .into_inner()
+    }
+
+    async fn election_events(&mut self, election: &str) -> tonic::Streaming<el::EventsResponse> {
+        let request = el::EventsRequest {
+            header: upstream_header("Election", election),
+            input: Some(el::EventsInput {}),
+        };
+        self.elections
+            .events(request)
+            .await
+            .expect("events")
+            .into_inner()
+    }
+}
+
+fn epoch_of(latch: &la::Latch) -> u64 {
+    latch
+        .meta
+        .as_ref()
+        .and_then(|m| m.revision.as_ref())
+        .map_or(0, |r| r.num)
+}
+
+fn term_epoch(term: &el::Term) -> u64 {
+    term.id.as_ref().map_or(0, |e| e.num)
+}
+
+async fn next_latch(stream: &mut tonic::Streaming<la::EventsResponse>) -> la::EventsResponse {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+async fn next_term(stream: &mut tonic::Streaming<el::EventsResponse>) -> el::EventsResponse {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// The whole pattern on one node, from two connections.
+async fn upstream_pattern_on(cluster: &Cluster, node: u64) {
+    let latch = format!("compat-latch-{node}");
+    let election = format!("compat-election-{node}");
+    let mut a = Upstream::new(connection(cluster, node).await);
+    let mut b = Upstream::new(connection(cluster, node).await);
+
+    // Latch: Create, join from both connections; each gets its own name.
+    a.create("LeaderLatch", &latch).await;
+    b.create("LeaderLatch", &latch).await;
+    a.create("LeaderLatch", &latch).await; // idempotent
+    let joined = a.join(&latch).await;
+    let a_id = joined.leader.clone();
+    assert!(
+        a_id.starts_with(&format!("conn-{node}-")),
+        "named by node {node}: {a_id}"
+    );
+    let joined = b.join(&latch).await;
+    let b_id = joined.participants[1].clone();
+    assert_ne!(a_id, b_id, "one identity per connection");
+    assert_eq!(joined.participants, vec![a_id.clone(), b_id.clone()]);
+    assert_eq!(
+        b.join(&latch).await.participants.len(),
+        2,
+        "same connection, same identity"
+    );
+
+    // Events: one RESPONSE_STREAM handshake carrying the state, then RESPONSE.
+    let mut latch_events = b.latch_events(&latch).await;
+    let handshake = next_latch(&mut latch_events).await;
+    assert_eq!(
+        response_type(&handshake.header),
+        ResponseType::ResponseStream as i32
+    );
+    let output = handshake.output.expect("output");
+    assert_eq!(output.r#type, la::events_output::Type::None as i32);
+    let latch_epoch = epoch_of(output.latch.as_ref().expect("latch"));
+    assert_eq!(output.latch.expect("latch").participants.len(), 2);
+
+    // Election: Create, Enter from both, then Anoint / Promote / Evict.
+    a.create("Election", &election).await;
+    b.create("Election", &election).await;
+    assert_eq!(a.enter(&election).await.leader, a_id);
+    assert_eq!(
+        b.enter(&election).await.candidates,
+        vec![a_id.clone(), b_id.clone()]
+    );
+    let mut term_events = b.election_events(&election).await;
+    let handshake = next_term(&mut term_events).await;
+    assert_eq!(
+        response_type(&handshake.header),
+        ResponseType::ResponseStream as i32
+    );
+    assert_eq!(
+        handshake.output.expect("output").r#type,
+        el::events_output::Type::None as i32
+    );
+    let name = |candidate: &str| {
+        (
+            upstream_header("Election", &election),
+            Some(candidate.to_owned()),
+        )
+    };
+    let (header, candidate) = name(&b_id);
+    let term = b
+        .elections
+        .anoint(el::AnointRequest {
+            header,
+            input: candidate.map(|candidate_id| el::AnointInput { candidate_id }),
+        })
+        .await
+        .expect("anoint")
+        .into_inner()
+        .output
+        .and_then(|o| o.term)
+        .expect("term");
+    assert_eq!(term.leader, b_id);
+    let (header, candidate) = name(&a_id);
+    let term = b
+        .elections
+        .promote(el::PromoteRequest {
+            header,
+            input: candidate.map(|candidate_id| el::PromoteInput { candidate_id }),
+        })
+        .await
+        .expect("promote")
+        .into_inner()
+        .output
+        .and_then(|o| o.term)
+        .expect("term");
+    assert_eq!(term.candidates, vec![a_id.clone(), b_id.clone()]);
+    let (header, candidate) = name(&b_id);
+    let term = a
+        .elections
+        .evict(el::EvictRequest {
+            header,
+            input: candidate.map(|candidate_id| el::EvictInput { candidate_id }),
+        })
+        .await
+        .expect("evict")
+        .into_inner()
+        .output
+        .and_then(|o| o.term)
+        .expect("term");
+    assert_eq!(term.candidates, vec![a_id.clone()]);
+    let term = b.enter(&election).await;
+    assert_eq!(term.candidates, vec![a_id.clone(), b_id.clone()]);
+    let term_epoch_before = term_epoch(&term);
+    // The four changes (anoint, promote, evict, enter) arrive as RESPONSE /
+    // CHANGED, in order.
+    let mut last_seen = None;
+    for _ in 0..4 {
+        let event = next_term(&mut term_events).await;
+        assert_eq!(response_type(&event.header), ResponseType::Response as i32);
+        let output = event.output.expect("output");
+        assert_eq!(output.r#type, el::events_output::Type::Changed as i32);
+        last_seen = output.term;
+    }
+    assert_eq!(last_seen, Some(term));
+
+    // The first connection closes: its places pass on at once.
+    drop(a);
+    let closed_at = Instant::now();
+    let event = next_latch(&mut latch_events).await;
+    assert_eq!(response_type(&event.header), ResponseType::Response as i32);
+    let output = event.output.expect("output");
+    assert_eq!(output.r#type, la::events_output::Type::Change as i32);
+    let latch_after = output.latch.expect("latch");
+    assert_eq!(latch_after.leader, b_id);
+    assert_eq!(latch_after.participants, vec![b_id.clone()]);
+    assert_eq!(epoch_of(&latch_after), latch_epoch + 1);
+    let event = next_term(&mut term_events).await;
+    let term_after = event.output.and_then(|o| o.term).expect("term");
+    assert_eq!(term_after.leader, b_id);
+    assert_eq!(term_epoch(&term_after), term_epoch_before + 1);
+    let handed_over = closed_at.elapsed();
+    eprintln!(
+        "node {node}: connection closed -> next member leads in {} ms",
+        handed_over.as_millis()
+    );
+    // The default session is 10 s: only the close can explain this.
+    assert!(handed_over < Duration::from_secs(5));
+
+    // Close withdraws the caller; Delete removes; a second Delete is
+    // NOT_FOUND; the next use starts from epoch 0.
+    for (type_name, name) in [("LeaderLatch", &latch), ("Election", &election)] {
+        let header = upstream_header(type_name, name);
+        b.primitives
+            .close(CloseRequest {
+                header: header.clone(),
+            })
+            .await
+            .expect("close");
+        b.primitives
+            .delete(DeleteRequest {
+                header: header.clone(),
+            })
+            .await
+            .expect("delete");
+        let again = b
+            .primitives
+            .delete(DeleteRequest { header })
+            .await
+            .expect_err("second delete");
+        assert_eq!(again.code(), Code::NotFound, "{again:?}");
+    }
+    let latch_gone = latch_events_end(&mut latch_events).await;
+    assert_eq!(
+        (epoch_of(&latch_gone), latch_gone.participants.len()),
+        (0, 0)
+    );
+    b.create("LeaderLatch", &latch).await;
+    let latch_now = b
+        .latches
+        .get(la::GetRequest {
+            header: upstream_header("LeaderLatch", &latch),
+            input: Some(la::GetInput {}),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .output
+        .and_then(|o| o.latch)
+        .expect("latch");
+    assert_eq!((epoch_of(&latch_now), latch_now.participants.len()), (0, 0));
+    let term_now = b
+        .elections
+        .get_term(el::GetTermRequest {
+            header: upstream_header("Election", &election),
+            input: Some(el::GetTermInput {}),
+        })
+        .await
+        .expect("get term")
+        .into_inner()
+        .output
+        .and_then(|o| o.term)
+        .expect("term");
+    assert_eq!((term_epoch(&term_now), term_now.candidates.len()), (0, 0));
+}
+
+/// Reads latch events until the empty state of a deleted latch arrives.
+async fn latch_events_end(stream: &mut tonic::Streaming<la::EventsResponse>) -> la::Latch {
+    loop {
+        let event = next_latch(stream).await;
+        let latch = event.output.and_then(|o| o.latch).expect("latch");
+        if epoch_of(&latch) == 0 {
+            return latch;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_call_pattern_works_on_every_node() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    for node in 1..=3 {
+        upstream_pattern_on(&cluster, node).await;
+    }
+    // Departed connections leave no sessions behind.
+    eventually(
+        Duration::from_secs(10),
+        "connection sessions closed",
+        || async {
+            let status = cluster.status(1).await?;
+            (status.sessions == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_lifecycle_calls_is_invalid_argument_and_changes_nothing() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let before = cluster.status(leader).await.expect("status");
+    let mut primitives = PrimitiveServiceClient::new(connection(&cluster, leader).await);
+    let long_name = "n".repeat(257);
+    let bad_headers = [
+        ("unknown type", upstream_header("Map", "m")),
+        ("empty type", upstream_header("", "m")),
+        ("missing name", upstream_header("LeaderLatch", "")),
+        ("oversize name", upstream_header("Election", &long_name)),
+        ("no primitive id", {
+            let mut header = upstream_header("LeaderLatch", "m");
+            if let Some(h) = header.as_mut() {
+                h.primitive_id = None;
+            }
+            header
+        }),
+        ("no header", None),
+    ];
+    for (what, header) in bad_headers {
+        let create = primitives
+            .create(CreateRequest {
+                header: header.clone(),
+            })
+            .await
+            .expect_err(what);
+        let close = primitives
+            .close(CloseRequest {
+                header: header.clone(),
+            })
+            .await
+            .expect_err(what);
+        let delete = primitives
+            .delete(DeleteRequest { header })
+            .await
+            .expect_err(what);
+        for status in [create, close, delete] {
+            assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        }
+    }
+    let after = cluster.status(leader).await.expect("status");
+    assert_eq!(
+        (after.sessions, after.primitives),
+        (before.sessions, before.primitives),
+        "bad input opened or created nothing"
+    );
+}
