@@ -29,10 +29,10 @@ async fn every_rpc_on_every_node() {
 
         // Latch: join twice (idempotent), a second participant, get.
         let latch = join(&cluster, node, "a", &latch_name).await.unwrap();
-        assert_eq!((latch.leader.as_str(), epoch_of_latch(&latch)), ("a", 1));
+        assert_eq!((latch.leader.as_deref(), latch.epoch), (Some("a"), 1));
         join(&cluster, node, "a", &latch_name).await.unwrap();
         let latch = join(&cluster, node, "b", &latch_name).await.unwrap();
-        assert_eq!(latch.participants, ["a", "b"]);
+        assert_eq!(latch.members, ["a", "b"]);
         let read = get_latch(&cluster, node, &latch_name).await.unwrap();
         assert_eq!(read, latch, "Get on node {node} sees the write");
         let response = cluster
@@ -81,8 +81,8 @@ async fn every_rpc_on_every_node() {
             .unwrap();
         let read = get_latch(&cluster, node, &latch_name).await.unwrap();
         assert_eq!(
-            (read.leader.as_str(), epoch_of_latch(&read)),
-            ("b", 6),
+            (read.leader.as_deref(), read.epoch),
+            (Some("b"), 6),
             "epoch above restored 5"
         );
 
@@ -92,12 +92,8 @@ async fn every_rpc_on_every_node() {
         }
         let term = get_term(&cluster, node, &election_name).await.unwrap();
         assert_eq!(
-            (
-                term.leader.as_str(),
-                term.candidates.clone(),
-                epoch_of_term(&term)
-            ),
-            ("x", vec!["x".to_string(), "y".into(), "z".into()], 1)
+            (term.leader.as_deref(), term.members.clone(), term.epoch),
+            (Some("x"), vec!["x".to_string(), "y".into(), "z".into()], 1)
         );
         let mut election = cluster.election(node);
         let term = election
@@ -186,8 +182,8 @@ async fn every_rpc_on_every_node() {
             .unwrap();
         let term = get_term(&cluster, node, &election_name).await.unwrap();
         assert_eq!(
-            (term.leader.as_str(), epoch_of_term(&term)),
-            ("q", 4),
+            (term.leader.as_deref(), term.epoch),
+            (Some("q"), 4),
             "epoch above current 3"
         );
 
@@ -222,7 +218,7 @@ async fn every_rpc_on_every_node() {
             .await
             .unwrap();
         let read = get_latch(&cluster, node, &latch_name).await.unwrap();
-        assert!(!read.participants.contains(&session_client));
+        assert!(!read.members.contains(&session_client));
         let gone = sessions
             .keep_alive(KeepAliveRequest {
                 client_id: session_client.clone(),
@@ -461,7 +457,7 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
             get_latch(&cluster, id, &long[..256])
                 .await
                 .unwrap()
-                .participants
+                .members
                 .len(),
             0
         );

@@ -79,7 +79,7 @@ async fn kill_the_leader_then_restart_it() {
     .await;
     let mut expected = acknowledged.clone();
     expected.push("after".into());
-    assert_eq!(latch.participants, expected, "no acknowledged write lost");
+    assert_eq!(latch.members, expected, "no acknowledged write lost");
 
     // The stream on a surviving node kept going and saw the new member.
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
@@ -109,7 +109,7 @@ async fn kill_the_leader_then_restart_it() {
         get_latch(&cluster, leader, "durable")
             .await
             .unwrap()
-            .participants,
+            .members,
         expected
     );
 }
@@ -142,7 +142,7 @@ async fn a_wiped_node_rejoins_from_a_snapshot() {
         status.snapshot_index
     );
     let latch = get_latch(&cluster, victim, "snap").await.unwrap();
-    assert_eq!(latch.participants, acknowledged);
+    assert_eq!(latch.members, acknowledged);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,13 +168,13 @@ async fn kill_all_three_and_restart_them() {
         get_latch(&cluster, leader, "all")
     })
     .await;
-    assert_eq!(latch.participants, acknowledged);
-    assert_eq!(epoch_of_latch(&latch), 1);
+    assert_eq!(latch.members, acknowledged);
+    assert_eq!(latch.epoch, 1);
     // Read at once: a node that led before the crash leads again without a
     // new term, and must still not serve a stale read.
     let term = get_term(&cluster, leader, "vote").await.unwrap();
     assert_eq!(
-        term.candidates,
+        term.members,
         ["e1", "e2"],
         "a read right after restart misses an acknowledged write"
     );
@@ -194,10 +194,7 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         .unwrap();
     join(&cluster, node, "short", "lease").await.unwrap();
     let latch = join(&cluster, node, "next", "lease").await.unwrap();
-    assert_eq!(
-        (latch.leader.as_str(), epoch_of_latch(&latch)),
-        ("short", 1)
-    );
+    assert_eq!((latch.leader.as_deref(), latch.epoch), (Some("short"), 1));
 
     // Kept alive by explicit keep-alives for three timeouts: keeps its place.
     let mut sessions = cluster.sessions(node);
@@ -212,8 +209,12 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
-        get_latch(&cluster, node, "lease").await.unwrap().leader,
-        "short"
+        get_latch(&cluster, node, "lease")
+            .await
+            .unwrap()
+            .leader
+            .as_deref(),
+        Some("short")
     );
 
     // Then it stops: the next in line leads, with the epoch raised by one.
@@ -223,7 +224,7 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         "the lapsed leader is replaced",
         || async {
             let latch = get_latch(&cluster, node, "lease").await.ok()?;
-            (latch.leader == "next").then_some(latch)
+            (latch.leader.as_deref() == Some("next")).then_some(latch)
         },
     )
     .await;
@@ -231,8 +232,8 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         stopped.elapsed() >= Duration::from_millis(500),
         "expired before its timeout"
     );
-    assert_eq!(latch.participants, ["next"]);
-    assert_eq!(epoch_of_latch(&latch), 2);
+    assert_eq!(latch.members, ["next"]);
+    assert_eq!(latch.epoch, 2);
 
     // A client whose only sign of life is an open Events stream stays.
     open_session(&cluster, node, "streamer", 1_000)
@@ -252,7 +253,8 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let term = get_term(&cluster, node, "watched").await.unwrap();
     assert_eq!(
-        term.leader, "streamer",
+        term.leader.as_deref(),
+        Some("streamer"),
         "the open stream kept the session alive"
     );
     drop(stream);
@@ -272,7 +274,7 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         .await
         .unwrap();
     let latch = get_latch(&cluster, node, "handover").await.unwrap();
-    assert_eq!((latch.leader.as_str(), epoch_of_latch(&latch)), ("next", 2));
+    assert_eq!((latch.leader.as_deref(), latch.epoch), (Some("next"), 2));
 }
 
 #[tokio::test(flavor = "multi_thread")]

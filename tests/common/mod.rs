@@ -10,12 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
-use baton::proto::atomix::primitive::election::{self as el, Term};
+use baton::proto::atomix::primitive::election::Term;
 use baton::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient;
-use baton::proto::atomix::primitive::leader::{self as la, Latch};
+use baton::proto::atomix::primitive::leader::Latch;
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::session_service_client::SessionServiceClient;
-use baton::proto::baton::v1::{OpenSessionRequest, StatusRequest, StatusResponse};
+use baton::proto::baton::v1::{StatusRequest, StatusResponse};
+pub use baton_client::View;
 use baton_client::{request_header, Kind};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -89,7 +90,7 @@ impl Cluster {
         cluster
     }
 
-    fn node(&self, id: u64) -> &Node {
+    pub fn node(&self, id: u64) -> &Node {
         &self.nodes[(id - 1) as usize]
     }
 
@@ -327,64 +328,53 @@ pub fn election_header(
     request_header(client, Kind::Election, name, 0)
 }
 
-pub async fn join(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Latch, Status> {
-    let request = la::LatchRequest {
-        header: latch_header(client, name),
-        input: Some(la::LatchInput {}),
-    };
-    Ok(c.latch(node)
-        .latch(request)
-        .await?
-        .into_inner()
-        .output
-        .unwrap()
-        .latch
-        .unwrap())
+/// The library's client pinned to one node (tests often need to know which
+/// node answers), for a session someone else opened.
+pub fn client_on(c: &Cluster, node: u64, client: &str) -> baton_client::Client {
+    baton_client::Client::builder(&[c.node(node).client_addr.as_str()])
+        .client_id(client)
+        .call_timeout(Duration::from_secs(5))
+        .attach()
+        .expect("client")
 }
 
-pub async fn get_latch(c: &Cluster, node: u64, name: &str) -> Result<Latch, Status> {
-    let request = la::GetRequest {
-        header: latch_header("reader", name),
-        input: Some(la::GetInput {}),
-    };
-    Ok(c.latch(node)
-        .get(request)
-        .await?
-        .into_inner()
-        .output
-        .unwrap()
-        .latch
-        .unwrap())
+fn status(error: baton_client::Error) -> Status {
+    match error {
+        baton_client::Error::Status(status) => *status,
+        other => Status::unknown(other.to_string()),
+    }
 }
 
-pub async fn enter(c: &Cluster, node: u64, client: &str, name: &str) -> Result<Term, Status> {
-    let request = el::EnterRequest {
-        header: election_header(client, name),
-        input: Some(el::EnterInput {}),
-    };
-    Ok(c.election(node)
-        .enter(request)
-        .await?
-        .into_inner()
-        .output
-        .unwrap()
-        .term
-        .unwrap())
+pub async fn join(c: &Cluster, node: u64, client: &str, name: &str) -> Result<View, Status> {
+    client_on(c, node, client)
+        .latch(name)
+        .join()
+        .await
+        .map_err(status)
 }
 
-pub async fn get_term(c: &Cluster, node: u64, name: &str) -> Result<Term, Status> {
-    let request = el::GetTermRequest {
-        header: election_header("reader", name),
-        input: Some(el::GetTermInput {}),
-    };
-    Ok(c.election(node)
-        .get_term(request)
-        .await?
-        .into_inner()
-        .output
-        .unwrap()
-        .term
-        .unwrap())
+pub async fn get_latch(c: &Cluster, node: u64, name: &str) -> Result<View, Status> {
+    client_on(c, node, "reader")
+        .latch(name)
+        .get()
+        .await
+        .map_err(status)
+}
+
+pub async fn enter(c: &Cluster, node: u64, client: &str, name: &str) -> Result<View, Status> {
+    client_on(c, node, client)
+        .election(name)
+        .enter()
+        .await
+        .map_err(status)
+}
+
+pub async fn get_term(c: &Cluster, node: u64, name: &str) -> Result<View, Status> {
+    client_on(c, node, "reader")
+        .election(name)
+        .term()
+        .await
+        .map_err(status)
 }
 
 pub async fn open_session(
@@ -393,15 +383,13 @@ pub async fn open_session(
     client: &str,
     timeout_ms: u64,
 ) -> Result<u64, Status> {
-    let request = OpenSessionRequest {
-        client_id: client.into(),
-        timeout_ms,
-    };
-    Ok(c.sessions(node)
-        .open_session(request)
-        .await?
-        .into_inner()
-        .timeout_ms)
+    let session = baton_client::Client::builder(&[c.node(node).client_addr.as_str()])
+        .client_id(client)
+        .session_timeout(Duration::from_millis(timeout_ms))
+        .attach()
+        .expect("client");
+    let granted = session.open_session().await.map_err(status)?;
+    Ok(granted.as_millis() as u64)
 }
 
 pub fn epoch_of_latch(latch: &Latch) -> u64 {
