@@ -5,8 +5,10 @@
 //! either state would take writes and reads only to let them hang until the
 //! caller's deadline, and would keep Events streams open as if nothing had
 //! happened. Here both are detected: a leader whose last quorum
-//! acknowledgement is older than the election timeout, and a follower that
-//! has not had an AppendEntries from its leader for as long.
+//! acknowledgement is older than openraft's leader lease
+//! (`election_timeout_max`), and a follower that has not had an
+//! AppendEntries from its leader for as long. No other leader can be elected
+//! sooner: followers refuse votes for the lease after their last heartbeat.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,8 +37,8 @@ pub enum LeaderLoss {
 /// node's own leadership (on the leader).
 #[derive(Debug)]
 pub struct Liveness {
-    /// How long without contact counts as lost: the election timeout, after
-    /// which the rest of the cluster may already have elected someone else.
+    /// How long without contact counts as lost: the leader lease, after
+    /// which the rest of the cluster may be electing someone else.
     lost_after: Duration,
     /// The leader that last sent this node an AppendEntries it accepted.
     contact: Mutex<Option<(NodeId, Instant)>>,

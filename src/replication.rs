@@ -85,7 +85,10 @@ impl Replicator {
         channels: PeerChannels,
         client_addr: String,
     ) -> Self {
-        let liveness = Liveness::new(Duration::from_millis(raft.config().election_timeout_min));
+        // openraft's leader lease: the other followers refuse to elect anyone
+        // for election_timeout_max after their last heartbeat, so no new
+        // leader can exist before this node's contact is that old.
+        let liveness = Liveness::new(Duration::from_millis(raft.config().election_timeout_max));
         Replicator {
             inner: Arc::new(Inner {
                 id,
