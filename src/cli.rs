@@ -94,6 +94,9 @@ struct ServeArgs {
     /// Take a Raft snapshot every this many applied entries.
     #[arg(long, default_value_t = 1_000)]
     snapshot_every: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "BATON_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 30)]
     heartbeat_ms: u64,
@@ -300,6 +303,7 @@ async fn serve_node(args: ServeArgs) -> CliResult {
         peers,
         data_dir: args.data_dir,
         snapshot_every: args.snapshot_every,
+        metrics_listen: args.metrics_listen,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         election_timeout: Duration::from_millis(args.election_timeout_ms),
         limits: baton_state::Limits::default(),
@@ -308,11 +312,18 @@ async fn serve_node(args: ServeArgs) -> CliResult {
     Ok(())
 }
 
+/// openraft reports routine events of a healthy cluster (peers not up yet
+/// at start, votes crossing during an election) as WARN and ERROR, so its
+/// logs are off unless RUST_LOG asks for them; the node logs Raft leader
+/// changes itself (`metrics::Metrics::watch_raft_leader`).
+const DEFAULT_LOG_FILTER: &str = "info,openraft=off";
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -8,7 +8,7 @@
 //! [`clock`] the leader's term clock for log stamps; [`liveness`] whether
 //! a working leader is within reach; [`health`] gRPC health and the leader
 //! address cache; [`identity`] names callers without a client_id by their
-//! connection;
+//! connection; [`metrics`] the Prometheus endpoint and RPC layer;
 //! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
 //! renewal on clients' behalf; [`node`] wires one node together. The CLI,
 //! the tests and users call the cluster through `baton-client`.
@@ -24,6 +24,7 @@ pub mod health;
 pub mod identity;
 pub mod keepalive;
 pub mod liveness;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peer;

@@ -20,6 +20,7 @@ use tonic::transport::Server;
 
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
+use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::network::{PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::peer::PeerService;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionServiceServer;
@@ -65,6 +66,8 @@ pub struct NodeConfig {
     /// Build a Raft snapshot (and purge the log behind it) every this many
     /// applied entries.
     pub snapshot_every: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
     /// Lower bound of the randomized election timeout (upper is twice it).
@@ -197,7 +200,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+    let metrics = Metrics::new(replicator.forwarded_writes(), replicator.expired_sessions());
     let client_server = Server::builder()
+        .layer(RpcMetricsLayer::new(metrics.clone()))
         .http2_keepalive_interval(Some(CLIENT_PING_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
         .add_service(health_service)
@@ -224,6 +229,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     let client_server = tokio::spawn(client_server);
     let closer = tokio::spawn(Connections::close_departed(departed, replicator.clone()));
+    let watchers = [
+        tokio::spawn(metrics.clone().watch_raft_leader(context.clone())),
+        tokio::spawn(metrics.clone().watch_primitives(context.clone())),
+    ];
+    if let Some(addr) = config.metrics_listen {
+        let serving =
+            crate::metrics::serve(addr, metrics.clone(), context.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%addr, %error, "metrics endpoint failed");
+            }
+        });
+    }
 
     if !initialize_if_new(&raft, &config, &channels).await? {
         replicator.start_rejoining();
@@ -251,6 +269,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     keeper.abort();
     closer.abort();
+    for watcher in watchers {
+        watcher.abort();
+    }
     duties.abort();
     health.abort();
     raft.shutdown()

@@ -13,6 +13,7 @@ use baton_state::{Command, CommandError, Response};
 use baton_store::{LogCommand, NodeId, StateHandle, TypeConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -74,6 +75,10 @@ struct Inner {
     /// term is applied, everything acknowledged before is too.
     graced: Mutex<Option<(u64, u64)>>,
     rejoining: AtomicBool,
+    /// Writes this node forwarded to the leader (exported as a metric).
+    forwarded: Counter,
+    /// Sessions expired by entries this node proposed as leader.
+    expired: Counter,
 }
 
 impl Replicator {
@@ -102,8 +107,20 @@ impl Replicator {
                 liveness,
                 graced: Mutex::new(None),
                 rejoining: AtomicBool::new(false),
+                forwarded: Counter::default(),
+                expired: Counter::default(),
             }),
         }
+    }
+
+    /// Writes this node forwarded to the leader so far.
+    pub fn forwarded_writes(&self) -> Counter {
+        self.inner.forwarded.clone()
+    }
+
+    /// Sessions expired by entries this node proposed as leader so far.
+    pub fn expired_sessions(&self) -> Counter {
+        self.inner.expired.clone()
     }
 
     /// This node's id.
@@ -371,6 +388,7 @@ impl Replicator {
         let Some(addr) = self.peer_addr(leader) else {
             return Err(ProposeRejection::NotLeader);
         };
+        self.inner.forwarded.inc();
         let mut client = self
             .inner
             .channels
@@ -526,9 +544,15 @@ impl Replicator {
                 let now = self.leader_now_ms(term);
                 match due {
                     Some(due) if due <= now => {
-                        if let Err(error) = self.propose_as_leader(Command::ExpireDue).await {
-                            tracing::debug!(%error, "expiry entry not committed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        match self.propose_as_leader(Command::ExpireDue).await {
+                            Ok(Ok(Response::Expired { client_ids })) => {
+                                self.inner.expired.inc_by(client_ids.len() as u64);
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::debug!(%error, "expiry entry not committed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
                         }
                     }
                     Some(due) => {

@@ -47,7 +47,7 @@ impl AdminService for AdminApi {
         let (applied, digest) = replicator.state().digest();
         let (sessions, primitives) = replicator
             .state()
-            .read(|machine, _| (machine.sessions().count(), machine.primitives().count()));
+            .read(|machine, _| (machine.session_count(), machine.primitive_count()));
         let leader_client_addr = match metrics.current_leader {
             Some(id) => replicator.client_addr_of(id).await.unwrap_or_default(),
             None => String::new(),

@@ -54,6 +54,8 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     extra_args: Vec<String>,
+    /// Arguments for one node only (index: id - 1).
+    node_args: Vec<Vec<String>>,
     peers: String,
     _dir: tempfile::TempDir,
 }
@@ -61,6 +63,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts three nodes at once with empty data directories.
     pub async fn start(extra_args: &[&str]) -> Cluster {
+        Cluster::start_with(extra_args, |_| Vec::new()).await
+    }
+
+    /// Like `start`, with arguments of each node's own.
+    pub async fn start_each(node_args: impl Fn(u64) -> Vec<String>) -> Cluster {
+        Cluster::start_with(&[], node_args).await
+    }
+
+    async fn start_with(extra_args: &[&str], node_args: impl Fn(u64) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(6);
         let nodes: Vec<Node> = (1..=3)
@@ -80,6 +91,7 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: (1..=3).map(node_args).collect(),
             peers,
             _dir: dir,
         };
@@ -90,14 +102,31 @@ impl Cluster {
         cluster
     }
 
+    /// Where node `id` writes its log (stderr, the default filter unless
+    /// the test's environment sets RUST_LOG), across restarts.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self._dir.path().join(format!("node{id}.log"))
+    }
+
+    /// Everything node `id` has logged so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
     pub fn node(&self, id: u64) -> &Node {
         &self.nodes[(id - 1) as usize]
     }
 
     fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
-        let extra = self.extra_args.clone();
+        let mut extra = self.extra_args.clone();
+        extra.extend(self.node_args[(id - 1) as usize].iter().cloned());
         let skew_file = self.skew_file(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("node log file");
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
@@ -119,9 +148,9 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(&extra)
             .env("BATON_TEST_CLOCK_SKEW_FILE", &skew_file)
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn baton serve");
         node.child = Some(child);

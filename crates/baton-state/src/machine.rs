@@ -146,6 +146,11 @@ impl StateMachine {
         self.primitives.iter()
     }
 
+    /// How many primitives exist.
+    pub fn primitive_count(&self) -> usize {
+        self.primitives.len()
+    }
+
     /// A primitive's state in the form the Snapshot RPC returns it.
     pub fn snapshot_of(&self, key: &PrimitiveKey) -> PrimitiveSnapshot {
         let primitive = self.primitive(key);
@@ -164,6 +169,11 @@ impl StateMachine {
     /// Every open session, by client id.
     pub fn sessions(&self) -> impl Iterator<Item = (&String, &Session)> {
         self.sessions.iter()
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 
     /// The earliest time at which some session falls due, if any is open.

@@ -1,0 +1,166 @@
+//! Issue 11 (operations): the Prometheus endpoint of a node under load, and
+//! a healthy start that logs no WARN or ERROR line.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use baton_client::Client;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.0 GET of `/metrics`, body only.
+async fn scrape(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: baton\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_load_exports_its_metrics_and_they_move() {
+    let _serial = serial().await;
+    let metrics_addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let cluster = Cluster::start_each(|id| {
+        vec![
+            "--metrics-listen".to_owned(),
+            metrics_addrs[id as usize - 1].clone(),
+        ]
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers_of(leader)[0];
+    let follower_metrics = &metrics_addrs[follower as usize - 1];
+    let before = scrape(follower_metrics).await;
+
+    // Load through the follower: writes are forwarded, reads served there.
+    let client = Client::builder(&[cluster.node(follower).client_addr.as_str()])
+        .client_id("loader")
+        .session_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    for i in 0..20 {
+        let election = client.election(format!("metrics-{i}"));
+        election.enter().await.expect("enter");
+        election.term().await.expect("term");
+        election.withdraw().await.expect("withdraw");
+    }
+    let mut watch = client.latch("watched").observe();
+    client.latch("watched").join().await.expect("join");
+    let _ = futures::StreamExt::next(&mut watch).await;
+    let missing = client.election("metrics-0").evict("nobody").await;
+    assert!(missing.is_err());
+    let after = scrape(follower_metrics).await;
+
+    for name in [
+        "baton_raft_term",
+        "baton_raft_leader_id",
+        "baton_raft_is_leader",
+        "baton_raft_commit_index",
+        "baton_raft_applied_index",
+        "baton_raft_snapshot_index",
+        "baton_raft_log_entries_since_snapshot",
+        "baton_sessions",
+        "baton_primitives",
+        "baton_open_streams",
+        "baton_rpc_requests_total",
+        "baton_rpc_duration_seconds_bucket",
+        "baton_forwarded_writes_total",
+        "baton_sessions_expired_total",
+        "baton_raft_leader_changes_total",
+        "baton_primitive_leader_changes_total",
+    ] {
+        assert!(
+            after.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{after}"
+        );
+    }
+    assert_eq!(sample(&after, "baton_raft_leader_id"), Some(leader as f64));
+    assert_eq!(sample(&after, "baton_raft_is_leader"), Some(0.0));
+    let moved = |name: &str| {
+        let (b, a) = (
+            sample(&before, name).unwrap_or(0.0),
+            sample(&after, name).unwrap_or(0.0),
+        );
+        assert!(a > b, "{name} did not move: {b} -> {a}");
+    };
+    moved("baton_raft_commit_index");
+    moved("baton_raft_applied_index");
+    moved("baton_forwarded_writes_total");
+    moved("baton_primitive_leader_changes_total");
+    moved(
+        r#"baton_rpc_requests_total{method="/atomix.primitive.election.LeaderElectionService/Enter",code="Ok"}"#,
+    );
+    moved(
+        r#"baton_rpc_requests_total{method="/atomix.primitive.election.LeaderElectionService/Evict",code="FailedPrecondition"}"#,
+    );
+    moved(
+        r#"baton_rpc_duration_seconds_count{method="/atomix.primitive.election.LeaderElectionService/GetTerm"}"#,
+    );
+    assert_eq!(sample(&after, "baton_open_streams"), Some(1.0));
+    assert!(sample(&after, "baton_sessions").unwrap_or(0.0) >= 1.0);
+
+    // The leader expires the lapsed session and counts it.
+    drop(watch);
+    drop(client);
+    let leader_metrics = &metrics_addrs[leader as usize - 1];
+    eventually(
+        Duration::from_secs(10),
+        "the leader counts the expiry",
+        || async {
+            let text = scrape(leader_metrics).await;
+            (sample(&text, "baton_sessions_expired_total")? >= 1.0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_start_logs_no_warning_or_error() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = Client::connect(&cluster.endpoints())
+        .await
+        .expect("connect");
+    client.latch("quiet").join().await.expect("join");
+    client.close().await.expect("close");
+    let _ = leader;
+    for id in 1..=3 {
+        let log = cluster.log(id);
+        let noisy: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        assert!(noisy.is_empty(), "node {id} logged:\n{}", noisy.join("\n"));
+        assert!(!log.trim().is_empty(), "node {id} logged nothing at all");
+    }
+}
