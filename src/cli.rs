@@ -8,6 +8,7 @@ use std::time::Duration;
 use baton::node::{self, NodeConfig};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::{StatusRequest, StatusResponse};
+use baton::statefulset;
 use baton_client::{with_deadline, Client, ClientBuilder, Endpoints, View};
 use clap::{Parser, Subcommand};
 use futures::{Stream, StreamExt};
@@ -73,39 +74,97 @@ enum Commands {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// This node's id (one of the ids in --peers).
-    #[arg(long)]
-    id: u64,
+    /// This node's id (one of the ids in --peers). Default: from the
+    /// StatefulSet pod name (ordinal + 1).
+    #[arg(long, env = "BATON_ID")]
+    id: Option<u64>,
     /// Client port address.
-    #[arg(long)]
+    #[arg(long, env = "BATON_LISTEN")]
     listen: SocketAddr,
     /// Peer (Raft) port address.
-    #[arg(long)]
+    #[arg(long, env = "BATON_PEER_LISTEN")]
     peer_listen: SocketAddr,
-    /// Every node of the cluster: id=peer-host:port,...
-    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    /// Every node of the cluster: id=peer-host:port,... Default: from
+    /// --replicas and --peer-address-template.
+    #[arg(long, env = "BATON_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<(u64, String)>,
     /// Data directory (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "BATON_DATA_DIR")]
     data_dir: PathBuf,
-    /// Client address given to clients as the leader hint (default: --listen).
-    #[arg(long)]
+    /// Client address given to clients as the leader hint. Default: from
+    /// --client-address-template, else --listen.
+    #[arg(long, env = "BATON_ADVERTISE")]
     advertise: Option<String>,
+    /// StatefulSet pod name, e.g. baton-2 (Kubernetes sets HOSTNAME to it).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// StatefulSet replica count: the cluster's members are ordinals
+    /// 0..replicas.
+    #[arg(long, env = "BATON_REPLICAS")]
+    replicas: Option<u64>,
+    /// Peer address of pod {ordinal}, e.g.
+    /// baton-{ordinal}.baton-peers.default.svc.cluster.local:7101.
+    #[arg(long, env = "BATON_PEER_ADDRESS_TEMPLATE")]
+    peer_address_template: Option<String>,
+    /// Client address of pod {ordinal} (what this pod advertises).
+    #[arg(long, env = "BATON_CLIENT_ADDRESS_TEMPLATE")]
+    client_address_template: Option<String>,
     /// Take a Raft snapshot every this many applied entries.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, env = "BATON_SNAPSHOT_EVERY", default_value_t = 1_000)]
     snapshot_every: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 30)]
     heartbeat_ms: u64,
     /// Minimum Raft election timeout in milliseconds (maximum is twice it).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "BATON_ELECTION_TIMEOUT_MS", default_value_t = 100)]
     election_timeout_ms: u64,
     /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// Id, peers and advertised address: explicit flags first, then what the
+/// StatefulSet pod name and templates give.
+fn identity(args: &ServeArgs) -> Result<(u64, BTreeMap<u64, String>, String), String> {
+    let pod_name = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    let id = match args.id {
+        Some(id) => id,
+        None => {
+            let pod = pod_name
+                .as_deref()
+                .ok_or("no --id, and no --pod-name (POD_NAME / HOSTNAME) to derive it from")?;
+            let replicas = args
+                .replicas
+                .ok_or("no --id, and no --replicas to check the pod ordinal against")?;
+            statefulset::node_id(pod, replicas).map_err(|e| e.to_string())?
+        }
+    };
+    let peers: BTreeMap<u64, String> = if args.peers.is_empty() {
+        let template = args
+            .peer_address_template
+            .as_deref()
+            .ok_or("no --peers, and no --peer-address-template to derive them from")?;
+        let replicas = args
+            .replicas
+            .ok_or("no --peers, and no --replicas to derive them from")?;
+        statefulset::peers(template, replicas).map_err(|e| e.to_string())?
+    } else {
+        args.peers.iter().cloned().collect()
+    };
+    let advertise = match (&args.advertise, &args.client_address_template) {
+        (Some(advertise), _) => advertise.clone(),
+        (None, Some(template)) => {
+            statefulset::address(template, id - 1).map_err(|e| e.to_string())?
+        }
+        (None, None) => args.listen.to_string(),
+    };
+    Ok((id, peers, advertise))
 }
 
 fn parse_peer(value: &str) -> Result<(u64, String), String> {
@@ -294,11 +353,12 @@ pub async fn run(args: Args) -> CliResult {
 
 async fn serve_node(args: ServeArgs) -> CliResult {
     init_logging(&args.log_format);
-    let peers: BTreeMap<u64, String> = args.peers.into_iter().collect();
+    let (id, peers, advertise) = identity(&args)?;
+    tracing::info!(id, ?peers, %advertise, "node identity");
     let config = NodeConfig {
-        id: args.id,
+        id,
         listen: args.listen,
-        advertise: args.advertise.unwrap_or_else(|| args.listen.to_string()),
+        advertise,
         peer_listen: args.peer_listen,
         peers,
         data_dir: args.data_dir,

@@ -10,7 +10,8 @@
 //! address cache; [`identity`] names callers without a client_id by their
 //! connection; [`metrics`] the Prometheus endpoint and RPC layer;
 //! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
-//! renewal on clients' behalf; [`node`] wires one node together. The CLI,
+//! renewal on clients' behalf; [`statefulset`] a node's identity from its
+//! Kubernetes pod; [`node`] wires one node together. The CLI,
 //! the tests and users call the cluster through `baton-client`.
 
 #![warn(missing_docs)]
@@ -31,3 +32,4 @@ pub mod peer;
 pub mod proto;
 pub mod replication;
 pub mod service;
+pub mod statefulset;
