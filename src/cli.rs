@@ -40,7 +40,7 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Run one node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local three-node cluster on 127.0.0.1 until Ctrl-C.
     Dev {
         /// Where the nodes keep their data.
@@ -337,7 +337,7 @@ pub async fn run(args: Args) -> CliResult {
             .call_timeout(timeout)
     };
     match args.command {
-        Commands::Serve(serve) => serve_node(serve).await,
+        Commands::Serve(serve) => serve_node(*serve).await,
         Commands::Dev {
             data_dir,
             base_port,
