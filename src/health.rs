@@ -1,9 +1,13 @@
 //! gRPC health that tells the truth: a node is SERVING only while it can
-//! reach a working leader and is not rejoining after a wipe, so a load
+//! reach a working leader, is not rejoining after a wipe, and has applied
+//! the log to within `MAX_APPLY_LAG` entries of the leader's commit index
+//! (a node catching up after a restart would make every read wait), so a load
 //! balancer or a Kubernetes readiness probe stops sending clients to a node
 //! that could only answer UNAVAILABLE. The same loop keeps the leader's
 //! client address cached, so error replies carry the hint at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -15,6 +19,24 @@ use crate::replication::Replicator;
 /// How often health is re-evaluated.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How many committed entries a node may still have to apply and serve:
+/// about one snapshot interval, which a node applies in well under a second.
+pub const MAX_APPLY_LAG: u64 = 1_000;
+
+/// How often a follower asks its leader for the commit index (every fifth
+/// health tick).
+const LEADER_COMMIT_EVERY: u32 = 5;
+
+/// Whether a node in this state should say SERVING.
+pub fn serving(
+    has_working_leader: bool,
+    rejoining: bool,
+    applied: u64,
+    leader_commit: u64,
+) -> bool {
+    has_working_leader && !rejoining && applied.saturating_add(MAX_APPLY_LAG) >= leader_commit
+}
+
 /// Updates `services` (and the server-wide "" entry) in `reporter` until
 /// `shutdown` turns true.
 pub async fn run(
@@ -24,6 +46,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reported = None;
+    let leader_commit = Arc::new(AtomicU64::new(0));
+    let mut ticks = 0u32;
     let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -32,7 +56,27 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         let leader = replicator.working_leader();
-        let serving = leader.is_ok() && !replicator.is_rejoining();
+        let applied = replicator.state().applied_index().unwrap_or(0);
+        if let Ok(leader) = leader {
+            ticks = ticks.wrapping_add(1);
+            if leader == replicator.id() {
+                leader_commit.store(applied, Ordering::Relaxed);
+            } else if ticks % LEADER_COMMIT_EVERY == 1 {
+                // Asked aside, so a slow leader never delays the update.
+                let (replicator, leader_commit) = (replicator.clone(), leader_commit.clone());
+                tokio::spawn(async move {
+                    if let Some(info) = replicator.node_info_of(leader).await {
+                        leader_commit.store(info.commit_index, Ordering::Relaxed);
+                    }
+                });
+            }
+        }
+        let serving = serving(
+            leader.is_ok(),
+            replicator.is_rejoining(),
+            applied,
+            leader_commit.load(Ordering::Relaxed),
+        );
         let status = if serving {
             ServingStatus::Serving
         } else {
@@ -53,5 +97,20 @@ pub async fn run(
             let replicator = replicator.clone();
             tokio::spawn(async move { replicator.client_addr_of(leader).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_serves_only_with_a_leader_not_rejoining_and_nearly_caught_up() {
+        assert!(serving(true, false, 5_000, 5_000));
+        assert!(serving(true, false, 4_000, 4_000 + MAX_APPLY_LAG));
+        assert!(!serving(true, false, 4_000, 4_001 + MAX_APPLY_LAG));
+        assert!(!serving(false, false, 5_000, 5_000));
+        assert!(!serving(true, true, 5_000, 5_000));
+        assert!(serving(true, false, 0, 0), "a fresh cluster serves");
     }
 }

@@ -260,13 +260,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     shutdown.await;
     tracing::info!(id = config.id, "shutting down");
     let _ = stop_tx.send(true);
-    for server in [client_server, peer_server] {
-        match tokio::time::timeout(Duration::from_secs(5), server).await {
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
-            Err(_) => tracing::warn!("server did not stop within 5 s"),
-            _ => {}
-        }
-    }
     keeper.abort();
     closer.abort();
     for watcher in watchers {
@@ -274,9 +267,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     duties.abort();
     health.abort();
-    raft.shutdown()
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    // Raft stops first: while it runs, a leader keeps heartbeating and its
+    // followers will not elect anyone else; the sooner it stops, the sooner
+    // leadership moves (openraft 0.9 cannot hand it over). Requests still in
+    // flight here fail UNAVAILABLE and are retried elsewhere.
+    let stopped_raft = raft.shutdown().await;
+    for server in [client_server, peer_server] {
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
+            Err(_) => tracing::warn!("server did not stop within 5 s"),
+            _ => {}
+        }
+    }
+    stopped_raft.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use crate::clock::LeaderClock;
 use crate::error::{LeaderHint, ReplicationError};
 use crate::liveness::{LeaderLoss, Liveness};
 use crate::network::{decode, encode, never_sent, PeerChannels};
-use crate::proto::baton::v1::{NodeInfoRequest, ReadIndexRequest};
+use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, ReadIndexRequest};
 
 /// What a state-machine command answered once applied.
 pub type CommandResult = Result<Response, CommandError>;
@@ -236,6 +236,12 @@ impl Replicator {
         if let Some(addr) = self.cached_client_addr(id) {
             return Some(addr);
         }
+        self.node_info_of(id).await.map(|info| info.client_addr)
+    }
+
+    /// What peer `id` says of itself (at most 500 ms); caches its client
+    /// address.
+    pub async fn node_info_of(&self, id: NodeId) -> Option<NodeInfoResponse> {
         let mut client = self.inner.channels.client(&self.peer_addr(id)?).ok()?;
         let info = tokio::time::timeout(
             Duration::from_millis(500),
@@ -250,7 +256,7 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, info.client_addr.clone());
-        Some(info.client_addr)
+        Some(info)
     }
 
     /// The client address of node `id`, if already known.
