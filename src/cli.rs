@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton::node::{self, NodeConfig};
+use baton::node::{self, NodeConfig, PeerTls, TlsIdentity};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::{StatusRequest, StatusResponse};
 use baton::statefulset;
@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::time::UNIX_EPOCH;
+use tonic::transport::ClientTlsConfig;
 
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
@@ -30,6 +31,9 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Talk TLS to the client port, trusting this CA (PEM).
+    #[arg(long, global = true, env = "BATON_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Give up on a request after this many milliseconds.
     #[arg(long, global = true, default_value_t = 5_000)]
     timeout_ms: u64,
@@ -115,6 +119,22 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) for the client port; with --tls-key.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the client port.
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// This node's certificate (PEM) on the peer port and towards peers:
+    /// mutual TLS, with --peer-tls-key and --peer-tls-ca.
+    #[arg(long, env = "BATON_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "BATON_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    peer_tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "BATON_PEER_TLS_CA", requires = "peer_tls_cert")]
+    peer_tls_ca: Option<PathBuf>,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 30)]
     heartbeat_ms: u64,
@@ -331,10 +351,20 @@ pub async fn run(args: Args) -> CliResult {
         .unwrap_or_else(|| format!("cli-{:016x}", rand::random::<u64>()));
     let out = Output { json: args.json };
     let timeout = Duration::from_millis(args.timeout_ms);
+    let tls_ca = match &args.tls_ca {
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
     let client = || {
-        Client::builder(&args.endpoints)
+        let builder = Client::builder(&args.endpoints)
             .client_id(client_id.clone())
-            .call_timeout(timeout)
+            .call_timeout(timeout);
+        match &tls_ca {
+            Some(ca) => builder.tls_ca_pem(ca),
+            None => builder,
+        }
     };
     match args.command {
         Commands::Serve(serve) => serve_node(*serve).await,
@@ -347,7 +377,12 @@ pub async fn run(args: Args) -> CliResult {
         Commands::Session { action } => session_command(client(), &client_id, action, &out).await,
         Commands::Cluster {
             action: ClusterAction::Status,
-        } => cluster_status(&args.endpoints, &out).await,
+        } => {
+            let tls = tls_ca.as_ref().map(|ca| {
+                ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            });
+            cluster_status(&args.endpoints, tls, &out).await
+        }
     }
 }
 
@@ -355,8 +390,30 @@ async fn serve_node(args: ServeArgs) -> CliResult {
     init_logging(&args.log_format);
     let (id, peers, advertise) = identity(&args)?;
     tracing::info!(id, ?peers, %advertise, "node identity");
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let client_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        }),
+        _ => None,
+    };
+    let peer_tls = match (&args.peer_tls_cert, &args.peer_tls_key, &args.peer_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(PeerTls {
+            identity: TlsIdentity {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            },
+            ca_pem: read(ca)?,
+        }),
+        _ => None,
+    };
     let config = NodeConfig {
         id,
+        client_tls,
+        peer_tls,
         listen: args.listen,
         advertise,
         peer_listen: args.peer_listen,
@@ -596,8 +653,12 @@ struct NodeStatus {
     applied_index: Option<u64>,
 }
 
-async fn cluster_status(endpoints: &[String], out: &Output) -> CliResult {
-    let client = Endpoints::new(endpoints)?;
+async fn cluster_status(
+    endpoints: &[String],
+    tls: Option<ClientTlsConfig>,
+    out: &Output,
+) -> CliResult {
+    let client = Endpoints::with_tls(endpoints, tls)?;
     let mut nodes = Vec::new();
     let mut leaders = BTreeMap::<u64, usize>::new();
     for (index, endpoint) in endpoints.iter().enumerate() {

@@ -18,7 +18,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
 use crate::proto::baton::v1::RaftPayload;
@@ -31,9 +31,19 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Mutual TLS to peers: this node's certificate and the cluster's CA.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerChannels {
+    /// Channels that talk to peers over mutual TLS when `tls` is given.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        PeerChannels {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// A client for the peer service at `addr` (host:port).
     pub fn client(
         &self,
@@ -46,12 +56,16 @@ impl PeerChannels {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
+                    .keep_alive_timeout(Duration::from_secs(5));
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone())?;
+                }
+                let channel = endpoint.connect_lazy();
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }

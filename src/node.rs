@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
@@ -48,6 +48,32 @@ const CLIENT_PING_INTERVAL: Duration = Duration::from_secs(1);
 /// See [`CLIENT_PING_INTERVAL`]; generous against a briefly starved client.
 const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A certificate chain and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+/// Mutual TLS between cluster members: every node presents `identity` and
+/// accepts only peers whose certificate the cluster's CA signed, so nobody
+/// else can send Raft traffic or forwarded commands.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// This node's certificate and key.
+    pub identity: TlsIdentity,
+    /// The cluster's certificate authority, PEM.
+    pub ca_pem: Vec<u8>,
+}
+
+impl TlsIdentity {
+    fn tonic(&self) -> Identity {
+        Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -66,6 +92,10 @@ pub struct NodeConfig {
     /// Build a Raft snapshot (and purge the log behind it) every this many
     /// applied entries.
     pub snapshot_every: u64,
+    /// TLS on the client port, if any.
+    pub client_tls: Option<TlsIdentity>,
+    /// Mutual TLS on the peer port (and to peers), if any.
+    pub peer_tls: Option<PeerTls>,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Raft heartbeat interval.
@@ -144,7 +174,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let raft_config = Arc::new(raft_config(&config)?);
     let (log_store, state_store) = baton_store::open(&config.data_dir, config.limits.clone())?;
     let state = state_store.handle();
-    let channels = PeerChannels::default();
+    let channels = PeerChannels::new(config.peer_tls.as_ref().map(|tls| {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+            .identity(tls.identity.tonic())
+    }));
     let raft = Raft::new(
         config.id,
         raft_config,
@@ -172,7 +206,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Raft RPCs time out by design (heartbeats wait at most one interval),
     // and every timeout resets an HTTP/2 stream; h2's rapid-reset guard
     // would otherwise close the peer connection under a partition.
-    let peer_server = Server::builder()
+    let mut peer_server = Server::builder();
+    if let Some(tls) = &config.peer_tls {
+        let mutual = ServerTlsConfig::new()
+            .identity(tls.identity.tonic())
+            .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+        peer_server = peer_server.tls_config(mutual).map_err(tls_error)?;
+    }
+    let peer_server = peer_server
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
             RaftServiceServer::new(PeerService::new(replicator.clone()))
@@ -201,7 +242,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .build_v1()
         .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
     let metrics = Metrics::new(replicator.forwarded_writes(), replicator.expired_sessions());
-    let client_server = Server::builder()
+    let mut client_server = Server::builder();
+    if let Some(tls) = &config.client_tls {
+        let tls = ServerTlsConfig::new().identity(tls.tonic());
+        client_server = client_server.tls_config(tls).map_err(tls_error)?;
+    }
+    let client_server = client_server
         .layer(RpcMetricsLayer::new(metrics.clone()))
         .http2_keepalive_interval(Some(CLIENT_PING_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
@@ -281,6 +327,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     stopped_raft.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok(())
+}
+
+fn tls_error(error: tonic::transport::Error) -> NodeError {
+    NodeError::Config(format!("TLS: {error}"))
 }
 
 /// Forms the cluster on first start: a node with no Raft state initializes

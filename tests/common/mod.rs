@@ -56,6 +56,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// Arguments for one node only (index: id - 1).
     node_args: Vec<Vec<String>>,
+    /// The CA the client port's certificate chains to, if it talks TLS.
+    pub client_tls_ca: Option<Vec<u8>>,
     peers: String,
     _dir: tempfile::TempDir,
 }
@@ -71,7 +73,21 @@ impl Cluster {
         Cluster::start_with(&[], node_args).await
     }
 
+    /// Like `start`, for nodes whose client port talks TLS with a
+    /// certificate from `ca_pem`.
+    pub async fn start_tls(extra_args: &[&str], ca_pem: Vec<u8>) -> Cluster {
+        Cluster::start_with_tls(extra_args, |_| Vec::new(), Some(ca_pem)).await
+    }
+
     async fn start_with(extra_args: &[&str], node_args: impl Fn(u64) -> Vec<String>) -> Cluster {
+        Cluster::start_with_tls(extra_args, node_args, None).await
+    }
+
+    async fn start_with_tls(
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        client_tls_ca: Option<Vec<u8>>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(6);
         let nodes: Vec<Node> = (1..=3)
@@ -92,6 +108,7 @@ impl Cluster {
             nodes,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: (1..=3).map(node_args).collect(),
+            client_tls_ca,
             peers,
             _dir: dir,
         };
@@ -235,10 +252,19 @@ impl Cluster {
     }
 
     pub fn channel(&self, id: u64) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.node(id).client_addr))
-            .unwrap()
-            .connect_timeout(Duration::from_millis(500))
-            .connect_lazy()
+        let address = &self.node(id).client_addr;
+        match &self.client_tls_ca {
+            None => Endpoint::from_shared(format!("http://{address}")).unwrap(),
+            Some(ca) => Endpoint::from_shared(format!("https://{address}"))
+                .unwrap()
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .unwrap(),
+        }
+        .connect_timeout(Duration::from_millis(500))
+        .connect_lazy()
     }
 
     pub fn latch(&self, id: u64) -> LeaderLatchServiceClient<Channel> {
@@ -360,7 +386,12 @@ pub fn election_header(
 /// The library's client pinned to one node (tests often need to know which
 /// node answers), for a session someone else opened.
 pub fn client_on(c: &Cluster, node: u64, client: &str) -> baton_client::Client {
-    baton_client::Client::builder(&[c.node(node).client_addr.as_str()])
+    let builder = baton_client::Client::builder(&[c.node(node).client_addr.as_str()]);
+    let builder = match &c.client_tls_ca {
+        Some(ca) => builder.tls_ca_pem(ca),
+        None => builder,
+    };
+    builder
         .client_id(client)
         .call_timeout(Duration::from_secs(5))
         .attach()

@@ -31,6 +31,7 @@ pub const DEFAULT_LEASE_MARGIN: f64 = 0.1;
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     client_id: Option<String>,
     session_timeout: Duration,
     call_timeout: Duration,
@@ -64,6 +65,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Talks TLS, trusting the certificate authority in `ca_pem` (PEM) for
+    /// the nodes' client port.
+    pub fn tls_ca_pem(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        let ca = tonic::transport::Certificate::from_pem(ca_pem);
+        self.tls = Some(tonic::transport::ClientTlsConfig::new().ca_certificate(ca));
+        self
+    }
+
+    /// Talks TLS with this configuration (client certificates, a fixed
+    /// server name, ...).
+    pub fn tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Opens the session and starts keeping it alive.
     pub async fn connect(self) -> Result<Client> {
         let mut inner = self.build(true)?;
@@ -86,7 +102,7 @@ impl ClientBuilder {
     }
 
     fn build(self, managed: bool) -> Result<Inner> {
-        let endpoints = Endpoints::new(&self.endpoints)?;
+        let endpoints = Endpoints::with_tls(&self.endpoints, self.tls)?;
         let client_id = self
             .client_id
             .unwrap_or_else(|| format!("baton-{:016x}", rand::random::<u64>()));
@@ -204,6 +220,7 @@ impl Client {
     pub fn builder<S: AsRef<str>>(endpoints: &[S]) -> ClientBuilder {
         ClientBuilder {
             endpoints: endpoints.iter().map(|e| e.as_ref().to_owned()).collect(),
+            tls: None,
             client_id: None,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             call_timeout: DEFAULT_CALL_TIMEOUT,

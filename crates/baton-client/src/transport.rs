@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::{Error, Result};
@@ -60,22 +60,31 @@ impl Endpoints {
     /// Channels to `addresses` (`host:port`), with Nagle off: requests are
     /// small and latency-bound.
     pub fn new(addresses: &[String]) -> Result<Self> {
+        Endpoints::with_tls(addresses, None)
+    }
+
+    /// Like [`Endpoints::new`], over TLS when `tls` is given (the server's
+    /// certificate must name the host of each address).
+    pub fn with_tls(addresses: &[String], tls: Option<ClientTlsConfig>) -> Result<Self> {
         if addresses.is_empty() {
             return Err(Error::NoEndpoints);
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let channels = addresses
             .iter()
             .map(|address| {
-                Endpoint::from_shared(format!("http://{address}"))
-                    .map(|e| {
-                        e.connect_timeout(Duration::from_millis(500))
-                            .tcp_nodelay(true)
-                            .connect_lazy()
-                    })
-                    .map_err(|source| Error::BadEndpoint {
-                        endpoint: address.clone(),
-                        source,
-                    })
+                let bad = |source| Error::BadEndpoint {
+                    endpoint: address.clone(),
+                    source,
+                };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+                    .map_err(bad)?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true);
+                if let Some(tls) = &tls {
+                    endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+                }
+                Ok(endpoint.connect_lazy())
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Endpoints {
