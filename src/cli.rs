@@ -99,6 +99,10 @@ struct ServeArgs {
     /// --client-address-template, else --listen.
     #[arg(long, env = "BATON_ADVERTISE")]
     advertise: Option<String>,
+    /// Join the cluster at these client endpoints instead of forming one:
+    /// the node starts empty and waits for `baton cluster add-node`.
+    #[arg(long, env = "BATON_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
     /// StatefulSet pod name, e.g. baton-2 (Kubernetes sets HOSTNAME to it).
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -165,7 +169,9 @@ fn identity(args: &ServeArgs) -> Result<(u64, BTreeMap<u64, String>, String), St
             statefulset::node_id(pod, replicas).map_err(|e| e.to_string())?
         }
     };
-    let peers: BTreeMap<u64, String> = if args.peers.is_empty() {
+    let peers: BTreeMap<u64, String> = if args.peers.is_empty() && !args.join.is_empty() {
+        BTreeMap::new()
+    } else if args.peers.is_empty() {
         let template = args
             .peer_address_template
             .as_deref()
@@ -264,8 +270,44 @@ enum SessionAction {
 
 #[derive(Subcommand, Debug)]
 enum ClusterAction {
-    /// Every node's role, term and indexes.
+    /// Every node's role, term and indexes, and the membership.
     Status,
+    /// Add a node (started with `serve --join`): a learner until it has
+    /// caught up, then a voter.
+    AddNode {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// The new node's peer (Raft) address, host:port.
+        #[arg(long)]
+        peer_addr: String,
+    },
+    /// Remove a node (refused if the rest could not keep a quorum).
+    RemoveNode {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Back up or restore the whole cluster.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotAction {
+    /// Save the cluster's state (a linearizable read) to FILE, atomically.
+    Save { file: PathBuf },
+    /// Seed a new node's (empty) data directory from FILE; then start the
+    /// node with `serve` as usual. Every initial member of the new cluster
+    /// must be seeded from the same file.
+    Restore {
+        file: PathBuf,
+        /// The new node's data directory (must not exist or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 /// A primitive as the CLI prints it and reads it back for restore.
@@ -383,6 +425,60 @@ pub async fn run(args: Args) -> CliResult {
             });
             cluster_status(&args.endpoints, tls, &out).await
         }
+        Commands::Cluster {
+            action: ClusterAction::AddNode { id, peer_addr },
+        } => {
+            // Catching up can take a while: at least a minute.
+            let client = client()
+                .call_timeout(timeout.max(Duration::from_secs(60)))
+                .attach()?;
+            let (voters, learners) = client.add_node(id, &peer_addr).await?;
+            println!("added node {id}: voters {voters:?}, learners {learners:?}");
+            Ok(())
+        }
+        Commands::Cluster {
+            action: ClusterAction::RemoveNode { id },
+        } => {
+            let (voters, learners) = client().attach()?.remove_node(id).await?;
+            println!("removed node {id}: voters {voters:?}, learners {learners:?}");
+            Ok(())
+        }
+        Commands::Cluster {
+            action:
+                ClusterAction::Snapshot {
+                    action: SnapshotAction::Save { file },
+                },
+        } => {
+            let bytes = client().attach()?.save_snapshot().await?;
+            let (header, _) = baton_store::backup::decode(&bytes)?;
+            write_atomically(&file, &bytes)?;
+            println!(
+                "saved index {} of cluster {} to {} ({} bytes)",
+                header.index,
+                header.cluster_id,
+                file.display(),
+                bytes.len()
+            );
+            Ok(())
+        }
+        Commands::Cluster {
+            action:
+                ClusterAction::Snapshot {
+                    action: SnapshotAction::Restore { file, data_dir },
+                },
+        } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let header = baton_store::backup::seed(&data_dir, &bytes)?;
+            println!(
+                "seeded {} with index {} of cluster {}; start the node with `baton serve --data-dir {}`",
+                data_dir.display(),
+                header.index,
+                header.cluster_id,
+                data_dir.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -410,8 +506,12 @@ async fn serve_node(args: ServeArgs) -> CliResult {
         }),
         _ => None,
     };
+    if !args.join.is_empty() {
+        tracing::info!(cluster = ?args.join, "joining: waiting to be added with `baton cluster add-node --id {id} --peer-addr <this node's peer address>`");
+    }
     let config = NodeConfig {
         id,
+        join: !args.join.is_empty(),
         client_tls,
         peer_tls,
         listen: args.listen,
@@ -642,6 +742,21 @@ async fn session_command(
     Ok(())
 }
 
+/// Writes `bytes` to `file` so that a crash leaves either the old file or
+/// the whole new one: a temporary file beside it, fsynced, then renamed.
+fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = file.with_extension("partial");
+    let mut out = std::fs::File::create(&temporary)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&temporary, file)?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// One node's line in `cluster status`.
 #[derive(Debug, Serialize)]
 struct NodeStatus {
@@ -661,6 +776,8 @@ async fn cluster_status(
     let client = Endpoints::with_tls(endpoints, tls)?;
     let mut nodes = Vec::new();
     let mut leaders = BTreeMap::<u64, usize>::new();
+    // The membership as the highest-term answer knows it.
+    let mut membership: Option<(u64, Vec<u64>, Vec<u64>)> = None;
     for (index, endpoint) in endpoints.iter().enumerate() {
         let mut admin = AdminServiceClient::new(client.channel(index));
         let reply: Option<StatusResponse> = tokio::time::timeout(
@@ -675,6 +792,12 @@ async fn cluster_status(
             Some(s) => {
                 if s.has_leader {
                     *leaders.entry(s.leader_id).or_default() += 1;
+                }
+                if membership
+                    .as_ref()
+                    .is_none_or(|(term, _, _)| s.term > *term)
+                {
+                    membership = Some((s.term, s.voters.clone(), s.learners.clone()));
                 }
                 NodeStatus {
                     id: Some(s.node_id),
@@ -708,10 +831,15 @@ async fn cluster_status(
                 .map(|(id, _)| *id)
         });
     if out.json {
-        println!("{}", serde_json::json!({"leader": leader, "nodes": nodes}));
-    } else {
+        let (_, voters, learners) = membership.unwrap_or_default();
         println!(
-            "leader: {}",
+            "{}",
+            serde_json::json!({"leader": leader, "voters": voters, "learners": learners, "nodes": nodes})
+        );
+    } else {
+        let (_, voters, learners) = membership.unwrap_or_default();
+        println!(
+            "leader: {}   voters: {voters:?}   learners: {learners:?}",
             leader
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "none".into())

@@ -62,6 +62,13 @@ pub enum ApiError {
     /// The cluster could not serve the request.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    /// An administrative request is malformed (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// An administrative request cannot be done in the cluster's current
+    /// state, e.g. a removal that would lose the quorum (FAILED_PRECONDITION).
+    #[error("{0}")]
+    Precondition(String),
     /// The state machine answered something the handler did not expect (a
     /// bug, never bad input).
     #[error("internal error: {0}")]
@@ -108,6 +115,8 @@ impl From<ApiError> for Status {
             }
             ApiError::Replication(ReplicationError::ShuttingDown)
             | ApiError::Replication(ReplicationError::LeaseLost) => Status::unavailable(message),
+            ApiError::InvalidInput(_) => Status::invalid_argument(message),
+            ApiError::Precondition(_) => Status::failed_precondition(message),
             ApiError::Internal(_) => Status::internal(message),
         }
     }

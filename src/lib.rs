@@ -8,7 +8,7 @@
 //! [`clock`] the leader's term clock for log stamps; [`liveness`] whether
 //! a working leader is within reach; [`health`] gRPC health and the leader
 //! address cache; [`identity`] names callers without a client_id by their
-//! connection; [`metrics`] the Prometheus endpoint and RPC layer;
+//! connection; [`membership`] adds and removes nodes; [`metrics`] the Prometheus endpoint and RPC layer;
 //! [`network`] and [`peer`] the Raft transport; [`keepalive`] session
 //! renewal on clients' behalf; [`statefulset`] a node's identity from its
 //! Kubernetes pod; [`node`] wires one node together. The CLI,
@@ -25,6 +25,7 @@ pub mod health;
 pub mod identity;
 pub mod keepalive;
 pub mod liveness;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

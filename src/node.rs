@@ -92,6 +92,9 @@ pub struct NodeConfig {
     /// Build a Raft snapshot (and purge the log behind it) every this many
     /// applied entries.
     pub snapshot_every: u64,
+    /// Join an existing cluster instead of forming one: never initialize,
+    /// wait to be added as a learner.
+    pub join: bool,
     /// TLS on the client port, if any.
     pub client_tls: Option<TlsIdentity>,
     /// Mutual TLS on the peer port (and to peers), if any.
@@ -165,7 +168,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpIncoming, NodeError> {
 /// Runs a node until `shutdown` completes, then stops gracefully: open
 /// Events streams end with UNAVAILABLE, Raft shuts down.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    if !config.peers.contains_key(&config.id) {
+    if !config.join && !config.peers.contains_key(&config.id) {
         return Err(NodeError::Config(format!(
             "--peers must include this node's own id {}",
             config.id
@@ -289,7 +292,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         });
     }
 
-    if !initialize_if_new(&raft, &config, &channels).await? {
+    // A node started to join an existing cluster never initializes one: it
+    // waits, empty, until the leader adds it (`baton cluster add-node`).
+    if config.join || !initialize_if_new(&raft, &config, &channels).await? {
         replicator.start_rejoining();
         tokio::spawn(replicator.clone().finish_rejoining());
     }

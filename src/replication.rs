@@ -179,7 +179,8 @@ impl Replicator {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
     }
 
-    fn current_leader(&self) -> Option<NodeId> {
+    /// The Raft leader this node knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader
     }
 
@@ -215,6 +216,11 @@ impl Replicator {
             outcome = attempt => outcome,
             loss = self.leader_lost() => Err(ProposeRejection::Unknown(loss.to_string())),
         }
+    }
+
+    /// The peer address of member `id`, from the membership.
+    pub fn peer_addr_of(&self, id: NodeId) -> Option<String> {
+        self.peer_addr(id)
     }
 
     fn peer_addr(&self, id: NodeId) -> Option<String> {

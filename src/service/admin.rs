@@ -4,8 +4,14 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::convert::deadline;
+use crate::error::ApiError;
+use crate::membership;
 use crate::proto::baton::v1::admin_service_server::AdminService;
-use crate::proto::baton::v1::{StatusRequest, StatusResponse};
+use crate::proto::baton::v1::{
+    AddNodeRequest, MembershipResponse, RemoveNodeRequest, SaveSnapshotRequest, SnapshotChunk,
+    StatusRequest, StatusResponse,
+};
 
 /// Serves the admin API.
 pub struct AdminApi {
@@ -48,6 +54,7 @@ impl AdminService for AdminApi {
         let (sessions, primitives) = replicator
             .state()
             .read(|machine, _| (machine.session_count(), machine.primitive_count()));
+        let (voters, learners) = membership::members(replicator);
         let leader_client_addr = match metrics.current_leader {
             Some(id) => replicator.client_addr_of(id).await.unwrap_or_default(),
             None => String::new(),
@@ -69,6 +76,70 @@ impl AdminService for AdminApi {
             primitives: primitives as u64,
             tracked_clients: self.context.sessions.tracked() as u64,
             open_streams: self.context.sessions.open_streams() as u64,
+            voters,
+            learners,
         }))
     }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let AddNodeRequest { id, peer_addr } = request.into_inner();
+        let (voters, learners) = membership::add_node(&self.context.replicator, id, &peer_addr)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(MembershipResponse { voters, learners }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        let (voters, learners) = membership::remove_node(&self.context.replicator, id)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(MembershipResponse { voters, learners }))
+    }
+
+    type SaveSnapshotStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    /// A backup of the applied state after a linearizable barrier, so it
+    /// holds every write acknowledged before the call.
+    async fn save_snapshot(
+        &self,
+        request: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let replicator = &self.context.replicator;
+        replicator
+            .linearizable_barrier(deadline(&request))
+            .await
+            .map_err(|e| Status::from(ApiError::from(e)))?;
+        let (index, state) = replicator
+            .state()
+            .read(|machine, applied| (applied.unwrap_or(0), serde_json::to_vec(machine)));
+        let state = state.map_err(|e| Status::internal(format!("encoding the state: {e}")))?;
+        let (voters, _) = membership::members(replicator);
+        let mut nodes: Vec<String> = voters
+            .iter()
+            .map(|id| format!("{id}={}", replicator.peer_addr_of(*id).unwrap_or_default()))
+            .collect();
+        nodes.sort();
+        let cluster_id = format!("{:08x}", crc32fast::hash(nodes.join(",").as_bytes()));
+        let file = baton_store::backup::encode(&cluster_id, index, &state);
+        let chunks: Vec<Result<SnapshotChunk, Status>> = file
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|chunk| {
+                Ok(SnapshotChunk {
+                    data: chunk.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
 }
+
+/// Backup chunks stay well under the client's 4 MiB message limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;

@@ -83,10 +83,25 @@ impl Cluster {
         Cluster::start_with_tls(extra_args, node_args, None).await
     }
 
+    /// Like `start`, with each node's data directory first seeded from the
+    /// backup `file` (`baton cluster snapshot restore`).
+    pub async fn start_seeded(file: &std::path::Path) -> Cluster {
+        Cluster::start_full(&[], |_| Vec::new(), None, Some(file)).await
+    }
+
     async fn start_with_tls(
         extra_args: &[&str],
         node_args: impl Fn(u64) -> Vec<String>,
         client_tls_ca: Option<Vec<u8>>,
+    ) -> Cluster {
+        Cluster::start_full(extra_args, node_args, client_tls_ca, None).await
+    }
+
+    async fn start_full(
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        client_tls_ca: Option<Vec<u8>>,
+        seed: Option<&std::path::Path>,
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(6);
@@ -113,10 +128,42 @@ impl Cluster {
             _dir: dir,
         };
         for id in 1..=3 {
+            if let Some(file) = seed {
+                let restored = Command::new(env!("CARGO_BIN_EXE_baton"))
+                    .args(["cluster", "snapshot", "restore"])
+                    .arg(file)
+                    .arg("--data-dir")
+                    .arg(&cluster.node(id).data_dir)
+                    .output()
+                    .expect("baton cluster snapshot restore");
+                assert!(restored.status.success(), "restore: {restored:?}");
+            }
             cluster.spawn(id);
         }
         cluster.wait_for_leader().await;
         cluster
+    }
+
+    /// Starts a new node `id` (the next id after the existing ones) with
+    /// `--join`, its own ports and an empty data directory; it waits to be
+    /// added with `add_node`.
+    pub fn launch_joiner(&mut self, id: u64) {
+        assert_eq!(
+            id as usize,
+            self.nodes.len() + 1,
+            "joiners take the next id"
+        );
+        let ports = free_ports(2);
+        let joined = self.endpoints().join(",");
+        self.nodes.push(Node {
+            id,
+            client_addr: format!("127.0.0.1:{}", ports[0]),
+            peer_addr: format!("127.0.0.1:{}", ports[1]),
+            data_dir: self._dir.path().join(format!("node{id}")),
+            child: None,
+        });
+        self.node_args.push(vec!["--join".to_owned(), joined]);
+        self.spawn(id);
     }
 
     /// Where node `id` writes its log (stderr, the default filter unless

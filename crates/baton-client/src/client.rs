@@ -12,7 +12,8 @@ use crate::proto::atomix::primitive::{PrimitiveId, RequestHeader};
 use crate::proto::baton::v1::admin_service_client::AdminServiceClient;
 use crate::proto::baton::v1::session_service_client::SessionServiceClient;
 use crate::proto::baton::v1::{
-    CloseSessionRequest, KeepAliveRequest, OpenSessionRequest, StatusRequest, StatusResponse,
+    AddNodeRequest, CloseSessionRequest, KeepAliveRequest, OpenSessionRequest, RemoveNodeRequest,
+    SaveSnapshotRequest, StatusRequest, StatusResponse,
 };
 use crate::session::{keep_alive, Ended, SessionState};
 use crate::transport::{next_request_id, with_deadline, Endpoints};
@@ -334,6 +335,57 @@ impl Client {
             .status(request)
             .await?
             .into_inner())
+    }
+
+    /// Adds node `id`, whose peer (Raft) port is `peer_addr`: it becomes a
+    /// learner, then a voter once it has caught up. Returns (voters,
+    /// learners). Takes as long as the catching up; give the client a call
+    /// timeout to match.
+    pub async fn add_node(&self, id: u64, peer_addr: &str) -> Result<(Vec<u64>, Vec<u64>)> {
+        let request = AddNodeRequest {
+            id,
+            peer_addr: peer_addr.to_owned(),
+        };
+        let answer = self
+            .call(|channel, left| {
+                let request = with_deadline(request.clone(), left);
+                async move { AdminServiceClient::new(channel).add_node(request).await }
+            })
+            .await?;
+        Ok((answer.voters, answer.learners))
+    }
+
+    /// Removes node `id`; FAILED_PRECONDITION if the voters left could not
+    /// form a quorum with the nodes that answer now. Returns (voters,
+    /// learners).
+    pub async fn remove_node(&self, id: u64) -> Result<(Vec<u64>, Vec<u64>)> {
+        let answer = self
+            .call(|channel, left| {
+                let request = with_deadline(RemoveNodeRequest { id }, left);
+                async move { AdminServiceClient::new(channel).remove_node(request).await }
+            })
+            .await?;
+        Ok((answer.voters, answer.learners))
+    }
+
+    /// A backup of the whole cluster's state, as of a linearizable read:
+    /// the bytes of a backup file (header line, then the state).
+    pub async fn save_snapshot(&self) -> Result<Vec<u8>> {
+        let mut chunks = self
+            .call(|channel, left| {
+                let request = with_deadline(SaveSnapshotRequest {}, left);
+                async move {
+                    AdminServiceClient::new(channel)
+                        .save_snapshot(request)
+                        .await
+                }
+            })
+            .await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.message().await.map_err(Error::from)? {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok(bytes)
     }
 
     /// Calls `rpc` with failover and this client's call timeout.

@@ -48,5 +48,7 @@ pub use error::{Error, Result};
 pub use latch::Latch;
 pub use leadership::Leadership;
 pub use session::Ended;
-pub use transport::{next_request_id, with_deadline, Endpoints, LEADER_HINT_METADATA};
+pub use transport::{
+    is_transient, next_request_id, with_deadline, Endpoints, LEADER_HINT_METADATA,
+};
 pub use view::{Kind, View};

@@ -40,6 +40,19 @@ pub fn next_request_id() -> u64 {
     micros.max(previous.saturating_add(1))
 }
 
+/// Whether another endpoint may serve a call that failed with `status`: the
+/// node could not (UNAVAILABLE), or the connection broke under the call
+/// (tonic reports a reset connection as UNKNOWN "transport error"; Baton
+/// itself never answers UNKNOWN). Writes keep their request id, so trying
+/// again elsewhere cannot apply them twice.
+pub fn is_transient(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown => status.message().contains("transport error"),
+        _ => false,
+    }
+}
+
 /// Wraps `message` with `remaining` as its gRPC deadline.
 pub fn with_deadline<T>(message: T, remaining: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -154,7 +167,7 @@ impl Endpoints {
                     self.prefer(index);
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) if status.code() == Code::Unavailable => status,
+                Ok(Err(status)) if is_transient(&status) => status,
                 Ok(Err(status)) => return Err(status.into()),
                 Err(_) => {
                     return Err(Status::deadline_exceeded("no endpoint answered in time").into())

@@ -19,6 +19,8 @@ mod types;
 
 use std::path::Path;
 
+pub mod backup;
+
 pub use log_store::LogStore;
 pub use state_store::{AppliedChanges, StateHandle, StateMachineStore, StoredSnapshot};
 pub use types::{CommandOutcome, LogCommand, NodeId, TypeConfig};

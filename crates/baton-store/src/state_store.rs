@@ -147,8 +147,13 @@ impl StateMachineStore {
                 last_applied: stored.meta.last_log_id,
                 membership: stored.meta.last_membership,
             },
+            // A data directory seeded from a backup starts from that state
+            // with an empty log; the cluster it forms builds on it.
             None => AppliedState {
-                machine: StateMachine::new(limits),
+                machine: match snapshots.get(crate::backup::SEED)? {
+                    Some(seed) => serde_json::from_slice(&seed)?,
+                    None => StateMachine::new(limits),
+                },
                 last_applied: None,
                 membership: StoredMembership::default(),
             },

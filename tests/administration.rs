@@ -1,0 +1,308 @@
+//! Issue 12: growing, shrinking and replacing nodes under load, refusing a
+//! removal that would lose the quorum, and backing up the whole cluster and
+//! restoring it into a new one. Real processes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_client::Client;
+use common::*;
+
+/// An admin client (no session) for the cluster's first three nodes.
+fn admin(cluster: &Cluster, nodes: &[u64]) -> Client {
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .map(|id| cluster.node(*id).client_addr.clone())
+        .collect();
+    Client::builder(&endpoints)
+        .call_timeout(Duration::from_secs(60))
+        .attach()
+        .expect("admin client")
+}
+
+/// Enters and withdraws in a loop until stopped; counts writes and failures.
+fn write_load(
+    client: Client,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let election = client.election("membership-load");
+        let (mut writes, mut failures) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            for result in [election.enter().await, election.withdraw().await] {
+                match result {
+                    Ok(_) => writes += 1,
+                    Err(error) => failures.push(error.to_string()),
+                }
+            }
+        }
+        (writes, failures)
+    })
+}
+
+async fn voters_everywhere(cluster: &Cluster, nodes: &[u64], voters: &[u64]) {
+    eventually(
+        Duration::from_secs(20),
+        "every node sees the new membership",
+        || async {
+            for id in nodes {
+                let status = cluster.status(*id).await?;
+                if status.voters != voters || !status.learners.is_empty() || !status.has_leader {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_to_five_survive_two_kills_and_shrink_back_under_load() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let loader = Client::builder(&cluster.endpoints())
+        .client_id("loader")
+        .session_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(loader.clone(), stop.clone());
+
+    for id in [4, 5] {
+        cluster.launch_joiner(id);
+        let peer = cluster.node(id).peer_addr.clone();
+        let (voters, learners) = admin(&cluster, &[1, 2, 3])
+            .add_node(id, &peer)
+            .await
+            .expect("add node");
+        assert!(
+            voters.contains(&id) && learners.is_empty(),
+            "{voters:?} {learners:?}"
+        );
+    }
+    voters_everywhere(&cluster, &[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]).await;
+
+    // Five nodes survive two kills, the leader among them.
+    let leader = cluster.wait_for_leader().await;
+    let other = [1, 2, 3, 4, 5]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("other");
+    cluster.kill(leader);
+    cluster.kill(other);
+    let survivors: Vec<u64> = (1..=5).filter(|id| *id != leader && *id != other).collect();
+    let term = enter(&cluster, survivors[0], "after-two-kills", "e").await;
+    let term = match term {
+        Ok(term) => term,
+        Err(_) => {
+            until_ok("a write with two of five down", || {
+                enter(&cluster, survivors[0], "after-two-kills", "e")
+            })
+            .await
+        }
+    };
+    assert_eq!(term.leader.as_deref(), Some("after-two-kills"));
+    cluster.restart(leader);
+    cluster.restart(other);
+    voters_everywhere(&cluster, &[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]).await;
+
+    // Shrink back to three.
+    for id in [5, 4] {
+        let (voters, _) = admin(&cluster, &[1, 2, 3])
+            .remove_node(id)
+            .await
+            .expect("remove node");
+        assert!(!voters.contains(&id));
+        cluster.stop(id);
+    }
+    voters_everywhere(&cluster, &[1, 2, 3], &[1, 2, 3]).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (writes, failures) = load.await.expect("load");
+    eprintln!(
+        "membership changes under load: {writes} writes, {} failed",
+        failures.len()
+    );
+    assert!(writes > 0);
+    assert!(failures.is_empty(), "failed writes: {failures:?}");
+    loader.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_and_a_removal_that_would_lose_the_quorum_is_refused() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    join(&cluster, leader, "before", "kept")
+        .await
+        .expect("join");
+    let dead = cluster.followers_of(leader)[0];
+    let alive = cluster.followers_of(leader)[1];
+    cluster.kill(dead);
+
+    // With one of three down, removing another live voter would leave one
+    // answering voter of two.
+    let refused = admin(&cluster, &[leader, alive])
+        .remove_node(alive)
+        .await
+        .expect_err("must be refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.to_string().contains("quorum"), "{refused}");
+    let status = cluster.status(leader).await.expect("status");
+    assert_eq!(status.voters, vec![1, 2, 3], "nothing changed");
+
+    // Replace the dead machine: remove it, add a new node on an empty disk.
+    admin(&cluster, &[leader, alive])
+        .remove_node(dead)
+        .await
+        .expect("remove the dead node");
+    cluster.launch_joiner(4);
+    let peer = cluster.node(4).peer_addr.clone();
+    admin(&cluster, &[leader, alive])
+        .add_node(4, &peer)
+        .await
+        .expect("add the replacement");
+    let mut voters = vec![leader, alive, 4];
+    voters.sort();
+    voters_everywhere(&cluster, &[leader, alive, 4], &voters).await;
+    let latch = get_latch(&cluster, 4, "kept")
+        .await
+        .expect("read on the new node");
+    assert_eq!(latch.members, vec!["before".to_owned()]);
+    // The replacement holds the whole state: converged digests.
+    eventually(
+        Duration::from_secs(10),
+        "the replacement converges",
+        || async {
+            let a = cluster.status(leader).await?;
+            let b = cluster.status(4).await?;
+            (a.applied_index == b.applied_index && a.state_digest == b.state_digest).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_cluster_is_restored_into_a_new_one_with_every_write_and_epoch() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("cluster.backup");
+    let (latches, terms, sessions) = {
+        let mut cluster = Cluster::start(&[]).await;
+        let leader = cluster.wait_for_leader().await;
+        open_session(&cluster, leader, "keeper", 300_000)
+            .await
+            .expect("session");
+        for i in 0..5 {
+            join(&cluster, leader, "keeper", &format!("latch-{i}"))
+                .await
+                .expect("join");
+        }
+        for candidate in ["x", "y", "z"] {
+            open_session(&cluster, leader, candidate, 300_000)
+                .await
+                .expect("session");
+            enter(&cluster, leader, candidate, "vote")
+                .await
+                .expect("enter");
+        }
+        // Raise the election's epoch: anoint z, then y.
+        for candidate in ["z", "y"] {
+            client_on(&cluster, leader, "x")
+                .election("vote")
+                .anoint(candidate)
+                .await
+                .expect("anoint");
+        }
+        // Save through the CLI (atomic write) ...
+        let saved = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--endpoints", &cluster.endpoints().join(",")])
+            .args(["cluster", "snapshot", "save"])
+            .arg(&file)
+            .output()
+            .expect("baton cluster snapshot save");
+        assert!(saved.status.success(), "{saved:?}");
+        let mut latches = Vec::new();
+        for i in 0..5 {
+            latches.push(
+                get_latch(&cluster, leader, &format!("latch-{i}"))
+                    .await
+                    .expect("get"),
+            );
+        }
+        let terms = get_term(&cluster, leader, "vote").await.expect("term");
+        assert_eq!((terms.leader.as_deref(), terms.epoch), (Some("y"), 3));
+        let sessions = cluster.status(leader).await.expect("status").sessions;
+        // ... then lose every node and its disk.
+        for id in 1..=3 {
+            cluster.kill(id);
+            cluster.wipe(id);
+        }
+        (latches, terms, sessions)
+    };
+
+    // A corrupt or truncated file is refused and writes nothing.
+    let bytes = std::fs::read(&file).expect("backup");
+    for (what, damaged) in [
+        ("truncated", bytes[..bytes.len() - 10].to_vec()),
+        ("flipped", {
+            let mut b = bytes.clone();
+            let at = b.len() - 5;
+            b[at] ^= 0x20;
+            b
+        }),
+    ] {
+        let bad = dir.path().join(format!("{what}.backup"));
+        std::fs::write(&bad, damaged).expect("write");
+        let target = dir.path().join(format!("{what}-data"));
+        let restored = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["cluster", "snapshot", "restore"])
+            .arg(&bad)
+            .arg("--data-dir")
+            .arg(&target)
+            .output()
+            .expect("restore");
+        assert!(!restored.status.success(), "{what} backup accepted");
+        let message = String::from_utf8_lossy(&restored.stderr);
+        assert!(
+            message.contains("truncated") || message.contains("corrupt"),
+            "{what}: {message}"
+        );
+        assert!(!target.exists(), "{what}: nothing may be written");
+    }
+
+    // Three new nodes seeded from the file form a cluster with everything.
+    let restored = Cluster::start_seeded(&file).await;
+    let leader = restored.wait_for_leader().await;
+    for (i, before) in latches.iter().enumerate() {
+        let after = get_latch(&restored, leader, &format!("latch-{i}"))
+            .await
+            .expect("get");
+        assert_eq!(
+            (&after.members, after.epoch),
+            (&before.members, before.epoch)
+        );
+    }
+    let after = get_term(&restored, leader, "vote").await.expect("term");
+    assert_eq!(
+        (&after.members, after.epoch, &after.leader),
+        (&terms.members, terms.epoch, &terms.leader)
+    );
+    assert_eq!(
+        restored.status(leader).await.expect("status").sessions,
+        sessions
+    );
+    // And it keeps working: the next change raises the epoch further.
+    let next = client_on(&restored, leader, "x")
+        .election("vote")
+        .anoint("x")
+        .await
+        .expect("anoint after restore");
+    assert_eq!(next.epoch, terms.epoch + 1);
+}
