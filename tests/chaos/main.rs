@@ -148,6 +148,11 @@ impl ChaosCluster {
     }
 
     fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// Starts node `id` with `extra` arguments (e.g. `--join`).
+    fn spawn_with(&mut self, id: u64, extra: &[&str]) {
         let peers: Vec<String> = NODES
             .iter()
             .map(|n| format!("{n}={}:7101", net::node_addr(*n)))
@@ -172,6 +177,7 @@ impl ChaosCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--snapshot-every", "300"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -779,9 +785,10 @@ enum Fault {
     IsolateFollower,
     SplitClients,
     IsolateLeadingWatcher,
+    ReplaceFollower,
 }
 
-const ALL_FAULTS: [Fault; 9] = [
+const ALL_FAULTS: [Fault; 10] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::PauseLeader,
@@ -791,6 +798,7 @@ const ALL_FAULTS: [Fault; 9] = [
     Fault::IsolateFollower,
     Fault::SplitClients,
     Fault::IsolateLeadingWatcher,
+    Fault::ReplaceFollower,
 ];
 
 async fn inject(
@@ -829,6 +837,26 @@ async fn inject(
             std::fs::remove_dir_all(cluster.data_dir(follower)).map_err(|e| e.to_string())?;
             cluster.spawn(follower);
             format!("wipe follower {follower} and restart")
+        }
+        Fault::ReplaceFollower => {
+            // A dead machine replaced by a new one with an empty disk: out
+            // of the membership, wiped, started with --join, added back.
+            let admin = baton_client::Client::builder(&ChaosCluster::endpoints())
+                .call_timeout(Duration::from_secs(20))
+                .attach()
+                .map_err(|e| e.to_string())?;
+            admin
+                .remove_node(follower)
+                .await
+                .map_err(|e| format!("remove-node {follower}: {e}"))?;
+            cluster.kill(follower);
+            std::fs::remove_dir_all(cluster.data_dir(follower)).map_err(|e| e.to_string())?;
+            cluster.spawn_with(follower, &["--join", &ChaosCluster::endpoints().join(",")]);
+            admin
+                .add_node(follower, &format!("{}:7101", net::node_addr(follower)))
+                .await
+                .map_err(|e| format!("add-node {follower}: {e}"))?;
+            format!("replace follower {follower}: remove, wipe, rejoin with --join, add")
         }
         Fault::KillAll => {
             for id in NODES {
