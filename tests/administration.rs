@@ -186,6 +186,28 @@ async fn a_dead_node_is_replaced_and_a_removal_that_would_lose_the_quorum_is_ref
         },
     )
     .await;
+
+    // The leader removes itself: it steps down once the change is
+    // committed, and the two left elect a leader and take writes.
+    let nodes = [leader, alive, 4];
+    let (voters, _) = admin(&cluster, &nodes)
+        .remove_node(leader)
+        .await
+        .expect("the leader removes itself");
+    assert!(!voters.contains(&leader), "{voters:?}");
+    let rest: Vec<u64> = nodes.into_iter().filter(|id| *id != leader).collect();
+    let mut expected = rest.clone();
+    expected.sort();
+    voters_everywhere(&cluster, &rest, &expected).await;
+    eventually(Duration::from_secs(10), "a leader among the rest", || async {
+        let status = cluster.status(rest[0]).await?;
+        (status.has_leader && rest.contains(&status.leader_id)).then_some(())
+    })
+    .await;
+    until_ok("a write after the leader left", || {
+        join(&cluster, rest[0], "after", "kept")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
