@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -60,13 +61,35 @@ pub fn with_deadline<T>(message: T, remaining: Duration) -> tonic::Request<T> {
     request
 }
 
+/// Endpoints learned from leader hints beyond those given: enough for a
+/// cluster that grew, bounded against a flood of odd hints.
+const MAX_LEARNED_ENDPOINTS: usize = 16;
+
 /// Lazily connected channels to every endpoint, and which one answered
-/// last.
+/// last. A leader hint naming an address not in the list adds it (a node
+/// added to the cluster after the client was configured).
 #[derive(Debug)]
 pub struct Endpoints {
-    addresses: Vec<String>,
-    channels: Vec<Channel>,
+    known: RwLock<Vec<(String, Channel)>>,
+    given: usize,
+    tls: Option<ClientTlsConfig>,
     preferred: AtomicUsize,
+}
+
+fn lazy_channel(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bad = |source| Error::BadEndpoint {
+        endpoint: address.to_owned(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(bad)?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 impl Endpoints {
@@ -82,68 +105,77 @@ impl Endpoints {
         if addresses.is_empty() {
             return Err(Error::NoEndpoints);
         }
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let channels = addresses
+        let known = addresses
             .iter()
-            .map(|address| {
-                let bad = |source| Error::BadEndpoint {
-                    endpoint: address.clone(),
-                    source,
-                };
-                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-                    .map_err(bad)?
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true);
-                if let Some(tls) = &tls {
-                    endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
-                }
-                Ok(endpoint.connect_lazy())
-            })
+            .map(|address| Ok((address.clone(), lazy_channel(address, tls.as_ref())?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Endpoints {
-            addresses: addresses.to_vec(),
-            channels,
+            given: known.len(),
+            known: RwLock::new(known),
+            tls,
             preferred: AtomicUsize::new(0),
         })
     }
 
-    /// How many endpoints there are.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(String, Channel)>> {
+        self.known.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many endpoints there are (given and learned).
     pub fn len(&self) -> usize {
-        self.channels.len()
+        self.read().len()
     }
 
     /// Always false: there is at least one endpoint.
     pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
+        self.read().is_empty()
     }
 
     /// The channel to endpoint `index` (modulo the number of endpoints).
     pub fn channel(&self, index: usize) -> Channel {
-        self.channels[index % self.channels.len()].clone()
+        let known = self.read();
+        known[index % known.len()].1.clone()
     }
 
     /// The endpoint that answered last.
     pub fn preferred(&self) -> usize {
-        self.preferred.load(Ordering::Relaxed) % self.channels.len()
+        self.preferred.load(Ordering::Relaxed) % self.len()
     }
 
     /// Remembers `index` as the endpoint to try first.
     pub fn prefer(&self, index: usize) {
-        self.preferred
-            .store(index % self.channels.len(), Ordering::Relaxed);
+        self.preferred.store(index % self.len(), Ordering::Relaxed);
+    }
+
+    /// The index of `address`, learning it if it is new and there is room.
+    fn index_of(&self, address: &str) -> Option<usize> {
+        if let Some(index) = self.read().iter().position(|(a, _)| a == address) {
+            return Some(index);
+        }
+        let channel = lazy_channel(address, self.tls.as_ref()).ok()?;
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = known.iter().position(|(a, _)| a == address) {
+            return Some(index);
+        }
+        if known.len() >= self.given + MAX_LEARNED_ENDPOINTS {
+            return None;
+        }
+        known.push((address.to_owned(), channel));
+        Some(known.len() - 1)
     }
 
     /// The endpoint to try after `index` failed with `status`: the leader it
-    /// hinted at if that is another of ours, else the next one.
+    /// hinted at (learned if it is not one of ours yet), else the next one.
     pub fn after_failure(&self, index: usize, status: &Status) -> usize {
+        let len = self.len();
         let hinted = status
             .metadata()
             .get(LEADER_HINT_METADATA)
             .and_then(|v| v.to_str().ok())
-            .and_then(|addr| self.addresses.iter().position(|a| a == addr));
+            .and_then(|address| self.index_of(address));
         match hinted {
-            Some(hinted) if hinted != index % self.channels.len() => hinted,
-            _ => (index + 1) % self.channels.len(),
+            Some(hinted) if hinted != index % len => hinted,
+            _ => (index + 1) % self.len(),
         }
     }
 
@@ -175,7 +207,7 @@ impl Endpoints {
             };
             attempts += 1;
             index = self.after_failure(index, &status);
-            if attempts.is_multiple_of(self.channels.len()) {
+            if attempts.is_multiple_of(self.len()) {
                 tokio::time::sleep(ROUND_PAUSE.min(remaining)).await;
             }
             if Instant::now() >= deadline {
