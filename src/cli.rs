@@ -118,7 +118,7 @@ struct ServeArgs {
     #[arg(long, env = "BATON_CLIENT_ADDRESS_TEMPLATE")]
     client_address_template: Option<String>,
     /// Take a Raft snapshot every this many applied entries.
-    #[arg(long, env = "BATON_SNAPSHOT_EVERY", default_value_t = 1_000)]
+    #[arg(long, env = "BATON_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "BATON_METRICS_LISTEN")]

@@ -19,8 +19,8 @@ use crate::replication::Replicator;
 /// How often health is re-evaluated.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How many committed entries a node may still have to apply and serve:
-/// about one snapshot interval, which a node applies in well under a second.
+/// How many committed entries a node may still have to apply and serve: a
+/// node applies this many in well under a second, so reads would not stall.
 pub const MAX_APPLY_LAG: u64 = 1_000;
 
 /// How often a follower asks its leader for the commit index (every fifth

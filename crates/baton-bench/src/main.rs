@@ -63,6 +63,9 @@ enum Cmd {
         items: usize,
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// Extra `baton serve` argument (repeatable), e.g. --snapshot-every=10000
+        #[arg(long = "baton-arg", allow_hyphen_values = true)]
+        baton_args: Vec<String>,
     },
     /// Starts a Baton and an etcd cluster, one after the other, runs every
     /// workload on each and prints a table with the ratios.
@@ -114,7 +117,8 @@ async fn main() -> std::process::ExitCode {
             baton_bin,
             items,
             clients,
-        } => scale(baton_bin, items, clients).await,
+            baton_args,
+        } => scale(baton_bin, baton_args, items, clients).await,
         Cmd::Compare {
             baton_bin,
             etcd_bin,
@@ -140,8 +144,13 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn scale(baton_bin: PathBuf, items: usize, clients: usize) -> Result<(), String> {
-    let mut cluster = LocalCluster::start(System::Baton(baton_bin, Vec::new())).await?;
+async fn scale(
+    baton_bin: PathBuf,
+    baton_args: Vec<String>,
+    items: usize,
+    clients: usize,
+) -> Result<(), String> {
+    let mut cluster = LocalCluster::start(System::Baton(baton_bin, baton_args)).await?;
     let report = workload::scale(&mut cluster, items, clients).await?;
     println!(
         "{} primitives + sessions loaded in {:.1} s ({} UNAVAILABLE retried); RSS per node: {}; full restart to a linearizable read: {} ms",
