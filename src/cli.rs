@@ -450,7 +450,7 @@ pub async fn run(args: Args) -> CliResult {
                 },
         } => {
             let bytes = client().attach()?.save_snapshot().await?;
-            let (header, _) = baton_store::backup::decode(&bytes)?;
+            let (header, _) = baton_store::backup::check(&bytes)?;
             write_atomically(&file, &bytes)?;
             println!(
                 "saved index {} of cluster {} to {} ({} bytes)",

@@ -15,6 +15,43 @@ use crate::proto::atomix::primitive::meta::{
 };
 use crate::proto::atomix::primitive::{RequestHeader, ResponseHeader, ResponseType};
 
+/// A request to a primitive: it names the primitive (and maybe the caller)
+/// in its header.
+pub trait Addressed {
+    /// The request's header, if it has one.
+    fn header(&self) -> Option<&RequestHeader>;
+}
+
+macro_rules! addressed {
+    ($($request:ty),* $(,)?) => {
+        $(impl Addressed for $request {
+            fn header(&self) -> Option<&RequestHeader> {
+                self.header.as_ref()
+            }
+        })*
+    };
+}
+
+addressed!(
+    latch_pb::LatchRequest,
+    latch_pb::GetRequest,
+    latch_pb::EventsRequest,
+    latch_pb::SnapshotRequest,
+    latch_pb::RestoreRequest,
+    election_pb::EnterRequest,
+    election_pb::WithdrawRequest,
+    election_pb::AnointRequest,
+    election_pb::PromoteRequest,
+    election_pb::EvictRequest,
+    election_pb::GetTermRequest,
+    election_pb::EventsRequest,
+    election_pb::SnapshotRequest,
+    election_pb::RestoreRequest,
+    crate::proto::atomix::primitive::CreateRequest,
+    crate::proto::atomix::primitive::CloseRequest,
+    crate::proto::atomix::primitive::DeleteRequest,
+);
+
 /// Deadline applied when the caller sets none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest deadline honoured; longer ones are cut to this.

@@ -3,7 +3,6 @@
 //! counts and latencies from a tower layer on the client port, and counters
 //! kept where things happen (forwarding, expiry, leadership changes).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use baton_state::PrimitiveKey;
 use openraft::ServerState;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -193,12 +191,7 @@ impl Metrics {
     pub async fn render(&self, context: &Context) -> String {
         let replicator = &context.replicator;
         let raft = replicator.raft().metrics().borrow().clone();
-        let committed = replicator
-            .raft()
-            .with_raft_state(|state| state.committed.map(|id| id.index))
-            .await
-            .ok()
-            .flatten();
+        let committed = replicator.committed_index().await;
         let (sessions, primitives) = replicator
             .state()
             .read(|machine, _| (machine.session_count(), machine.primitive_count()));
@@ -208,8 +201,7 @@ impl Metrics {
             .set(as_gauge(raft.current_leader.unwrap_or_default()));
         self.is_leader
             .set(i64::from(raft.state == ServerState::Leader));
-        self.commit_index
-            .set(as_gauge(committed.unwrap_or_default()));
+        self.commit_index.set(as_gauge(committed));
         self.applied_index.set(as_gauge(
             raft.last_applied.map(|id| id.index).unwrap_or_default(),
         ));
@@ -262,22 +254,11 @@ impl Metrics {
     /// Counts primitive leadership changes from the applied change events.
     pub async fn watch_primitives(self: Arc<Self>, context: Context) {
         let mut changes = context.replicator.state().subscribe();
-        let mut epochs: HashMap<PrimitiveKey, u64> = HashMap::new();
         loop {
             match changes.recv().await {
                 Ok(applied) => {
-                    for event in &applied.events {
-                        let epoch = event.state.epoch;
-                        let before = epochs.get(&event.key).copied().unwrap_or_default();
-                        if epoch > before {
-                            self.primitive_leader_changes.inc();
-                        }
-                        if epoch == 0 {
-                            epochs.remove(&event.key);
-                        } else {
-                            epochs.insert(event.key.clone(), epoch);
-                        }
-                    }
+                    let changed = applied.events.iter().filter(|e| e.leader_changed());
+                    self.primitive_leader_changes.inc_by(changed.count() as u64);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,

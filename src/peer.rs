@@ -115,14 +115,7 @@ impl RaftService for PeerService {
             .is_initialized()
             .await
             .unwrap_or(true);
-        let commit_index = self
-            .replicator
-            .raft()
-            .with_raft_state(|state| state.committed.map(|id| id.index))
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        let commit_index = self.replicator.committed_index().await;
         Ok(Response::new(NodeInfoResponse {
             node_id: self.replicator.id(),
             client_addr: self.replicator.client_addr().to_owned(),

@@ -179,6 +179,17 @@ impl Replicator {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
     }
 
+    /// This node's Raft commit index (0 before anything is committed).
+    pub async fn committed_index(&self) -> u64 {
+        self.inner
+            .raft
+            .with_raft_state(|state| state.committed.map(|id| id.index))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// The Raft leader this node knows of.
     pub fn current_leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader

@@ -14,24 +14,51 @@ use prost_types::FileDescriptorSet;
 /// name, `repeated ` in front when repeated.
 type Fields = Vec<(String, i32, String)>;
 
+/// Records message `name` with `fields`; each message once.
+fn add(messages: &mut BTreeMap<String, Fields>, name: &str, fields: &[(&str, i32, &str)]) {
+    let fields = fields
+        .iter()
+        .map(|(f, n, t)| (f.to_string(), *n, t.to_string()))
+        .collect();
+    assert!(
+        messages.insert(name.to_owned(), fields).is_none(),
+        "{name} twice"
+    );
+}
+
+/// The envelopes of `calls`: XRequest { header = 1; input = 2 } and
+/// XResponse { header = 1; output = 2 }.
+fn envelopes(messages: &mut BTreeMap<String, Fields>, package: &str, calls: &[&str]) {
+    for call in calls {
+        add(
+            messages,
+            &format!("{package}.{call}Request"),
+            &[
+                ("header", 1, "atomix.primitive.RequestHeader"),
+                ("input", 2, &format!("{package}.{call}Input")),
+            ],
+        );
+        add(
+            messages,
+            &format!("{package}.{call}Response"),
+            &[
+                ("header", 1, "atomix.primitive.ResponseHeader"),
+                ("output", 2, &format!("{package}.{call}Output")),
+            ],
+        );
+    }
+}
+
 fn expected_messages() -> BTreeMap<String, Fields> {
     let mut messages: BTreeMap<String, Fields> = BTreeMap::new();
-    let mut add = |name: &str, fields: &[(&str, i32, &str)]| {
-        let fields = fields
-            .iter()
-            .map(|(f, n, t)| (f.to_string(), *n, t.to_string()))
-            .collect();
-        assert!(
-            messages.insert(name.to_owned(), fields).is_none(),
-            "{name} twice"
-        );
-    };
     let p = "atomix.primitive";
     add(
+        &mut messages,
         &format!("{p}.PrimitiveId"),
         &[("type", 1, "string"), ("name", 2, "string")],
     );
     add(
+        &mut messages,
         &format!("{p}.RequestHeader"),
         &[
             ("client_id", 1, "string"),
@@ -41,15 +68,18 @@ fn expected_messages() -> BTreeMap<String, Fields> {
         ],
     );
     add(
+        &mut messages,
         &format!("{p}.ResponseHeader"),
         &[("response_type", 1, "atomix.primitive.ResponseType")],
     );
     for call in ["Create", "Close", "Delete"] {
         add(
+            &mut messages,
             &format!("{p}.{call}Request"),
             &[("header", 1, "atomix.primitive.RequestHeader")],
         );
         add(
+            &mut messages,
             &format!("{p}.{call}Response"),
             &[("header", 1, "atomix.primitive.ResponseHeader")],
         );
@@ -75,21 +105,32 @@ fn expected_messages() -> BTreeMap<String, Fields> {
         timestamp.push((*field, i as i32 + 1, *type_name));
     }
     timestamp.push(("revision", 5, "atomix.primitive.meta.Revision"));
-    add(&format!("{m}.ObjectMeta"), &object_meta);
-    add(&format!("{m}.Timestamp"), &timestamp);
+    add(&mut messages, &format!("{m}.ObjectMeta"), &object_meta);
+    add(&mut messages, &format!("{m}.Timestamp"), &timestamp);
     for name in ["Revision", "Epoch", "Sequence"] {
-        add(&format!("{m}.{name}"), &[("num", 1, "uint64")]);
+        add(
+            &mut messages,
+            &format!("{m}.{name}"),
+            &[("num", 1, "uint64")],
+        );
     }
-    add(&format!("{m}.LogicalTimestamp"), &[("time", 1, "uint64")]);
     add(
+        &mut messages,
+        &format!("{m}.LogicalTimestamp"),
+        &[("time", 1, "uint64")],
+    );
+    add(
+        &mut messages,
         &format!("{m}.VectorTimestamp"),
         &[("time", 1, "repeated uint64")],
     );
     add(
+        &mut messages,
         &format!("{m}.PhysicalTimestamp"),
         &[("time", 1, "google.protobuf.Timestamp")],
     );
     add(
+        &mut messages,
         &format!("{m}.EpochTimestamp"),
         &[
             ("epoch", 1, "atomix.primitive.meta.Epoch"),
@@ -99,56 +140,32 @@ fn expected_messages() -> BTreeMap<String, Fields> {
 
     // Envelopes: XRequest { header = 1; input = 2 }, XResponse { header = 1;
     // output = 2 }.
-    let mut envelopes = |package: &str, calls: &[&str]| {
-        for call in calls {
-            add(
-                &format!("{package}.{call}Request"),
-                &[
-                    ("header", 1, "atomix.primitive.RequestHeader"),
-                    ("input", 2, &format!("{package}.{call}Input")),
-                ],
-            );
-            add(
-                &format!("{package}.{call}Response"),
-                &[
-                    ("header", 1, "atomix.primitive.ResponseHeader"),
-                    ("output", 2, &format!("{package}.{call}Output")),
-                ],
-            );
-        }
-    };
     let l = "atomix.primitive.leader";
-    envelopes(l, &["Latch", "Get", "Events"]);
+    envelopes(&mut messages, l, &["Latch", "Get", "Events"]);
     let e = "atomix.primitive.election";
     envelopes(
+        &mut messages,
         e,
         &[
             "Enter", "Withdraw", "Anoint", "Promote", "Evict", "GetTerm", "Events",
         ],
     );
-    let mut add = |name: &str, fields: &[(&str, i32, &str)]| {
-        let fields = fields
-            .iter()
-            .map(|(f, n, t)| (f.to_string(), *n, t.to_string()))
-            .collect();
-        assert!(
-            messages.insert(name.to_owned(), fields).is_none(),
-            "{name} twice"
-        );
-    };
     for (package, primitive_field, primitive_type) in [
         (l, "latch", "atomix.primitive.leader.Latch"),
         (e, "term", "atomix.primitive.election.Term"),
     ] {
         add(
+            &mut messages,
             &format!("{package}.Snapshot"),
             &[(primitive_field, 1, primitive_type)],
         );
         add(
+            &mut messages,
             &format!("{package}.SnapshotRequest"),
             &[("header", 1, "atomix.primitive.RequestHeader")],
         );
         add(
+            &mut messages,
             &format!("{package}.SnapshotResponse"),
             &[
                 ("header", 1, "atomix.primitive.ResponseHeader"),
@@ -156,6 +173,7 @@ fn expected_messages() -> BTreeMap<String, Fields> {
             ],
         );
         add(
+            &mut messages,
             &format!("{package}.RestoreRequest"),
             &[
                 ("header", 1, "atomix.primitive.RequestHeader"),
@@ -163,10 +181,12 @@ fn expected_messages() -> BTreeMap<String, Fields> {
             ],
         );
         add(
+            &mut messages,
             &format!("{package}.RestoreResponse"),
             &[("header", 1, "atomix.primitive.ResponseHeader")],
         );
         add(
+            &mut messages,
             &format!("{package}.EventsOutput"),
             &[
                 ("type", 2, &format!("{package}.EventsOutput.Type")),
@@ -175,15 +195,17 @@ fn expected_messages() -> BTreeMap<String, Fields> {
         );
     }
     for input in ["LatchInput", "GetInput", "EventsInput"] {
-        add(&format!("{l}.{input}"), &[]);
+        add(&mut messages, &format!("{l}.{input}"), &[]);
     }
     for output in ["LatchOutput", "GetOutput"] {
         add(
+            &mut messages,
             &format!("{l}.{output}"),
             &[("latch", 2, "atomix.primitive.leader.Latch")],
         );
     }
     add(
+        &mut messages,
         &format!("{l}.Latch"),
         &[
             ("meta", 1, "atomix.primitive.meta.ObjectMeta"),
@@ -192,10 +214,14 @@ fn expected_messages() -> BTreeMap<String, Fields> {
         ],
     );
     for input in ["EnterInput", "WithdrawInput", "GetTermInput", "EventsInput"] {
-        add(&format!("{e}.{input}"), &[]);
+        add(&mut messages, &format!("{e}.{input}"), &[]);
     }
     for input in ["AnointInput", "PromoteInput", "EvictInput"] {
-        add(&format!("{e}.{input}"), &[("candidate_id", 2, "string")]);
+        add(
+            &mut messages,
+            &format!("{e}.{input}"),
+            &[("candidate_id", 2, "string")],
+        );
     }
     for output in [
         "EnterOutput",
@@ -206,11 +232,13 @@ fn expected_messages() -> BTreeMap<String, Fields> {
         "GetTermOutput",
     ] {
         add(
+            &mut messages,
             &format!("{e}.{output}"),
             &[("term", 2, "atomix.primitive.election.Term")],
         );
     }
     add(
+        &mut messages,
         &format!("{e}.Term"),
         &[
             ("id", 1, "atomix.primitive.meta.Epoch"),

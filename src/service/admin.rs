@@ -44,12 +44,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<StatusResponse>, Status> {
         let replicator = &self.context.replicator;
         let metrics = replicator.raft().metrics().borrow().clone();
-        let committed = replicator
-            .raft()
-            .with_raft_state(|state| state.committed.map(|id| id.index))
-            .await
-            .ok()
-            .flatten();
+        let committed = replicator.committed_index().await;
         let (applied, digest) = replicator.state().digest();
         let (sessions, primitives) = replicator
             .state()
@@ -65,7 +60,7 @@ impl AdminService for AdminApi {
             term: metrics.current_term,
             has_leader: metrics.current_leader.is_some(),
             leader_id: metrics.current_leader.unwrap_or_default(),
-            commit_index: committed.unwrap_or_default(),
+            commit_index: committed,
             applied_index: applied.unwrap_or_default(),
             client_addr: replicator.client_addr().to_owned(),
             leader_client_addr,

@@ -1,11 +1,12 @@
 //! `atomix.primitive.election.LeaderElectionService`.
 
 use baton_state::{Operation, PrimitiveKind};
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{Context, EventStream};
-use crate::convert::{deadline, stream_header, term_snapshot, term_to_proto, unary_header, Caller};
+use crate::convert::{
+    deadline, stream_header, term_snapshot, term_to_proto, unary_header, Addressed,
+};
 use crate::error::ApiError;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionService;
 use crate::proto::atomix::primitive::election::{
@@ -15,7 +16,6 @@ use crate::proto::atomix::primitive::election::{
     PromoteResponse, RestoreRequest, RestoreResponse, Snapshot, SnapshotRequest, SnapshotResponse,
     Term, WithdrawOutput, WithdrawRequest, WithdrawResponse,
 };
-use crate::proto::atomix::primitive::RequestHeader;
 
 /// Serves the leader election API.
 pub struct ElectionApi {
@@ -28,30 +28,19 @@ impl ElectionApi {
         ElectionApi { context }
     }
 
-    async fn caller<T>(
-        &self,
-        request: &Request<T>,
-        header: Option<&RequestHeader>,
-        deadline: Instant,
-    ) -> Result<Caller, ApiError> {
-        let extensions = request.extensions();
-        self.context
-            .caller(extensions, header, PrimitiveKind::Election, deadline)
-            .await
-    }
-
     /// Applies an election operation built from the caller's election name
     /// and returns the new term.
-    async fn change<T>(
+    async fn change<T: Addressed>(
         &self,
         request: Request<T>,
-        header: impl Fn(&T) -> Option<&RequestHeader>,
         operation: impl FnOnce(String, &T) -> Operation,
     ) -> Result<Term, Status> {
         let deadline = deadline(&request);
-        let body = request.get_ref();
-        let caller = self.caller(&request, header(body), deadline).await?;
-        let operation = operation(caller.key.name.clone(), body);
+        let caller = self
+            .context
+            .caller(&request, PrimitiveKind::Election)
+            .await?;
+        let operation = operation(caller.key.name.clone(), request.get_ref());
         let term = self.context.operate(&caller, operation, deadline).await?;
         Ok(term_to_proto(&term))
     }
@@ -91,11 +80,7 @@ impl LeaderElectionService for ElectionApi {
         request: Request<EnterRequest>,
     ) -> Result<Response<EnterResponse>, Status> {
         let term = self
-            .change(
-                request,
-                |r| r.header.as_ref(),
-                |election, _| Operation::Enter { election },
-            )
+            .change(request, |election, _| Operation::Enter { election })
             .await?;
         Ok(Response::new(EnterResponse {
             header: unary_header(),
@@ -108,11 +93,7 @@ impl LeaderElectionService for ElectionApi {
         request: Request<WithdrawRequest>,
     ) -> Result<Response<WithdrawResponse>, Status> {
         let term = self
-            .change(
-                request,
-                |r| r.header.as_ref(),
-                |election, _| Operation::Withdraw { election },
-            )
+            .change(request, |election, _| Operation::Withdraw { election })
             .await?;
         Ok(Response::new(WithdrawResponse {
             header: unary_header(),
@@ -125,14 +106,10 @@ impl LeaderElectionService for ElectionApi {
         request: Request<AnointRequest>,
     ) -> Result<Response<AnointResponse>, Status> {
         let term = self
-            .change(
-                request,
-                |r| r.header.as_ref(),
-                |election, r| Operation::Anoint {
-                    election,
-                    candidate: candidate(&r.input),
-                },
-            )
+            .change(request, |election, r| Operation::Anoint {
+                election,
+                candidate: candidate(&r.input),
+            })
             .await?;
         Ok(Response::new(AnointResponse {
             header: unary_header(),
@@ -145,14 +122,10 @@ impl LeaderElectionService for ElectionApi {
         request: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
         let term = self
-            .change(
-                request,
-                |r| r.header.as_ref(),
-                |election, r| Operation::Promote {
-                    election,
-                    candidate: candidate(&r.input),
-                },
-            )
+            .change(request, |election, r| Operation::Promote {
+                election,
+                candidate: candidate(&r.input),
+            })
             .await?;
         Ok(Response::new(PromoteResponse {
             header: unary_header(),
@@ -165,14 +138,10 @@ impl LeaderElectionService for ElectionApi {
         request: Request<EvictRequest>,
     ) -> Result<Response<EvictResponse>, Status> {
         let term = self
-            .change(
-                request,
-                |r| r.header.as_ref(),
-                |election, r| Operation::Evict {
-                    election,
-                    candidate: candidate(&r.input),
-                },
-            )
+            .change(request, |election, r| Operation::Evict {
+                election,
+                candidate: candidate(&r.input),
+            })
             .await?;
         Ok(Response::new(EvictResponse {
             header: unary_header(),
@@ -186,7 +155,8 @@ impl LeaderElectionService for ElectionApi {
     ) -> Result<Response<GetTermResponse>, Status> {
         let deadline = deadline(&request);
         let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .context
+            .caller(&request, PrimitiveKind::Election)
             .await?;
         let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetTermResponse {
@@ -203,9 +173,9 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let deadline = deadline(&request);
         let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .context
+            .caller(&request, PrimitiveKind::Election)
             .await?;
         let stream = self.context.events(&caller, |initial, term| {
             let kind = if initial {
@@ -235,7 +205,8 @@ impl LeaderElectionService for ElectionApi {
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
         let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .context
+            .caller(&request, PrimitiveKind::Election)
             .await?;
         let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
@@ -252,7 +223,8 @@ impl LeaderElectionService for ElectionApi {
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
         let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
+            .context
+            .caller(&request, PrimitiveKind::Election)
             .await?;
         let request = request.into_inner();
         let operation = Operation::Restore {

@@ -1,13 +1,10 @@
 //! `atomix.primitive.leader.LeaderLatchService`.
 
 use baton_state::{Operation, PrimitiveKind};
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{Context, EventStream};
-use crate::convert::{
-    deadline, latch_snapshot, latch_to_proto, stream_header, unary_header, Caller,
-};
+use crate::convert::{deadline, latch_snapshot, latch_to_proto, stream_header, unary_header};
 use crate::error::ApiError;
 use crate::proto::atomix::primitive::leader::leader_latch_service_server::LeaderLatchService;
 use crate::proto::atomix::primitive::leader::{
@@ -15,7 +12,6 @@ use crate::proto::atomix::primitive::leader::{
     LatchOutput, LatchRequest, LatchResponse, RestoreRequest, RestoreResponse, Snapshot,
     SnapshotRequest, SnapshotResponse,
 };
-use crate::proto::atomix::primitive::RequestHeader;
 
 /// Serves the leader latch API.
 pub struct LatchApi {
@@ -29,20 +25,6 @@ impl LatchApi {
     }
 }
 
-impl LatchApi {
-    async fn caller<T>(
-        &self,
-        request: &Request<T>,
-        header: Option<&RequestHeader>,
-        deadline: Instant,
-    ) -> Result<Caller, ApiError> {
-        let extensions = request.extensions();
-        self.context
-            .caller(extensions, header, PrimitiveKind::Latch, deadline)
-            .await
-    }
-}
-
 #[tonic::async_trait]
 impl LeaderLatchService for LatchApi {
     async fn latch(
@@ -50,9 +32,7 @@ impl LeaderLatchService for LatchApi {
         request: Request<LatchRequest>,
     ) -> Result<Response<LatchResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
         let operation = Operation::Join {
             latch: caller.key.name.clone(),
         };
@@ -67,9 +47,7 @@ impl LeaderLatchService for LatchApi {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
         let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetResponse {
             header: unary_header(),
@@ -85,10 +63,7 @@ impl LeaderLatchService for LatchApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let deadline = deadline(&request);
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
         let stream = self.context.events(&caller, |initial, latch| {
             let kind = if initial {
                 events_output::Type::None
@@ -116,9 +91,7 @@ impl LeaderLatchService for LatchApi {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
         let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
@@ -133,9 +106,7 @@ impl LeaderLatchService for LatchApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref(), deadline)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
         let request = request.into_inner();
         let operation = Operation::Restore {
             key: caller.key.clone(),

@@ -27,11 +27,10 @@ pub use latch::LatchApi;
 pub use primitive::PrimitiveApi;
 pub use session::SessionApi;
 
-use crate::convert::{caller, Caller};
+use crate::convert::{caller, deadline, Addressed, Caller};
 use crate::error::{ApiError, ReplicationError};
 use crate::identity::ConnectionInfo;
 use crate::keepalive::SessionKeeper;
-use crate::proto::atomix::primitive::RequestHeader;
 use crate::replication::Replicator;
 
 /// How many updates a watcher's stream buffers before older ones coalesce.
@@ -68,26 +67,25 @@ impl Context {
     /// `client_id`, or, for a caller without one, the identity of its
     /// connection (DESIGN §3), named and given a session on first use. The
     /// rest of the header is checked first, so bad input opens nothing.
-    pub async fn caller(
+    pub async fn caller<T: Addressed>(
         &self,
-        extensions: &tonic::Extensions,
-        header: Option<&RequestHeader>,
+        request: &tonic::Request<T>,
         kind: PrimitiveKind,
-        deadline: Instant,
     ) -> Result<Caller, ApiError> {
-        let Some(anonymous) = header.filter(|h| h.client_id.is_empty()) else {
+        let header = request.get_ref().header();
+        let anonymous = header.is_some_and(|h| h.client_id.is_empty());
+        let connection = request.extensions().get::<ConnectionInfo>();
+        let (true, Some(connection)) = (anonymous, connection) else {
             return Ok(caller(header, kind)?);
         };
-        let Some(connection) = extensions.get::<ConnectionInfo>() else {
-            return Ok(caller(header, kind)?);
-        };
-        let mut named = anonymous.clone();
+        // Checked with a stand-in id first: bad input names nothing.
+        let mut named = header.cloned().unwrap_or_default();
         named.client_id = "-".into();
-        caller(Some(&named), kind)?;
-        named.client_id = connection
-            .identity(&self.replicator, &self.sessions, deadline)
+        let mut checked = caller(Some(&named), kind)?;
+        checked.client_id = connection
+            .identity(&self.replicator, &self.sessions, deadline(request))
             .await?;
-        Ok(caller(Some(&named), kind)?)
+        Ok(checked)
     }
 
     /// Replicates a command and returns the state machine's answer.

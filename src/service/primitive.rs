@@ -6,12 +6,11 @@ use baton_state::{CommandError, Operation, PrimitiveKind};
 use tonic::{Request, Response, Status};
 
 use super::Context;
-use crate::convert::{deadline, unary_header, Caller};
+use crate::convert::{deadline, unary_header, Addressed, Caller};
 use crate::error::ApiError;
 use crate::proto::atomix::primitive::primitive_service_server::PrimitiveService;
 use crate::proto::atomix::primitive::{
     CloseRequest, CloseResponse, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse,
-    RequestHeader,
 };
 
 /// Serves the primitive lifecycle API.
@@ -27,12 +26,10 @@ impl PrimitiveApi {
 
     /// The caller and the primitive its header names; the type must be one
     /// of ours, since it is the only thing that tells the kind here.
-    async fn caller<T>(
-        &self,
-        request: &Request<T>,
-        header: Option<&RequestHeader>,
-    ) -> Result<Caller, ApiError> {
-        let given = header
+    async fn caller<T: Addressed>(&self, request: &Request<T>) -> Result<Caller, ApiError> {
+        let given = request
+            .get_ref()
+            .header()
             .and_then(|h| h.primitive_id.as_ref())
             .map(|id| id.r#type.as_str())
             .unwrap_or_default();
@@ -43,9 +40,7 @@ impl PrimitiveApi {
                 given: given.to_owned(),
                 expected: "LeaderLatch or Election".to_owned(),
             })?;
-        self.context
-            .caller(request.extensions(), header, kind, deadline(request))
-            .await
+        self.context.caller(request, kind).await
     }
 }
 
@@ -58,8 +53,7 @@ impl PrimitiveService for PrimitiveApi {
         &self,
         request: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
-        self.caller(&request, request.get_ref().header.as_ref())
-            .await?;
+        self.caller(&request).await?;
         Ok(Response::new(CreateResponse {
             header: unary_header(),
         }))
@@ -70,9 +64,7 @@ impl PrimitiveService for PrimitiveApi {
         &self,
         request: Request<CloseRequest>,
     ) -> Result<Response<CloseResponse>, Status> {
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref())
-            .await?;
+        let caller = self.caller(&request).await?;
         let name = caller.key.name.clone();
         let operation = match caller.key.kind {
             PrimitiveKind::Latch => Operation::Leave { latch: name },
@@ -91,9 +83,7 @@ impl PrimitiveService for PrimitiveApi {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let caller = self
-            .caller(&request, request.get_ref().header.as_ref())
-            .await?;
+        let caller = self.caller(&request).await?;
         let operation = Operation::Delete {
             key: caller.key.clone(),
         };

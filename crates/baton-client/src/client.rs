@@ -179,6 +179,41 @@ impl Inner {
         Ok(Duration::from_millis(opened.timeout_ms))
     }
 
+    /// Sends one KeepAlive (for at most `timeout`) and returns the session
+    /// timeout. A managed client's lease then runs from the send time; if
+    /// the cluster no longer knows the session, it is over for good.
+    pub async fn renew(&self, timeout: Duration) -> Result<Duration> {
+        let sent_at = Instant::now();
+        let client_id = self.client_id.clone();
+        let renewed = self
+            .endpoints
+            .call(timeout, |channel, remaining| {
+                let request = KeepAliveRequest {
+                    client_id: client_id.clone(),
+                };
+                async move {
+                    SessionServiceClient::new(channel)
+                        .keep_alive(with_deadline(request, remaining))
+                        .await
+                }
+            })
+            .await;
+        match renewed {
+            Ok(renewed) => {
+                if self.managed {
+                    self.session.confirmed(sent_at);
+                }
+                Ok(Duration::from_millis(renewed.timeout_ms))
+            }
+            Err(error) => {
+                if self.managed && is_session_gone(&error) {
+                    self.session.end(Ended::SessionLost(error.to_string()));
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Refuses calls once the session is over.
     pub fn check_session(&self) -> Result<()> {
         match self.session.ended_because() {
@@ -269,24 +304,8 @@ impl Client {
     /// Renews the session once, now (a managed client also does this in
     /// the background), and returns its timeout.
     pub async fn keep_alive(&self) -> Result<Duration> {
-        let client_id = self.inner.client_id.clone();
-        let sent_at = Instant::now();
-        let renewed = self
-            .call(|channel, remaining| {
-                let request = KeepAliveRequest {
-                    client_id: client_id.clone(),
-                };
-                async move {
-                    SessionServiceClient::new(channel)
-                        .keep_alive(with_deadline(request, remaining))
-                        .await
-                }
-            })
-            .await?;
-        if self.inner.managed {
-            self.inner.session.confirmed(sent_at);
-        }
-        Ok(Duration::from_millis(renewed.timeout_ms))
+        self.inner.check_session()?;
+        self.inner.renew(self.inner.call_timeout).await
     }
 
     /// A handle on the leader latch `name`.

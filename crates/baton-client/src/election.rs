@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use futures::Stream;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::feed::{spawn_feed, view_of};
+use crate::feed::view_of;
 use crate::leadership::{lead_after, Leadership, Release};
 use crate::observe::Observer;
 use crate::proto::atomix::primitive::election as el;
@@ -220,14 +219,7 @@ impl Election {
     /// older epoch after a newer one. Ends with an error when the session
     /// ends.
     pub fn observe(&self) -> impl Stream<Item = Result<View>> {
-        let stop = CancellationToken::new();
-        let feed = spawn_feed(
-            self.client.clone(),
-            Kind::Election,
-            self.name.clone(),
-            stop.clone(),
-        );
-        Observer::new(feed, stop)
+        Observer::start(self.client.clone(), Kind::Election, self.name.clone())
     }
 
     /// Enters the election and waits until this client leads. Dropping the

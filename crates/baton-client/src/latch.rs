@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use futures::Stream;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::client::Client;
 use crate::error::Result;
-use crate::feed::{spawn_feed, view_of};
+use crate::feed::view_of;
 use crate::leadership::{lead_after, Leadership, Release};
 use crate::observe::Observer;
 use crate::proto::atomix::primitive::leader as la;
@@ -131,14 +130,7 @@ impl Latch {
     /// Changes of the latch from now on, across node failures, never an
     /// older epoch after a newer one.
     pub fn observe(&self) -> impl Stream<Item = Result<View>> {
-        let stop = CancellationToken::new();
-        let feed = spawn_feed(
-            self.client.clone(),
-            Kind::Latch,
-            self.name.clone(),
-            stop.clone(),
-        );
-        Observer::new(feed, stop)
+        Observer::start(self.client.clone(), Kind::Latch, self.name.clone())
     }
 
     /// Joins and waits up to `wait` (forever if `None`) to lead: `Ok(None)`

@@ -7,8 +7,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::client::Client;
 use crate::error::Result;
-use crate::view::View;
+use crate::feed::spawn_feed;
+use crate::view::{Kind, View};
 
 /// Views of one primitive, newest epoch last; dropping it stops the feed.
 pub(crate) struct Observer {
@@ -17,9 +19,11 @@ pub(crate) struct Observer {
 }
 
 impl Observer {
-    pub fn new(feed: mpsc::Receiver<Result<View>>, stop: CancellationToken) -> Self {
+    /// Starts the feed of `name` for `client`.
+    pub fn start(client: Client, kind: Kind, name: String) -> Self {
+        let stop = CancellationToken::new();
         Observer {
-            feed,
+            feed: spawn_feed(client, kind, name, stop.clone()),
             _stop: stop.drop_guard(),
         }
     }

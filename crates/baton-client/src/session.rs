@@ -12,12 +12,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 
 use crate::client::Inner;
-use crate::proto::baton::v1::session_service_client::SessionServiceClient;
-use crate::proto::baton::v1::KeepAliveRequest;
-use crate::transport::with_deadline;
 
 /// Keep-alives per session timeout: six leaves room for several to fail in
 /// a row (a node dying, an election) before the lease runs out.
@@ -143,27 +139,12 @@ pub(crate) async fn keep_alive(client: Weak<Inner>, session: Arc<SessionState>) 
         let Some(inner) = client.upgrade() else {
             return;
         };
-        let sent_at = Instant::now();
-        next = sent_at + interval;
-        let client_id = inner.client_id.clone();
-        let answer = inner
-            .endpoints
-            .call(interval, |channel, remaining| {
-                let request = KeepAliveRequest {
-                    client_id: client_id.clone(),
-                };
-                async move {
-                    SessionServiceClient::new(channel)
-                        .keep_alive(with_deadline(request, remaining))
-                        .await
-                }
-            })
-            .await;
-        match answer {
-            Ok(_) => session.confirmed(sent_at),
-            Err(e) if e.code() == Code::NotFound => {
-                tracing::warn!(client_id = %inner.client_id, "session lost: {e}");
-                session.end(Ended::SessionLost(e.to_string()));
+        next = Instant::now() + interval;
+        match inner.renew(interval).await {
+            Ok(_) => {}
+            // A lost session ended itself in `renew`.
+            Err(_) if session.ended.is_cancelled() => {
+                tracing::warn!(client_id = %inner.client_id, "session lost");
                 return;
             }
             Err(e) => tracing::debug!(client_id = %inner.client_id, "keep-alive failed: {e}"),

@@ -175,6 +175,16 @@ pub struct ChangeEvent {
     pub key: PrimitiveKey,
     /// Its state after the change.
     pub state: Primitive,
+    /// Its epoch before the command.
+    pub epoch_before: u64,
+}
+
+impl ChangeEvent {
+    /// Whether the command changed who leads (the epoch rose; a Delete,
+    /// which resets it to 0, does not count).
+    pub fn leader_changed(&self) -> bool {
+        self.state.epoch > self.epoch_before
+    }
 }
 
 /// The outcome of applying one command.

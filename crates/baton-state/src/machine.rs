@@ -55,6 +55,9 @@ impl Default for StateMachine {
     }
 }
 
+/// The primitives one command changed, with each one's epoch before it.
+type Changed = BTreeMap<PrimitiveKey, u64>;
+
 impl StateMachine {
     /// An empty state machine with the given limits.
     pub fn new(limits: Limits) -> Self {
@@ -188,7 +191,7 @@ impl StateMachine {
     pub fn apply(&mut self, command: &Command, stamp_ms: u64) -> Applied {
         self.now_ms = self.now_ms.max(stamp_ms);
         self.prune_tombstones();
-        let mut changed = BTreeSet::new();
+        let mut changed = Changed::new();
         let result = match command {
             Command::Client(request) => self.apply_client(request, &mut changed),
             Command::OpenSession {
@@ -221,9 +224,10 @@ impl StateMachine {
         };
         let events = changed
             .into_iter()
-            .map(|key| ChangeEvent {
+            .map(|(key, epoch_before)| ChangeEvent {
                 state: self.primitive(&key),
                 key,
+                epoch_before,
             })
             .collect();
         Applied { result, events }
@@ -232,7 +236,7 @@ impl StateMachine {
     fn apply_client(
         &mut self,
         request: &ClientRequest,
-        changed: &mut BTreeSet<PrimitiveKey>,
+        changed: &mut Changed,
     ) -> Result<Response, CommandError> {
         validate_id("client_id", &request.client_id)?;
         let key = request.operation.key();
@@ -264,7 +268,7 @@ impl StateMachine {
         &mut self,
         request: &ClientRequest,
         key: &PrimitiveKey,
-        changed: &mut BTreeSet<PrimitiveKey>,
+        changed: &mut Changed,
     ) -> Result<Response, CommandError> {
         let key = key.clone();
         let now = self.now_ms;
@@ -326,7 +330,7 @@ impl StateMachine {
             self.primitives.insert(key.clone(), Primitive::default());
         }
         if self.replace_members(&key, members) {
-            changed.insert(key.clone());
+            changed.entry(key.clone()).or_insert(current.epoch);
         }
         if is_restore {
             if let Some(primitive) = self.primitives.get_mut(&key) {
@@ -335,7 +339,7 @@ impl StateMachine {
                 primitive.leader_since_ms = now;
                 primitive.version = primitive.version.saturating_add(1);
             }
-            changed.insert(key.clone());
+            changed.entry(key.clone()).or_insert(current.epoch);
         }
         Ok(Response::Primitive(self.primitive(&key)))
     }
@@ -345,7 +349,7 @@ impl StateMachine {
     fn delete(
         &mut self,
         key: &PrimitiveKey,
-        changed: &mut BTreeSet<PrimitiveKey>,
+        changed: &mut Changed,
     ) -> Result<Response, CommandError> {
         let Some(primitive) = self.primitives.remove(key) else {
             return Err(CommandError::PrimitiveNotFound {
@@ -357,7 +361,7 @@ impl StateMachine {
                 session.memberships.remove(key);
             }
         }
-        changed.insert(key.clone());
+        changed.entry(key.clone()).or_insert(primitive.epoch);
         Ok(Response::Primitive(Primitive::default()))
     }
 
@@ -435,7 +439,7 @@ impl StateMachine {
         &mut self,
         client_id: &str,
         request_id: u64,
-        changed: &mut BTreeSet<PrimitiveKey>,
+        changed: &mut Changed,
     ) -> Result<Response, CommandError> {
         let Some(session) = self.sessions.get_mut(client_id) else {
             return Ok(Response::SessionClosed { existed: false });
@@ -478,7 +482,7 @@ impl StateMachine {
     /// Closes or expires sessions: their clients leave every primitive in
     /// this one step, so a primitive that loses several members (say its
     /// leader and the next in line) changes once and its epoch rises once.
-    fn end_sessions(&mut self, client_ids: &[String], changed: &mut BTreeSet<PrimitiveKey>) {
+    fn end_sessions(&mut self, client_ids: &[String], changed: &mut Changed) {
         let leaving: BTreeSet<&String> = client_ids
             .iter()
             .filter(|id| self.sessions.contains_key(id.as_str()))
@@ -489,14 +493,14 @@ impl StateMachine {
             .flat_map(|s| s.memberships.iter().cloned())
             .collect();
         for key in affected {
-            let members: Vec<String> = self
-                .primitive(&key)
+            let before = self.primitive(&key);
+            let members: Vec<String> = before
                 .members
                 .into_iter()
                 .filter(|m| !leaving.contains(m))
                 .collect();
             if self.replace_members(&key, members) {
-                changed.insert(key);
+                changed.entry(key).or_insert(before.epoch);
             }
         }
         let leaving: Vec<String> = leaving.into_iter().cloned().collect();

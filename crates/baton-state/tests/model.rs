@@ -549,6 +549,7 @@ proptest! {
             prop_assert_eq!(evented, changed, "one event per changed primitive");
             for event in &applied.events {
                 prop_assert_eq!(&event.state, &sm.primitive(&event.key));
+                prop_assert_eq!(event.epoch_before, before.primitive(&event.key).epoch);
             }
             let windows: Vec<SessionWindow> = sm
                 .sessions()

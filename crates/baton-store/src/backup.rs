@@ -98,8 +98,9 @@ pub fn encode(cluster_id: &str, index: u64, state: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Checks a backup file's bytes and returns its header and state.
-pub fn decode(bytes: &[u8]) -> Result<(BackupHeader, StateMachine), BackupError> {
+/// Checks a backup file's header, length and checksum (not whether the
+/// state decodes) and returns the header and the state bytes.
+pub fn check(bytes: &[u8]) -> Result<(BackupHeader, &[u8]), BackupError> {
     let newline = bytes
         .iter()
         .position(|b| *b == b'\n')
@@ -126,8 +127,13 @@ pub fn decode(bytes: &[u8]) -> Result<(BackupHeader, StateMachine), BackupError>
             expected: header.crc32,
         });
     }
-    let machine = serde_json::from_slice(state)?;
-    Ok((header, machine))
+    Ok((header, state))
+}
+
+/// Checks a backup file's bytes and returns its header and state.
+pub fn decode(bytes: &[u8]) -> Result<(BackupHeader, StateMachine), BackupError> {
+    let (header, state) = check(bytes)?;
+    Ok((header, serde_json::from_slice(state)?))
 }
 
 /// Seeds a new node's data directory `dir` from a backup file's bytes: the
@@ -135,11 +141,12 @@ pub fn decode(bytes: &[u8]) -> Result<(BackupHeader, StateMachine), BackupError>
 /// cluster with the nodes seeded from the same file. Checked first; on any
 /// error nothing is written.
 pub fn seed(dir: &Path, bytes: &[u8]) -> Result<BackupHeader, BackupError> {
-    let (header, machine) = decode(bytes)?;
+    let (header, state) = check(bytes)?;
+    // Decoded only to refuse a state that would not load; stored as it is.
+    serde_json::from_slice::<StateMachine>(state)?;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
-    let state = serde_json::to_vec(&machine)?;
     let db = sled::open(dir)?;
     db.open_tree("snapshot")?.insert(SEED, state)?;
     db.flush()?;

@@ -360,6 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .filter(|key| guard.machine.primitive(key) != machine.primitive(key))
                 .map(|key| ChangeEvent {
                     state: machine.primitive(&key),
+                    epoch_before: guard.machine.primitive(&key).epoch,
                     key,
                 })
                 .collect();
