@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tonic::transport::server::Connected;
 
 use crate::error::ApiError;
-use crate::keepalive::{ConnectionHold, SessionKeeper};
+use crate::keepalive::{Hold, SessionKeeper};
 use crate::replication::Replicator;
 
 /// How long the node keeps trying to close a departed connection's session
@@ -117,7 +117,7 @@ struct Slot {
     identity: OnceLock<String>,
     /// Set once the identity's session is open and held.
     established: tokio::sync::OnceCell<()>,
-    hold: Mutex<Option<ConnectionHold>>,
+    hold: Mutex<Option<Hold>>,
 }
 
 /// What tonic attaches to every request of a tracked connection.

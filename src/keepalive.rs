@@ -44,8 +44,8 @@ struct Confirmed {
 struct Clients {
     /// Open streams per client.
     streams: HashMap<String, usize>,
-    /// Connection-bound identities whose connection is open (one each).
-    connections: HashSet<String>,
+    /// Connection-bound identities whose connection is open.
+    connections: HashMap<String, usize>,
     /// Clients that read since the last tick.
     touched: HashSet<String>,
     /// Last confirmed renewal per client; forgotten once neither a stream
@@ -59,34 +59,41 @@ pub struct SessionKeeper {
     clients: Arc<Mutex<Clients>>,
 }
 
-/// Keeps a client's session alive while it exists (one per open stream).
-pub struct StreamHold {
-    keeper: SessionKeeper,
-    client_id: String,
+/// What keeps a client's session alive on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldKind {
+    /// An open Events stream (one hold per stream).
+    Stream,
+    /// An open connection of a connection-bound identity (`identity.rs`).
+    Connection,
 }
 
-impl Drop for StreamHold {
+/// Keeps a client's session alive while it exists.
+pub struct Hold {
+    keeper: SessionKeeper,
+    client_id: String,
+    kind: HoldKind,
+}
+
+impl Drop for Hold {
     fn drop(&mut self) {
         let mut clients = self.keeper.lock();
-        if let Some(count) = clients.streams.get_mut(&self.client_id) {
+        let holds = clients.holds_of(self.kind);
+        if let Some(count) = holds.get_mut(&self.client_id) {
             *count -= 1;
             if *count == 0 {
-                clients.streams.remove(&self.client_id);
+                holds.remove(&self.client_id);
             }
         }
     }
 }
 
-/// Keeps a connection-bound identity's session alive while its connection
-/// is open (see `identity.rs`).
-pub struct ConnectionHold {
-    keeper: SessionKeeper,
-    client_id: String,
-}
-
-impl Drop for ConnectionHold {
-    fn drop(&mut self) {
-        self.keeper.lock().connections.remove(&self.client_id);
+impl Clients {
+    fn holds_of(&mut self, kind: HoldKind) -> &mut HashMap<String, usize> {
+        match kind {
+            HoldKind::Stream => &mut self.streams,
+            HoldKind::Connection => &mut self.connections,
+        }
     }
 }
 
@@ -95,23 +102,29 @@ impl SessionKeeper {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps `client_id` alive until the returned hold is dropped.
-    pub fn hold(&self, client_id: &str) -> StreamHold {
-        *self.lock().streams.entry(client_id.to_owned()).or_default() += 1;
-        StreamHold {
+    fn hold_as(&self, client_id: &str, kind: HoldKind) -> Hold {
+        *self
+            .lock()
+            .holds_of(kind)
+            .entry(client_id.to_owned())
+            .or_default() += 1;
+        Hold {
             keeper: self.clone(),
             client_id: client_id.to_owned(),
+            kind,
         }
+    }
+
+    /// Keeps `client_id` alive until the returned hold is dropped (one per
+    /// open Events stream).
+    pub fn hold(&self, client_id: &str) -> Hold {
+        self.hold_as(client_id, HoldKind::Stream)
     }
 
     /// Keeps the connection-bound identity `client_id` alive until the
     /// returned hold is dropped.
-    pub fn hold_connection(&self, client_id: &str) -> ConnectionHold {
-        self.lock().connections.insert(client_id.to_owned());
-        ConnectionHold {
-            keeper: self.clone(),
-            client_id: client_id.to_owned(),
-        }
+    pub fn hold_connection(&self, client_id: &str) -> Hold {
+        self.hold_as(client_id, HoldKind::Connection)
     }
 
     /// Counts a request (a read) from `client_id` as a sign of life.
@@ -124,7 +137,7 @@ impl SessionKeeper {
     pub fn tracked(&self) -> usize {
         let clients = self.lock();
         let mut ids: HashSet<&String> = clients.streams.keys().collect();
-        ids.extend(clients.connections.iter());
+        ids.extend(clients.connections.keys());
         ids.extend(clients.touched.iter());
         ids.extend(clients.confirmed.keys());
         ids.len()
@@ -203,14 +216,14 @@ impl SessionKeeper {
         replicator.state().read(|machine, _| {
             confirmed.retain(|id, c| {
                 streams.contains_key(id)
-                    || connections.contains(id)
+                    || connections.contains_key(id)
                     || (machine.session(id).is_some()
                         && now.saturating_duration_since(c.sent_at) <= c.timeout)
             });
             let mut shortest: Option<Duration> = None;
             let due = streams
                 .keys()
-                .chain(connections.iter())
+                .chain(connections.keys())
                 .chain(touched.iter())
                 .collect::<HashSet<_>>()
                 .into_iter()
