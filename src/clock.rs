@@ -3,8 +3,11 @@
 //! step on the leader can neither expire healthy sessions early nor keep
 //! dead ones alive. The wall clock is read once per term, as a label.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use baton_store::StateHandle;
 
 /// Wall-clock milliseconds since the Unix epoch.
 ///
@@ -68,5 +71,37 @@ impl LeaderClock {
         };
         let elapsed = u64::try_from(current.at.elapsed().as_millis()).unwrap_or(u64::MAX);
         current.wall_ms.saturating_add(elapsed)
+    }
+}
+
+/// The stamps a leader puts on its entries: its term clock, never below a
+/// stamp already issued or applied.
+pub struct EntryStamps {
+    clock: LeaderClock,
+    last: AtomicU64,
+    state: StateHandle,
+}
+
+impl EntryStamps {
+    /// Stamps for the node whose applied state is `state`.
+    pub fn new(state: StateHandle) -> Self {
+        EntryStamps {
+            clock: LeaderClock::default(),
+            last: AtomicU64::new(0),
+            state,
+        }
+    }
+
+    /// The leader's time in `term`, never below the latest applied stamp.
+    pub fn now_ms(&self, term: u64) -> u64 {
+        let floor = self.state.read(|machine, _| machine.now_ms());
+        self.clock.now_ms(term, floor)
+    }
+
+    /// The stamp for the next entry proposed in `term`.
+    pub fn next(&self, term: u64) -> u64 {
+        let candidate = self.now_ms(term);
+        let previous = self.last.fetch_max(candidate, Ordering::SeqCst);
+        previous.max(candidate)
     }
 }

@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod convert;
 pub mod error;
+pub mod group_commit;
 pub mod health;
 pub mod identity;
 pub mod keepalive;

@@ -5,20 +5,21 @@
 //! the moment it is not, instead of waiting for the caller's deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_state::{Command, CommandError, Response};
-use baton_store::{LogCommand, NodeId, StateHandle, TypeConfig};
-use openraft::error::{ClientWriteError, RaftError};
+use baton_store::{NodeId, StateHandle, TypeConfig};
+use openraft::error::RaftError;
 use openraft::{Raft, ServerState};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::clock::LeaderClock;
+use crate::clock::EntryStamps;
 use crate::error::{LeaderHint, ReplicationError};
+use crate::group_commit::GroupCommit;
 use crate::liveness::{LeaderLoss, Liveness};
 use crate::network::{decode, encode, never_sent, PeerChannels};
 use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, ReadIndexRequest};
@@ -64,8 +65,8 @@ struct Inner {
     channels: PeerChannels,
     client_addr: String,
     client_addrs: Mutex<HashMap<NodeId, String>>,
-    last_stamp: AtomicU64,
-    clock: LeaderClock,
+    stamps: Arc<EntryStamps>,
+    group_commit: GroupCommit,
     liveness: Liveness,
     /// The term in which this node, as leader, has applied its grace entry,
     /// and the applied index at that moment. Reads on the leader wait for
@@ -94,6 +95,8 @@ impl Replicator {
         // for election_timeout_max after their last heartbeat, so no new
         // leader can exist before this node's contact is that old.
         let liveness = Liveness::new(Duration::from_millis(raft.config().election_timeout_max));
+        let stamps = Arc::new(EntryStamps::new(state.clone()));
+        let group_commit = GroupCommit::start(raft.clone(), stamps.clone());
         Replicator {
             inner: Arc::new(Inner {
                 id,
@@ -102,8 +105,8 @@ impl Replicator {
                 channels,
                 client_addr,
                 client_addrs: Mutex::new(HashMap::new()),
-                last_stamp: AtomicU64::new(0),
-                clock: LeaderClock::default(),
+                stamps,
+                group_commit,
                 liveness,
                 graced: Mutex::new(None),
                 rejoining: AtomicBool::new(false),
@@ -362,15 +365,14 @@ impl Replicator {
 
     /// The leader's clock in `term` (DESIGN §3: monotonic within a term).
     fn leader_now_ms(&self, term: u64) -> u64 {
-        let floor = self.inner.state.read(|machine, _| machine.now_ms());
-        self.inner.clock.now_ms(term, floor)
+        self.inner.stamps.now_ms(term)
     }
 
-    /// Proposes on this node, which must be a working leader; stamps the
-    /// entry with the leader's term clock, never below a stamp already
-    /// issued or applied.
+    /// Proposes on this node, which must be a working leader. The command
+    /// joins the next entry (group commit), stamped with the leader's term
+    /// clock.
     pub async fn propose_as_leader(&self, command: Command) -> ProposeReply {
-        let term = {
+        {
             let metrics = self.inner.raft.metrics();
             let metrics = metrics.borrow();
             let leading = metrics.state == ServerState::Leader
@@ -381,30 +383,9 @@ impl Replicator {
             if let Err(loss) = self.inner.liveness.working_leader(&metrics) {
                 return Err(ProposeRejection::NoQuorum(loss.to_string()));
             }
-            metrics.current_term
-        };
-        let candidate = self.leader_now_ms(term);
-        let previous = self.inner.last_stamp.fetch_max(candidate, Ordering::SeqCst);
-        let stamp_ms = previous.max(candidate);
-        let write = async {
-            match self
-                .inner
-                .raft
-                .client_write(LogCommand { stamp_ms, command })
-                .await
-            {
-                Ok(response) => response.data.0.ok_or_else(|| {
-                    ProposeRejection::Unknown("entry applied without a result".into())
-                }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(ProposeRejection::Unknown(
-                        "leadership changed while the write was in flight".into(),
-                    ))
-                }
-                Err(error) => Err(ProposeRejection::Unknown(error.to_string())),
-            }
-        };
-        self.while_leader_reachable(write).await
+        }
+        self.while_leader_reachable(self.inner.group_commit.propose(command))
+            .await
     }
 
     async fn forward(&self, leader: NodeId, command: &Command) -> ProposeReply {

@@ -149,7 +149,7 @@ pub fn seed(dir: &Path, bytes: &[u8]) -> Result<BackupHeader, BackupError> {
     }
     let db = sled::open(dir)?;
     db.open_tree("snapshot")?.insert(SEED, state)?;
-    db.flush()?;
+    crate::durable::Durable::open(dir, &db)?.flush_blocking()?;
     Ok(header)
 }
 

@@ -1,8 +1,8 @@
 //! Baton's Raft storage: an openraft (storage-v2) log store and state
 //! machine, persisted in sled under one data directory.
 //!
-//! The log store makes every append and vote durable (sled flush) before
-//! openraft is told so. The state machine keeps the deterministic
+//! The log store makes every append and vote durable (sled flush, then
+//! fdatasync: see `durable.rs`) before openraft is told so. The state machine keeps the deterministic
 //! [`baton_state::StateMachine`] in memory and persists it as Raft snapshots;
 //! after a restart it loads the latest snapshot and openraft re-applies the
 //! committed log behind it. This crate knows nothing of gRPC: the server
@@ -13,6 +13,7 @@
 // openraft's trait signatures fix the (large) StorageError type.
 #![allow(clippy::result_large_err)]
 
+mod durable;
 mod log_store;
 mod state_store;
 mod types;
@@ -31,6 +32,9 @@ pub enum OpenError {
     /// sled could not open or read the database.
     #[error("cannot open the data directory: {0}")]
     Sled(#[from] sled::Error),
+    /// The database files could not be opened for syncing.
+    #[error("cannot open the data directory: {0}")]
+    Io(#[from] std::io::Error),
     /// A stored snapshot could not be decoded.
     #[error("stored snapshot is corrupt: {0}")]
     CorruptSnapshot(#[from] serde_json::Error),
@@ -51,7 +55,8 @@ pub fn open(
         .path(dir)
         .cache_capacity(PAGE_CACHE_BYTES)
         .open()?;
-    let log = LogStore::new(&db)?;
-    let state = StateMachineStore::new(&db, limits)?;
+    let durable = durable::Durable::open(dir, &db)?;
+    let log = LogStore::new(&db, durable.clone())?;
+    let state = StateMachineStore::new(&db, durable, limits)?;
     Ok((log, state))
 }

@@ -12,6 +12,7 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::durable::Durable;
 use crate::types::{NodeId, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
@@ -24,26 +25,25 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// vote, commit marker and purge marker in tree `log_meta`.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    durable: Durable,
     entries: sled::Tree,
     meta: sled::Tree,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(crate) fn new(db: &sled::Db, durable: Durable) -> Result<Self, sled::Error> {
         Ok(LogStore {
-            db: db.clone(),
+            durable,
             entries: db.open_tree("log")?,
             meta: db.open_tree("log_meta")?,
         })
     }
 
     async fn flush(&self) -> StorageResult<()> {
-        self.db
-            .flush_async()
+        self.durable
+            .flush()
             .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -161,16 +161,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // Plain inserts, not a sled batch: a crash may keep a prefix of the
+        // entries, which Raft allows (they are reported only once flushed),
+        // and a batch would switch sled to its global write lock for good.
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.insert(&entry.get_log_id().index.to_be_bytes(), bytes);
+            self.entries
+                .insert(entry.get_log_id().index.to_be_bytes(), bytes)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
         }
-        self.entries
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self.db.flush_async().await;
-        callback.log_io_completed(flushed.map(|_| ()).map_err(std::io::Error::from));
+        let flushed = self.durable.flush().await;
+        callback.log_io_completed(flushed);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::durable::Durable;
 use crate::types::{CommandOutcome, NodeId, TypeConfig};
 use crate::OpenError;
 
@@ -130,7 +131,7 @@ impl StateHandle {
 #[derive(Clone)]
 pub struct StateMachineStore {
     handle: StateHandle,
-    db: sled::Db,
+    durable: Durable,
     snapshots: sled::Tree,
     snapshot_counter: Arc<AtomicU64>,
     /// Serializes snapshot writes: openraft may finish building a snapshot
@@ -139,7 +140,7 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: &sled::Db, limits: Limits) -> Result<Self, OpenError> {
+    pub(crate) fn new(db: &sled::Db, durable: Durable, limits: Limits) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
         let applied = match read_stored(&snapshots)? {
             Some(stored) => AppliedState {
@@ -166,7 +167,7 @@ impl StateMachineStore {
                     changes,
                 }),
             },
-            db: db.clone(),
+            durable,
             snapshots,
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -212,8 +213,8 @@ impl StateMachineStore {
         self.snapshots
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.db
-            .flush_async()
+        self.durable
+            .flush()
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         Ok(())
@@ -295,20 +296,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 guard.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => outcomes.push(CommandOutcome(None)),
-                    EntryPayload::Normal(command) => {
-                        let applied = guard.machine.apply(&command.command, command.stamp_ms);
-                        if !applied.events.is_empty() {
+                    EntryPayload::Blank => outcomes.push(CommandOutcome(Vec::new())),
+                    EntryPayload::Normal(log_command) => {
+                        let mut results = Vec::with_capacity(log_command.commands.len());
+                        let mut events = Vec::new();
+                        for command in &log_command.commands {
+                            let applied = guard.machine.apply(command, log_command.stamp_ms);
+                            events.extend(applied.events);
+                            results.push(applied.result);
+                        }
+                        if !events.is_empty() {
                             changes.push(AppliedChanges {
                                 index: entry.log_id.index,
-                                events: applied.events,
+                                events,
                             });
                         }
-                        outcomes.push(CommandOutcome(Some(applied.result)));
+                        outcomes.push(CommandOutcome(results));
                     }
                     EntryPayload::Membership(membership) => {
                         guard.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        outcomes.push(CommandOutcome(None));
+                        outcomes.push(CommandOutcome(Vec::new()));
                     }
                 }
             }

@@ -14,14 +14,14 @@ fn log_id(index: u64) -> LogId<u64> {
 fn join_entry(index: u64, client: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(LogCommand {
-            stamp_ms: 1_000 + index,
-            command: Command::Client(ClientRequest {
+        payload: EntryPayload::Normal(LogCommand::single(
+            1_000 + index,
+            Command::Client(ClientRequest {
                 client_id: client.into(),
                 request_id: 0,
                 operation: Operation::Join { latch: "l".into() },
             }),
-        }),
+        )),
     }
 }
 
