@@ -16,6 +16,7 @@ use baton_store::{LogCommand, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResult;
 use openraft::Raft;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::EntryStamps;
@@ -48,6 +49,7 @@ struct Proposal {
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::Sender<Proposal>,
+    entry_commands: Histogram,
 }
 
 impl GroupCommit {
@@ -55,8 +57,17 @@ impl GroupCommit {
     /// `stamps`. The task ends when every handle is dropped.
     pub fn start(raft: Raft<TypeConfig>, stamps: Arc<EntryStamps>) -> Self {
         let (queue, proposals) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(gather(raft, stamps, proposals));
-        GroupCommit { queue }
+        let entry_commands = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        tokio::spawn(gather(raft, stamps, proposals, entry_commands.clone()));
+        GroupCommit {
+            queue,
+            entry_commands,
+        }
+    }
+
+    /// Commands per entry proposed by this node as leader.
+    pub fn entry_commands(&self) -> Histogram {
+        self.entry_commands.clone()
     }
 
     /// Proposes `command` in the next entry and waits for its result. The
@@ -76,6 +87,7 @@ async fn gather(
     raft: Raft<TypeConfig>,
     stamps: Arc<EntryStamps>,
     mut proposals: mpsc::Receiver<Proposal>,
+    entry_commands: Histogram,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carried = None;
@@ -111,6 +123,7 @@ async fn gather(
         if batch.is_empty() {
             continue;
         }
+        entry_commands.observe(batch.len() as f64);
         let term = raft.metrics().borrow().current_term;
         let (commands, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()

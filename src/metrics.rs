@@ -38,6 +38,18 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Metrics that other parts of the node keep and the registry exports.
+pub struct MetricSources {
+    /// Writes the replicator forwarded to the leader.
+    pub forwarded: Counter,
+    /// Sessions expired by entries this node proposed.
+    pub expired: Counter,
+    /// Commands per entry proposed (group commit).
+    pub entry_commands: Histogram,
+    /// Durable flush latency of the storage.
+    pub flush_seconds: Histogram,
+}
+
 /// Every metric of one node.
 pub struct Metrics {
     registry: Registry,
@@ -62,9 +74,14 @@ fn as_gauge(value: u64) -> i64 {
 }
 
 impl Metrics {
-    /// Registers every metric; `forwarded` and `expired` are the
-    /// replicator's own counters.
-    pub fn new(forwarded: Counter, expired: Counter) -> Arc<Self> {
+    /// Registers every metric, with those kept by other parts of the node.
+    pub fn new(sources: MetricSources) -> Arc<Self> {
+        let MetricSources {
+            forwarded,
+            expired,
+            entry_commands,
+            flush_seconds,
+        } = sources;
         let mut registry = Registry::with_prefix("baton");
         let metrics = Metrics {
             term: Gauge::default(),
@@ -155,6 +172,16 @@ impl Metrics {
             "sessions_expired",
             "Sessions expired by entries this node proposed as leader",
             expired,
+        );
+        registry.register(
+            "entry_commands",
+            "Commands per log entry this node proposed as leader (group commit)",
+            entry_commands,
+        );
+        registry.register(
+            "storage_flush_duration_seconds",
+            "Durable flushes of the data directory (sled flush + fdatasync): log appends, votes, snapshots",
+            flush_seconds,
         );
         registry.register(
             "raft_leader_changes",

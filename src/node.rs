@@ -20,7 +20,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
-use crate::metrics::{Metrics, RpcMetricsLayer};
+use crate::metrics::{MetricSources, Metrics, RpcMetricsLayer};
 use crate::network::{PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::peer::PeerService;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionServiceServer;
@@ -176,6 +176,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let raft_config = Arc::new(raft_config(&config)?);
     let (log_store, state_store) = baton_store::open(&config.data_dir, config.limits.clone())?;
+    let flush_seconds = log_store.flush_seconds();
     let state = state_store.handle();
     let channels = PeerChannels::new(config.peer_tls.as_ref().map(|tls| {
         ClientTlsConfig::new()
@@ -244,7 +245,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
-    let metrics = Metrics::new(replicator.forwarded_writes(), replicator.expired_sessions());
+    let metrics = Metrics::new(MetricSources {
+        forwarded: replicator.forwarded_writes(),
+        expired: replicator.expired_sessions(),
+        entry_commands: replicator.entry_commands(),
+        flush_seconds,
+    });
     let mut client_server = Server::builder();
     if let Some(tls) = &config.client_tls {
         let tls = ServerTlsConfig::new().identity(tls.tonic());

@@ -121,6 +121,11 @@ impl Replicator {
         self.inner.forwarded.clone()
     }
 
+    /// Commands per entry this node proposed as leader (group commit).
+    pub fn entry_commands(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.inner.group_commit.entry_commands()
+    }
+
     /// Sessions expired by entries this node proposed as leader so far.
     pub fn expired_sessions(&self) -> Counter {
         self.inner.expired.clone()

@@ -118,6 +118,8 @@ async fn a_node_under_load_exports_its_metrics_and_they_move() {
         "baton_rpc_duration_seconds_bucket",
         "baton_forwarded_writes_total",
         "baton_sessions_expired_total",
+        "baton_entry_commands_bucket",
+        "baton_storage_flush_duration_seconds_bucket",
         "baton_raft_leader_changes_total",
         "baton_primitive_leader_changes_total",
     ] {
@@ -138,6 +140,8 @@ async fn a_node_under_load_exports_its_metrics_and_they_move() {
     moved("baton_raft_commit_index");
     moved("baton_raft_applied_index");
     moved("baton_forwarded_writes_total");
+    // A follower flushes every entry it appends.
+    moved("baton_storage_flush_duration_seconds_count");
     moved("baton_primitive_leader_changes_total");
     let total = |scrapes: &[String], name: &str| -> f64 {
         scrapes.iter().map(|t| sample(t, name).unwrap_or(0.0)).sum()

@@ -46,6 +46,13 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
+    /// How long this node's durable flushes took (log appends, votes,
+    /// snapshots): the time every write waits for the disk, twice (leader
+    /// and follower) before it commits.
+    pub fn flush_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.durable.seconds()
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
         let bytes = self
             .meta
