@@ -15,7 +15,7 @@ use baton_state::{ClientRequest, Command, Operation};
 use baton_store::{LogCommand, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResult;
-use openraft::Raft;
+use openraft::{Raft, ServerState};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -123,8 +123,23 @@ async fn gather(
         if batch.is_empty() {
             continue;
         }
+        let (leading, term) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            let leading =
+                metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id);
+            (leading, metrics.current_term)
+        };
+        if !leading {
+            // Leadership moved while these waited: nothing was appended,
+            // so the proposers may safely try the new leader.
+            answer_all(
+                batch.into_iter().map(|proposal| proposal.reply).collect(),
+                ProposeRejection::NotLeader,
+            );
+            continue;
+        }
         entry_commands.observe(batch.len() as f64);
-        let term = raft.metrics().borrow().current_term;
         let (commands, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|proposal| (proposal.command, proposal.reply))
@@ -135,7 +150,13 @@ async fn gather(
         };
         match raft.client_write_ff(entry).await {
             Ok(answer) => {
-                tokio::spawn(answer_when_applied(answer, replies, slot));
+                tokio::spawn(answer_when_applied(
+                    answer,
+                    replies,
+                    slot,
+                    raft.clone(),
+                    term,
+                ));
             }
             Err(fatal) => answer_all(replies, ProposeRejection::Unknown(fatal.to_string())),
         }
@@ -145,9 +166,26 @@ async fn gather(
 async fn answer_when_applied<E>(
     answer: impl Future<Output = Result<ClientWriteResult<TypeConfig>, E>>,
     replies: Vec<oneshot::Sender<ProposeReply>>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
+    raft: Raft<TypeConfig>,
+    term: u64,
 ) {
-    let rejection = match tokio::time::timeout(ENTRY_ANSWER_LIMIT, answer).await {
+    // openraft answers an entry once it is applied or truncated, but not
+    // one that a snapshot installed here later covers; should this node
+    // lose office, its slot is freed at once (the next entry is then
+    // refused as NotLeader) and the answer is still awaited for the
+    // proposers.
+    let mut slot = Some(slot);
+    let answer = tokio::time::timeout(ENTRY_ANSWER_LIMIT, answer);
+    tokio::pin!(answer);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut answer => break outcome,
+            _ = left_office(&raft, term), if slot.is_some() => slot = None,
+        }
+    };
+    drop(slot);
+    let rejection = match outcome {
         Ok(Ok(Ok(response))) => {
             let results = response.data.0;
             if results.len() == replies.len() {
@@ -168,25 +206,157 @@ async fn answer_when_applied<E>(
     answer_all(replies, rejection);
 }
 
+/// Resolves once this node no longer leads in `term` (or Raft stopped).
+async fn left_office(raft: &Raft<TypeConfig>, term: u64) {
+    let mut metrics = raft.metrics();
+    let _ = metrics
+        .wait_for(|m| m.current_term != term || m.state != ServerState::Leader)
+        .await;
+}
+
 fn answer_all(replies: Vec<oneshot::Sender<ProposeReply>>, rejection: ProposeRejection) {
     for reply in replies {
         let _ = reply.send(Err(rejection.clone()));
     }
 }
 
-/// A generous estimate of a command's encoded size. Client operations carry
-/// at most a few bounded ids and names; restores and keep-alive batches are
-/// the only commands that grow, and are measured.
+/// A generous estimate of a command's encoded size: JSON may escape a byte
+/// as six, so every name and id counts six times its length; restores are
+/// measured. Ids are only checked when applied, so nothing here trusts
+/// them to be short.
 fn approx_bytes(command: &Command) -> usize {
-    const SMALL: usize = 2 * 1024;
-    match command {
-        Command::KeepAlive { client_ids } => {
-            SMALL + client_ids.iter().map(|id| id.len() + 8).sum::<usize>()
+    const OVERHEAD: usize = 256;
+    let text = |s: &str| 6 * s.len();
+    OVERHEAD
+        + match command {
+            Command::Client(ClientRequest {
+                client_id,
+                operation,
+                ..
+            }) => {
+                text(client_id)
+                    + match operation {
+                        Operation::Join { latch } | Operation::Leave { latch } => text(latch),
+                        Operation::Enter { election } | Operation::Withdraw { election } => {
+                            text(election)
+                        }
+                        Operation::Anoint {
+                            election,
+                            candidate,
+                        }
+                        | Operation::Promote {
+                            election,
+                            candidate,
+                        }
+                        | Operation::Evict {
+                            election,
+                            candidate,
+                        } => text(election) + text(candidate),
+                        Operation::Delete { key } => text(&key.name),
+                        Operation::Restore { .. } => {
+                            serde_json::to_vec(command).map_or(MAX_ENTRY_BYTES, |bytes| bytes.len())
+                        }
+                    }
+            }
+            Command::OpenSession { client_id, .. } | Command::CloseSession { client_id, .. } => {
+                text(client_id)
+            }
+            Command::KeepAlive { client_ids } => {
+                client_ids.iter().map(|id| text(id) + 8).sum::<usize>()
+            }
+            Command::ExpireDue | Command::LeaderGrace => 0,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_state::PrimitiveKey;
+
+    use super::*;
+
+    fn client(client_id: &str, operation: Operation) -> Command {
         Command::Client(ClientRequest {
-            operation: Operation::Restore { .. },
-            ..
-        }) => serde_json::to_vec(command).map_or(MAX_ENTRY_BYTES, |bytes| bytes.len()),
-        _ => SMALL,
+            client_id: client_id.into(),
+            request_id: 7,
+            operation,
+        })
+    }
+
+    /// Entries are bounded by this estimate, so it must never be below the
+    /// encoded size, whatever the ids hold (they are only checked when
+    /// applied, and a client message may be 1 MiB).
+    #[test]
+    fn the_size_estimate_is_never_below_the_encoded_size() {
+        let huge = "x".repeat(600 * 1024);
+        let escaped = "\u{1}\"\n".repeat(1000);
+        let commands = [
+            client(
+                "c",
+                Operation::Anoint {
+                    election: "e".into(),
+                    candidate: huge.clone(),
+                },
+            ),
+            client(
+                &escaped,
+                Operation::Promote {
+                    election: escaped.clone(),
+                    candidate: escaped.clone(),
+                },
+            ),
+            client(
+                "c",
+                Operation::Evict {
+                    election: huge.clone(),
+                    candidate: "d".into(),
+                },
+            ),
+            client(&huge, Operation::Join { latch: "l".into() }),
+            client(
+                "c",
+                Operation::Leave {
+                    latch: escaped.clone(),
+                },
+            ),
+            client(
+                "c",
+                Operation::Enter {
+                    election: huge.clone(),
+                },
+            ),
+            client(
+                "c",
+                Operation::Withdraw {
+                    election: "e".into(),
+                },
+            ),
+            client(
+                "c",
+                Operation::Delete {
+                    key: PrimitiveKey::latch(escaped.clone()),
+                },
+            ),
+            Command::OpenSession {
+                client_id: escaped.clone(),
+                timeout_ms: 1,
+            },
+            Command::CloseSession {
+                client_id: huge.clone(),
+                request_id: 3,
+            },
+            Command::KeepAlive {
+                client_ids: vec![escaped.clone(), huge.clone(), String::new()],
+            },
+            Command::ExpireDue,
+            Command::LeaderGrace,
+        ];
+        for command in &commands {
+            let encoded = serde_json::to_vec(command).expect("encodes").len();
+            assert!(
+                approx_bytes(command) >= encoded,
+                "estimated {} < encoded {encoded} for {command:.80?}",
+                approx_bytes(command)
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use futures::StreamExt;
 
 /// Runs every `(node, client)` write at once, each through its own client
 /// pinned to `node`; answers in input order.
@@ -75,6 +76,58 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
     );
     let view = get_latch(&c, follower, "shared").await.expect("read");
     assert_eq!(view.members.len(), WRITES);
+}
+
+#[tokio::test]
+async fn a_watcher_sees_every_change_even_when_several_share_an_entry() {
+    let _serial = serial().await;
+    let c = Cluster::start(&[]).await;
+    let leader = c.wait_for_leader().await;
+    let follower = c.followers_of(leader)[0];
+    const JOINERS: usize = 60;
+    let writers = || (0..JOINERS).map(|i| (leader, format!("joiner-{i}")));
+    for opened in all_at_once(&c, writers(), |client| {
+        tokio::spawn(async move { client.open_session().await })
+    })
+    .await
+    {
+        opened.expect("session");
+    }
+    // The watcher is on a follower: it applies the same entries.
+    let watcher = client_on(&c, follower, "watcher");
+    let mut changes = Box::pin(watcher.latch("watched").observe());
+    let initial = tokio::time::timeout(Duration::from_secs(10), changes.next())
+        .await
+        .expect("initial state in time")
+        .expect("stream open")
+        .expect("initial state");
+    assert!(initial.members.is_empty());
+
+    let before = c.status(leader).await.expect("status").commit_index;
+    for joined in all_at_once(&c, writers(), |client| {
+        tokio::spawn(async move { client.latch("watched").join().await })
+    })
+    .await
+    {
+        joined.expect("join");
+    }
+    let entries = c.status(leader).await.expect("status").commit_index - before;
+
+    let mut sizes = Vec::new();
+    while sizes.last() != Some(&JOINERS) {
+        let view = tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .unwrap_or_else(|_| panic!("changes stopped after member counts {sizes:?}"))
+            .expect("stream open")
+            .expect("change");
+        sizes.push(view.members.len());
+    }
+    eprintln!("{JOINERS} joins in {entries} entries");
+    assert_eq!(
+        sizes,
+        (1..=JOINERS).collect::<Vec<_>>(),
+        "the watcher must see every change, one by one ({JOINERS} joins took {entries} entries)"
+    );
 }
 
 /// fdatasync calls `pid` makes while `work` runs, counted by strace.

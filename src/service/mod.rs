@@ -194,7 +194,7 @@ impl Context {
         loop {
             let lease_end = self.lease_end(caller);
             // Biased: an expired lease wins over pending changes.
-            let next: Option<Primitive> = tokio::select! {
+            let next: Vec<Primitive> = tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(lease_end) => {
                     if self.lease_end(caller) > Instant::now() {
@@ -207,15 +207,18 @@ impl Context {
                 }
                 _ = tx.closed() => return Ok(()),
                 received = changes.recv() => match received {
-                    Ok(applied) => latest_for(key, &applied, seen_index),
+                    Ok(applied) => changes_for(key, &applied, seen_index),
                     // Fell behind: skip to the latest state (coalescing).
-                    Err(broadcast::error::RecvError::Lagged(_)) => Some(state.read(|m, _| m.primitive(key))),
+                    Err(broadcast::error::RecvError::Lagged(_)) => vec![state.read(|m, _| m.primitive(key))],
                     Err(broadcast::error::RecvError::Closed) => {
                         return Err(ApiError::from(ReplicationError::ShuttingDown).into());
                     }
                 },
             };
-            if let Some(next) = next.filter(|next| *next != last_sent) {
+            for next in next {
+                if next == last_sent {
+                    continue;
+                }
                 last_sent = next.clone();
                 let update = WatchUpdate {
                     initial: false,
@@ -246,20 +249,21 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await.map(|_| ());
 }
 
-/// The state of `key` in an applied batch, unless the batch is already
+/// Every state `key` went through in an applied entry (an entry may carry
+/// several commands that change it), in order, unless the entry is already
 /// reflected in the initial state the watcher was sent.
-fn latest_for(
+fn changes_for(
     key: &PrimitiveKey,
     applied: &Arc<AppliedChanges>,
     seen: Option<u64>,
-) -> Option<Primitive> {
+) -> Vec<Primitive> {
     if seen.is_some_and(|seen| applied.index <= seen) {
-        return None;
+        return Vec::new();
     }
     applied
         .events
         .iter()
-        .rev()
-        .find(|event| &event.key == key)
+        .filter(|event| &event.key == key)
         .map(|event| event.state.clone())
+        .collect()
 }

@@ -36,11 +36,21 @@ struct Inner {
 }
 
 impl Durable {
-    /// Wraps `db`, opened in `dir`. Syncs the directory itself once, so a
-    /// freshly created database's files survive a power loss too.
+    /// Wraps `db`, opened in `dir`. Syncs the directory and its parent
+    /// once, so a freshly created database (its files, and the directory's
+    /// own entry) survives a power loss too.
     pub(crate) fn open(dir: &Path, db: &sled::Db) -> io::Result<Self> {
-        let file = OpenOptions::new().write(true).open(dir.join(SLED_FILE))?;
+        let file = OpenOptions::new().read(true).open(dir.join(SLED_FILE))?;
         File::open(dir)?.sync_all()?;
+        let parent = match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        // Only a fresh directory needs its entry synced, and a parent the
+        // node may not read (a volume's mount point) must not stop it.
+        if let Err(error) = File::open(parent).and_then(|parent| parent.sync_all()) {
+            tracing::warn!(%error, parent = %parent.display(), "cannot sync the data directory's parent");
+        }
         Ok(Durable {
             db: db.clone(),
             inner: Arc::new(Inner {
@@ -56,8 +66,10 @@ impl Durable {
     pub(crate) fn flush_blocking(&self) -> io::Result<()> {
         let began = Instant::now();
         self.db.flush().map_err(io::Error::from)?;
-        self.inner.file.sync_data()?;
+        // Blobs first: a durable log record must not point at a blob that
+        // is not on disk yet.
         self.sync_new_blobs()?;
+        self.inner.file.sync_data()?;
         self.inner.seconds.observe(began.elapsed().as_secs_f64());
         Ok(())
     }
@@ -94,12 +106,18 @@ impl Durable {
             .synced_blobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let present: HashSet<(PathBuf, u64)> = entries
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                Some((entry.path(), entry.metadata().ok()?.len()))
-            })
-            .collect();
+        let mut present = HashSet::new();
+        for entry in entries {
+            let entry = entry?;
+            match entry.metadata() {
+                Ok(metadata) => {
+                    present.insert((entry.path(), metadata.len()));
+                }
+                // sled may remove an obsolete blob at any time.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
         // Blobs sled has deleted are forgotten, so the set stays small.
         synced.retain(|blob| present.contains(blob));
         let mut any_new = false;
