@@ -117,7 +117,7 @@ struct ServeArgs {
     /// Client address of pod {ordinal} (what this pod advertises).
     #[arg(long, env = "BATON_CLIENT_ADDRESS_TEMPLATE")]
     client_address_template: Option<String>,
-    /// Take a Raft snapshot every this many applied entries.
+    /// Take a Raft snapshot every this many applied commands (or entries).
     #[arg(long, env = "BATON_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_state::Limits;
-use baton_store::NodeId;
+use baton_store::{NodeId, StateHandle, TypeConfig};
 use futures::TryStreamExt as _;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
@@ -90,7 +90,9 @@ pub struct NodeConfig {
     /// sled data directory.
     pub data_dir: PathBuf,
     /// Build a Raft snapshot (and purge the log behind it) every this many
-    /// applied entries.
+    /// applied commands: openraft counts entries, and with group commit an
+    /// entry may carry up to 128 commands, so a count of entries alone
+    /// would let the log a restart replays grow that many times longer.
     pub snapshot_every: u64,
     /// Join an existing cluster instead of forming one: never initialize,
     /// wait to be added as a learner.
@@ -305,6 +307,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tokio::spawn(replicator.clone().finish_rejoining());
     }
     let duties = tokio::spawn(replicator.clone().run_leader_duties());
+    let snapshots = tokio::spawn(snapshot_by_commands(
+        raft.clone(),
+        replicator.state().clone(),
+        config.snapshot_every.max(1),
+    ));
     let keeper = tokio::spawn(sessions.run(replicator.clone(), stop_rx.clone()));
     let health = tokio::spawn(crate::health::run(
         replicator.clone(),
@@ -323,6 +330,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         watcher.abort();
     }
     duties.abort();
+    snapshots.abort();
     health.abort();
     // Raft stops first: while it runs, a leader keeps heartbeating and its
     // followers will not elect anyone else; the sooner it stops, the sooner
@@ -350,7 +358,7 @@ fn tls_error(error: tonic::transport::Error) -> NodeError {
 /// starting together all initialize with the same membership, which is safe.
 /// Returns false if the node is empty and joins an existing cluster.
 async fn initialize_if_new(
-    raft: &Raft<baton_store::TypeConfig>,
+    raft: &Raft<TypeConfig>,
     config: &NodeConfig,
     channels: &PeerChannels,
 ) -> Result<bool, NodeError> {
@@ -393,4 +401,27 @@ async fn initialize_if_new(
         Err(error) => tracing::info!(%error, "not initializing"),
     }
     Ok(true)
+}
+
+/// Asks openraft for a snapshot whenever `every` commands were applied since
+/// the last one (openraft's own policy, by entries, still applies too).
+async fn snapshot_by_commands(raft: Raft<TypeConfig>, state: StateHandle, every: u64) {
+    const CHECK: Duration = Duration::from_secs(1);
+    let mut since = state.commands_applied();
+    let mut last_snapshot = raft.metrics().borrow().snapshot;
+    loop {
+        tokio::time::sleep(CHECK).await;
+        let applied = state.commands_applied();
+        let snapshot = raft.metrics().borrow().snapshot;
+        if snapshot != last_snapshot {
+            // openraft took one by its own count.
+            last_snapshot = snapshot;
+            since = applied;
+        } else if applied.saturating_sub(since) >= every {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            since = applied;
+        }
+    }
 }

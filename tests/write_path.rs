@@ -207,3 +207,41 @@ async fn every_acknowledged_write_is_fdatasynced_on_every_node() {
         "the followers made {followers} fdatasync calls for {WRITES} acknowledged writes"
     );
 }
+
+/// Snapshots follow applied commands, not entries: with group commit an
+/// entry may carry up to 128 commands, and the log a restart replays must
+/// stay about `--snapshot-every` commands long.
+#[tokio::test]
+async fn a_snapshot_is_taken_after_snapshot_every_commands_even_in_few_entries() {
+    let _serial = serial().await;
+    let c = Cluster::start(&["--snapshot-every", "150"]).await;
+    let leader = c.wait_for_leader().await;
+    const WRITES: usize = 200;
+    let writers = || (0..WRITES).map(move |i| (leader, format!("snap-{i}")));
+    for opened in all_at_once(&c, writers(), |client| {
+        tokio::spawn(async move { client.open_session().await })
+    })
+    .await
+    {
+        opened.expect("session");
+    }
+    let status = c.status(leader).await.expect("status");
+    assert!(
+        status.commit_index < 150,
+        "the test needs fewer entries than --snapshot-every: {} entries",
+        status.commit_index
+    );
+    let snapshot = eventually(
+        Duration::from_secs(10),
+        "a snapshot by commands",
+        || async {
+            let status = c.status(leader).await?;
+            (status.snapshot_index > 0).then_some(status.snapshot_index)
+        },
+    )
+    .await;
+    eprintln!(
+        "{WRITES} commands in {} entries; snapshot at {snapshot}",
+        status.commit_index
+    );
+}

@@ -68,6 +68,9 @@ struct AppliedState {
 struct Shared {
     applied: RwLock<AppliedState>,
     changes: broadcast::Sender<Arc<AppliedChanges>>,
+    /// Commands applied since this process started (an entry may carry
+    /// many: group commit).
+    commands_applied: AtomicU64,
 }
 
 /// Read access to the applied state, shared with the server.
@@ -103,6 +106,11 @@ impl StateHandle {
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> Option<u64> {
         self.read_guard().last_applied.map(|id| id.index)
+    }
+
+    /// Commands applied since this process started.
+    pub fn commands_applied(&self) -> u64 {
+        self.shared.commands_applied.load(Ordering::Relaxed)
     }
 
     /// Subscribes to the changes of every entry applied from now on.
@@ -165,6 +173,7 @@ impl StateMachineStore {
                 shared: Arc::new(Shared {
                     applied: RwLock::new(applied),
                     changes,
+                    commands_applied: AtomicU64::new(0),
                 }),
             },
             durable,
@@ -298,6 +307,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => outcomes.push(CommandOutcome(Vec::new())),
                     EntryPayload::Normal(log_command) => {
+                        self.handle
+                            .shared
+                            .commands_applied
+                            .fetch_add(log_command.commands.len() as u64, Ordering::Relaxed);
                         let mut results = Vec::with_capacity(log_command.commands.len());
                         let mut events = Vec::new();
                         for command in &log_command.commands {
