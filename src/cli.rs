@@ -259,8 +259,10 @@ enum ElectionAction {
 enum SessionAction {
     /// Open --client-id's session (timeout 0: the default, 10 s).
     Open {
+        /// The session timeout. (Not `--timeout-ms`: that is every
+        /// command's call deadline, and the two once shared one flag.)
         #[arg(long, default_value_t = 0)]
-        timeout_ms: u64,
+        session_timeout_ms: u64,
     },
     /// Renew --client-id's session.
     KeepAlive,
@@ -713,9 +715,9 @@ async fn session_command(
     out: &Output,
 ) -> CliResult {
     let (verb, timeout) = match action {
-        SessionAction::Open { timeout_ms } => {
+        SessionAction::Open { session_timeout_ms } => {
             let client = client
-                .session_timeout(Duration::from_millis(timeout_ms))
+                .session_timeout(Duration::from_millis(session_timeout_ms))
                 .attach()?;
             ("opened", Some(client.open_session().await?))
         }

@@ -464,3 +464,45 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
     }
     cluster.wait_converged().await;
 }
+
+/// `baton session open` once read its session timeout from the same flag
+/// as every command's call deadline (`--timeout-ms`): without the flag the
+/// call had no time at all and failed at once, with it both meant the same.
+#[tokio::test]
+async fn the_cli_opens_sessions_with_the_default_or_a_given_timeout() {
+    let _serial = serial().await;
+    let c = Cluster::start(&[]).await;
+    c.wait_for_leader().await;
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--endpoints", &c.endpoints().join(",")])
+            .args(args)
+            .output()
+            .expect("baton runs");
+        assert!(output.status.success(), "baton {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let default = cli(&["--client-id", "cli-a", "session", "open"]);
+    assert!(default.contains("timeout 10000 ms"), "{default}");
+    let given = cli(&[
+        "--client-id",
+        "cli-b",
+        "session",
+        "open",
+        "--session-timeout-ms",
+        "3000",
+    ]);
+    assert!(given.contains("timeout 3000 ms"), "{given}");
+    // A short call deadline and a longer session are two things.
+    let both = cli(&[
+        "--timeout-ms",
+        "2000",
+        "--client-id",
+        "cli-c",
+        "session",
+        "open",
+        "--session-timeout-ms",
+        "20000",
+    ]);
+    assert!(both.contains("timeout 20000 ms"), "{both}");
+}
