@@ -216,14 +216,24 @@ async fn a_snapshot_is_taken_after_snapshot_every_commands_even_in_few_entries()
     let _serial = serial().await;
     let c = Cluster::start(&["--snapshot-every", "150"]).await;
     let leader = c.wait_for_leader().await;
+    open_session(&c, leader, "snap", 10_000)
+        .await
+        .expect("session");
     const WRITES: usize = 200;
-    let writers = || (0..WRITES).map(move |i| (leader, format!("snap-{i}")));
-    for opened in all_at_once(&c, writers(), |client| {
-        tokio::spawn(async move { client.open_session().await })
-    })
-    .await
-    {
-        opened.expect("session");
+    // Raw requests with request id 0 (not exactly-once): one client's
+    // concurrent calls, each on its own latch.
+    let joins: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let mut latch = c.latch(leader);
+            let request = baton::proto::atomix::primitive::leader::LatchRequest {
+                header: latch_header("snap", &format!("snap-{i}")),
+                input: None,
+            };
+            tokio::spawn(async move { latch.latch(request).await })
+        })
+        .collect();
+    for join in joins {
+        join.await.expect("writer").expect("join");
     }
     let status = c.status(leader).await.expect("status");
     assert!(
