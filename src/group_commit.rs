@@ -104,14 +104,13 @@ async fn gather(
             return;
         };
         let mut bytes = approx_bytes(&first.command);
-        let alone = !shares_entries(&first.command);
         let mut batch = vec![first];
-        while !alone && batch.len() < MAX_ENTRY_COMMANDS {
+        while batch.len() < MAX_ENTRY_COMMANDS {
             let Ok(next) = proposals.try_recv() else {
                 break;
             };
             let size = approx_bytes(&next.command);
-            if !shares_entries(&next.command) || bytes + size > MAX_ENTRY_BYTES {
+            if bytes + size > MAX_ENTRY_BYTES {
                 carried = Some(next);
                 break;
             }
@@ -219,18 +218,6 @@ fn answer_all(replies: Vec<oneshot::Sender<ProposeReply>>, rejection: ProposeRej
     for reply in replies {
         let _ = reply.send(Err(rejection.clone()));
     }
-}
-
-/// Whether `command` may share an entry. Only client operations do: the
-/// session commands (keep-alives, expiry, grace, open and close) each get
-/// an entry of their own, stamped when it is proposed, as before group
-/// commit. Batched with them, a chaos-free test lost Events streams of 1 s
-/// sessions (`leadership_safety::clients_that_leave_leave_nothing_behind`,
-/// 2 runs in 5); with them alone it passed 7 in 7. The exact interplay
-/// (an expiry stamped later than it was decided, ahead of keep-alives in
-/// the same entry, is the suspect) is not pinned down yet.
-fn shares_entries(command: &Command) -> bool {
-    matches!(command, Command::Client(_))
 }
 
 /// A generous estimate of a command's encoded size: JSON may escape a byte
