@@ -15,11 +15,12 @@ use baton_state::{ClientRequest, Command, Operation};
 use baton_store::{LogCommand, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResult;
-use openraft::{Raft, ServerState};
+use openraft::Raft;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::EntryStamps;
+use crate::liveness::{leads, leads_in};
 use crate::replication::{ProposeRejection, ProposeReply};
 
 /// Entries in flight at once (proposed, not yet applied). One: openraft
@@ -126,9 +127,7 @@ async fn gather(
         let (leading, term) = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
-            let leading =
-                metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id);
-            (leading, metrics.current_term)
+            (leads(&metrics), metrics.current_term)
         };
         if !leading {
             // Leadership moved while these waited: nothing was appended,
@@ -209,9 +208,7 @@ async fn answer_when_applied<E>(
 /// Resolves once this node no longer leads in `term` (or Raft stopped).
 async fn left_office(raft: &Raft<TypeConfig>, term: u64) {
     let mut metrics = raft.metrics();
-    let _ = metrics
-        .wait_for(|m| m.current_term != term || m.state != ServerState::Leader)
-        .await;
+    let _ = metrics.wait_for(|m| !leads_in(m, term)).await;
 }
 
 fn answer_all(replies: Vec<oneshot::Sender<ProposeReply>>, rejection: ProposeRejection) {

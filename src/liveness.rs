@@ -17,6 +17,17 @@ use baton_store::NodeId;
 use openraft::{RaftMetrics, ServerState};
 use tokio::time::Instant;
 
+/// Whether these metrics show their node leading (it is in the leader state
+/// and names itself as leader).
+pub fn leads(metrics: &RaftMetrics<NodeId, openraft::BasicNode>) -> bool {
+    metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id)
+}
+
+/// Whether these metrics show their node leading in `term`.
+pub fn leads_in(metrics: &RaftMetrics<NodeId, openraft::BasicNode>, term: u64) -> bool {
+    leads(metrics) && metrics.current_term == term
+}
+
 /// Why no working leader can be reached from this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LeaderLoss {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::clock::EntryStamps;
 use crate::error::{LeaderHint, ReplicationError};
 use crate::group_commit::GroupCommit;
-use crate::liveness::{LeaderLoss, Liveness};
+use crate::liveness::{leads, leads_in, LeaderLoss, Liveness};
 use crate::network::{decode, encode, never_sent, PeerChannels};
 use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, ReadIndexRequest};
 
@@ -182,9 +182,7 @@ impl Replicator {
 
     /// Whether this node currently believes it is the Raft leader.
     pub fn is_leader(&self) -> bool {
-        let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
+        leads(&self.inner.raft.metrics().borrow())
     }
 
     /// This node's Raft commit index (0 before anything is committed).
@@ -380,9 +378,7 @@ impl Replicator {
         {
             let metrics = self.inner.raft.metrics();
             let metrics = metrics.borrow();
-            let leading = metrics.state == ServerState::Leader
-                && metrics.current_leader == Some(self.inner.id);
-            if !leading {
+            if !leads(&metrics) {
                 return Err(ProposeRejection::NotLeader);
             }
             if let Err(loss) = self.inner.liveness.working_leader(&metrics) {
@@ -526,11 +522,7 @@ impl Replicator {
                 }
                 m.current_term
             };
-            let still_leader = |this: &Self| {
-                let m = this.inner.raft.metrics();
-                let m = m.borrow();
-                m.state == ServerState::Leader && m.current_term == term
-            };
+            let still_leader = |this: &Self| leads_in(&this.inner.raft.metrics().borrow(), term);
             // The grace entry first, so no session expires for time the
             // cluster spent without a leader.
             let mut graced = false;

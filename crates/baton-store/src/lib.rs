@@ -2,12 +2,12 @@
 //! machine, persisted in sled under one data directory.
 //!
 //! The log store makes every append and vote durable (sled flush, then
-//! fdatasync: see `durable.rs`) before openraft is told so. The state machine keeps the deterministic
-//! [`baton_state::StateMachine`] in memory and persists it as Raft snapshots;
-//! after a restart it loads the latest snapshot and openraft re-applies the
-//! committed log behind it. This crate knows nothing of gRPC: the server
-//! reads state through [`StateHandle`] and watches changes through its
-//! broadcast of [`AppliedChanges`].
+//! fdatasync: see `durable.rs`) before openraft is told so. The state
+//! machine keeps the deterministic [`baton_state::StateMachine`] in memory
+//! and persists it as Raft snapshots; after a restart it loads the latest
+//! snapshot and openraft re-applies the committed log behind it. This crate
+//! knows nothing of gRPC: the server reads state through [`StateHandle`]
+//! and watches changes through its broadcast of [`AppliedChanges`].
 
 #![warn(missing_docs)]
 // openraft's trait signatures fix the (large) StorageError type.
