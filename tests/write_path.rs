@@ -28,6 +28,17 @@ async fn all_at_once<T: Send + 'static>(
     answers
 }
 
+/// Opens every writer's session, all at once.
+async fn open_sessions(c: &Cluster, writers: impl Iterator<Item = (u64, String)>) {
+    for opened in all_at_once(c, writers, |client| {
+        tokio::spawn(async move { client.open_session().await })
+    })
+    .await
+    {
+        opened.expect("session");
+    }
+}
+
 #[tokio::test]
 async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
     let _serial = serial().await;
@@ -42,13 +53,7 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
             (node, format!("client-{i}"))
         })
     };
-    for opened in all_at_once(&c, writers(), |client| {
-        tokio::spawn(async move { client.open_session().await })
-    })
-    .await
-    {
-        opened.expect("session");
-    }
+    open_sessions(&c, writers()).await;
 
     let before = c.status(leader).await.expect("status").commit_index;
     let answers = all_at_once(&c, writers(), |client| {
@@ -86,13 +91,7 @@ async fn a_watcher_sees_every_change_even_when_several_share_an_entry() {
     let follower = c.followers_of(leader)[0];
     const JOINERS: usize = 60;
     let writers = || (0..JOINERS).map(|i| (leader, format!("joiner-{i}")));
-    for opened in all_at_once(&c, writers(), |client| {
-        tokio::spawn(async move { client.open_session().await })
-    })
-    .await
-    {
-        opened.expect("session");
-    }
+    open_sessions(&c, writers()).await;
     // The watcher is on a follower: it applies the same entries.
     let watcher = client_on(&c, follower, "watcher");
     let mut changes = Box::pin(watcher.latch("watched").observe());
