@@ -6,37 +6,15 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use baton_bench::metrics::{self, sample};
 use baton_client::Client;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One HTTP/1.0 GET of `/metrics`, body only.
+/// One node's `/metrics` text.
 async fn scrape(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: baton\r\n\r\n")
+    metrics::scrape(addr)
         .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
 }
 
 fn free_addr() -> String {

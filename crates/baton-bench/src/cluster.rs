@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::StatusRequest;
 
+use crate::disk::Flushes;
 use crate::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::etcd::etcdserverpb::StatusRequest as EtcdStatusRequest;
+use crate::metrics;
 use crate::target::{channel, Target};
 
 /// Which system a cluster runs.
@@ -25,6 +27,8 @@ pub enum System {
 
 struct Member {
     client: String,
+    /// Where its Prometheus metrics are served (etcd: its client URL).
+    metrics: String,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -33,7 +37,7 @@ struct Member {
 pub struct LocalCluster {
     system: System,
     members: Vec<Member>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// One member's view of Raft: whether it leads, its term and its commit
@@ -96,8 +100,9 @@ impl LocalCluster {
     /// they have a leader.
     pub async fn start(system: System) -> Result<LocalCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let free = free_ports(6).map_err(|e| e.to_string())?;
-        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
+        let free = free_ports(9).map_err(|e| e.to_string())?;
+        let ports: Vec<(u16, u16)> = free[..6].chunks(2).map(|p| (p[0], p[1])).collect();
+        let metrics_ports = &free[6..];
         let members = match &system {
             System::Baton(_, extra) => {
                 let peers = ports
@@ -111,6 +116,7 @@ impl LocalCluster {
                     .enumerate()
                     .map(|(i, (client, peer))| Member {
                         client: format!("127.0.0.1:{client}"),
+                        metrics: format!("127.0.0.1:{}", metrics_ports[i]),
                         args: vec![
                             "serve".into(),
                             "--id".into(),
@@ -123,6 +129,8 @@ impl LocalCluster {
                             peers.clone(),
                             "--data-dir".into(),
                             path_arg(&dir.path().join(format!("baton{}", i + 1))),
+                            "--metrics-listen".into(),
+                            format!("127.0.0.1:{}", metrics_ports[i]),
                         ]
                         .into_iter()
                         .chain(extra.iter().cloned())
@@ -143,6 +151,7 @@ impl LocalCluster {
                     .enumerate()
                     .map(|(i, (client, peer))| Member {
                         client: format!("127.0.0.1:{client}"),
+                        metrics: format!("127.0.0.1:{client}"),
                         args: vec![
                             "--name".into(),
                             format!("m{}", i + 1),
@@ -171,7 +180,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             system,
             members,
-            _dir: dir,
+            dir,
         };
         for i in 0..3 {
             cluster.spawn(i)?;
@@ -261,6 +270,28 @@ impl LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The directory holding the members' data directories.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The durable flushes every running member has reported so far (Baton:
+    /// its storage flushes; etcd: its WAL fsyncs).
+    pub async fn flushes(&self) -> Result<Flushes, String> {
+        let histogram = match self.system {
+            System::Baton(..) => "baton_storage_flush_duration_seconds",
+            System::Etcd(_) => "etcd_disk_wal_fsync_duration_seconds",
+        };
+        let mut total = Flushes::default();
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let text = metrics::scrape(&member.metrics).await?;
+            total
+                .add_histogram(&text, histogram)
+                .ok_or_else(|| format!("{}: no {histogram} histogram", member.metrics))?;
+        }
+        Ok(total)
     }
 
     /// The resident set size of each running member, in bytes.

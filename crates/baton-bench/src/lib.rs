@@ -17,6 +17,9 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod disk;
+pub mod metrics;
+pub mod report;
 pub mod stats;
 pub mod target;
 pub mod workload;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_bench::cluster::{LocalCluster, System};
-use baton_bench::workload::{self, FailoverReport};
-use baton_bench::{Outcome, Target};
+use baton_bench::workload;
+use baton_bench::{report, Target};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -129,7 +129,7 @@ async fn main() -> std::process::ExitCode {
             let baton = System::Baton(baton_bin, baton_args);
             let duration = Duration::from_secs(secs);
             if baton_only {
-                measure(baton, duration).await.map(|_| ())
+                report::measure(baton, duration).await.map(|_| ())
             } else {
                 compare(baton, System::Etcd(etcd_bin), duration).await
             }
@@ -168,98 +168,9 @@ async fn scale(
     Ok(())
 }
 
-struct Results {
-    churn: Vec<(usize, Outcome)>,
-    contend: Outcome,
-    failover: FailoverReport,
-}
-
-async fn measure(system: System, duration: Duration) -> Result<Results, String> {
-    let mut churn = Vec::new();
-    let cluster = LocalCluster::start(system.clone()).await?;
-    let target = cluster.target();
-    // Warm up connections and the leader's caches.
-    let _ = workload::churn(&target, 4, Duration::from_secs(1)).await;
-    for clients in [1, 16, 64] {
-        let outcome = workload::churn(&target, clients, duration).await;
-        eprintln!("{} churn {clients}: {}", target.name(), outcome.summary());
-        churn.push((clients, outcome));
-    }
-    let contend = workload::contend(&target, 16, duration).await;
-    eprintln!("{} contend 16: {}", target.name(), contend.summary());
-    drop(cluster);
-    let mut cluster = LocalCluster::start(system).await?;
-    let target = cluster.target();
-    let failover = workload::failover(
-        &mut cluster,
-        &target,
-        Duration::from_secs(2),
-        Duration::from_secs(4),
-    )
-    .await?;
-    eprintln!("{} failover: {failover:?}", target.name());
-    Ok(Results {
-        churn,
-        contend,
-        failover,
-    })
-}
-
-fn ms(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
-        .unwrap_or_else(|| "-".into())
-}
-
 async fn compare(baton: System, etcd: System, duration: Duration) -> Result<(), String> {
-    let etcd = measure(etcd, duration).await?;
-    let baton = measure(baton, duration).await?;
-    println!("| workload | etcd | baton | baton / etcd |\n|---|---|---|---|");
-    for ((clients, e), (_, b)) in etcd.churn.iter().zip(&baton.churn) {
-        println!(
-            "| churn {clients}: cycles/s | {:.0} | {:.0} | {:.2}× |",
-            e.rate(),
-            b.rate(),
-            b.rate() / e.rate().max(1e-9)
-        );
-        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
-            let (eq, bq) = (e.quantile(q), b.quantile(q));
-            let ratio = match (eq, bq) {
-                (Some(eq), Some(bq)) => format!("{:.2}×", bq.as_secs_f64() / eq.as_secs_f64()),
-                _ => "-".into(),
-            };
-            println!(
-                "| churn {clients}: cycle {label} | {} | {} | {ratio} |",
-                ms(eq),
-                ms(bq)
-            );
-        }
-    }
-    println!(
-        "| contend 16: hand-overs/s | {:.0} | {:.0} | {:.2}× |",
-        etcd.contend.rate(),
-        baton.contend.rate(),
-        baton.contend.rate() / etcd.contend.rate().max(1e-9)
-    );
-    for (name, pick) in [
-        (
-            "failover: longest gap",
-            (|f: &FailoverReport| Some(f.longest_gap)) as fn(&FailoverReport) -> Option<Duration>,
-        ),
-        ("failover: election began (detection)", |f| {
-            f.election_started_after
-        }),
-        ("failover: new leader (election)", |f| f.new_leader_after),
-        ("failover: its first commit", |f| f.first_commit_after),
-        ("failover: first write acked (redirect)", |f| {
-            f.first_write_after
-        }),
-    ] {
-        let (e, b) = (pick(&etcd.failover), pick(&baton.failover));
-        let ratio = match (e, b) {
-            (Some(e), Some(b)) => format!("{:.2}×", b.as_secs_f64() / e.as_secs_f64()),
-            _ => "-".into(),
-        };
-        println!("| {name} | {} | {} | {ratio} |", ms(e), ms(b));
-    }
+    let etcd = report::measure(etcd, duration).await?;
+    let baton = report::measure(baton, duration).await?;
+    println!("{}", report::table(&etcd, &baton));
     Ok(())
 }
