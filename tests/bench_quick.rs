@@ -35,8 +35,8 @@ async fn a_comparison_run_reports_the_disk_and_every_members_flushes() {
         .await
         .unwrap_or_else(|e| panic!("benchmark run failed: {e}"));
     assert!(results.disk > Duration::ZERO);
-    let (clients, one) = &results.churn[0];
-    assert_eq!(*clients, 1);
+    let (workload, one) = &results.runs[0];
+    assert_eq!(*workload, report::Workload::Churn(1));
     assert!(one.outcome.ops > 0, "{}", one.summary());
     let flushes = one
         .flushes
@@ -52,6 +52,9 @@ async fn a_comparison_run_reports_the_disk_and_every_members_flushes() {
     );
     assert!(flushes.mean().is_some_and(|mean| mean > Duration::ZERO));
     assert!(results.failover.writes > 0);
-    let table = report::table(&results, &results);
+    let table = report::table(
+        std::slice::from_ref(&results),
+        std::slice::from_ref(&results),
+    );
     assert!(table.contains("| churn 1: durable flush mean |"), "{table}");
 }

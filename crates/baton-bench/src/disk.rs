@@ -18,10 +18,10 @@ use crate::metrics;
 /// The block the probe writes: one page, like a small log append.
 const PROBE_BLOCK: usize = 4096;
 
-/// The median time of `writes` sequential 4 KiB writes, each followed by
+/// The times of `writes` sequential 4 KiB writes, each followed by
 /// `fdatasync`, into a preallocated file in `dir` (removed afterwards):
 /// the least one durable log append costs on this disk now.
-pub fn probe(dir: &Path, writes: usize) -> io::Result<Duration> {
+pub fn probe(dir: &Path, writes: usize) -> io::Result<Vec<Duration>> {
     let path = dir.join("baton-bench-disk-probe");
     let file = OpenOptions::new()
         .create(true)
@@ -44,8 +44,15 @@ pub fn probe(dir: &Path, writes: usize) -> io::Result<Duration> {
     }
     drop(file);
     std::fs::remove_file(&path)?;
-    times.sort();
-    Ok(times.get(times.len() / 2).copied().unwrap_or_default())
+    Ok(times)
+}
+
+/// The times of `appends` durable appends of `bytes` bytes through Baton's
+/// own storage (sled, then `fdatasync`), in a scratch database under `dir`
+/// (removed afterwards).
+pub fn probe_baton_storage(dir: &Path, appends: usize, bytes: usize) -> io::Result<Vec<Duration>> {
+    let scratch = tempfile::tempdir_in(dir)?;
+    baton_store::probe::durable_appends(scratch.path(), appends, bytes).map_err(io::Error::other)
 }
 
 /// Durable flushes a cluster reported, summed over its members.
@@ -106,8 +113,11 @@ mod tests {
     #[test]
     fn the_probe_measures_and_cleans_up() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let median = probe(dir.path(), 8).expect("probe");
-        assert!(median > Duration::ZERO);
+        let times = probe(dir.path(), 8).expect("probe");
+        assert_eq!(times.len(), 8);
+        assert!(times.iter().all(|t| *t > Duration::ZERO));
+        let times = probe_baton_storage(dir.path(), 8, 350).expect("probe");
+        assert_eq!(times.len(), 8);
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
     }
 }

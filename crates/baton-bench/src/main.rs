@@ -2,7 +2,8 @@
 //!
 //!     baton-bench quick --endpoints a,b,c          # seconds, Baton only
 //!     baton-bench run --system baton --endpoints a,b,c --workload churn --clients 16
-//!     baton-bench compare --baton-bin target/release/baton --etcd-bin /usr/bin/etcd
+//!     baton-bench compare --baton-bin target/release/baton --etcd-bin /usr/bin/etcd --rounds 3
+//!     baton-bench disk --dir /var/lib/baton     # what one durable append costs there
 //!
 //! `vs-etcd.sh` beside this crate installs etcd, builds Baton in release
 //! mode and runs `compare`.
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use baton_bench::cluster::{LocalCluster, System};
 use baton_bench::workload;
-use baton_bench::{report, Target};
+use baton_bench::{report, Outcome, Target};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -67,6 +68,20 @@ enum Cmd {
         #[arg(long = "baton-arg", allow_hyphen_values = true)]
         baton_args: Vec<String>,
     },
+    /// What one durable append costs on a disk: a raw 4 KiB write +
+    /// fdatasync, and an entry-sized append through Baton's storage (sled,
+    /// then fdatasync), each many times in a row.
+    Disk {
+        /// A directory on the disk to measure (default: the temp directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        appends: usize,
+        /// Bytes per append through Baton's storage (a one-command log entry
+        /// is ~350).
+        #[arg(long, default_value_t = 350)]
+        bytes: usize,
+    },
     /// Starts a Baton and an etcd cluster, one after the other, runs every
     /// workload on each and prints a table with the ratios.
     Compare {
@@ -80,7 +95,10 @@ enum Cmd {
         /// Extra `baton serve` argument (repeatable), e.g. timing flags.
         #[arg(long = "baton-arg", allow_hyphen_values = true)]
         baton_args: Vec<String>,
-        /// Skip etcd (figures for Baton only).
+        /// Rounds; the table shows each figure's median over them.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Skip etcd (figures for Baton only, one round).
         #[arg(long)]
         baton_only: bool,
     },
@@ -119,11 +137,17 @@ async fn main() -> std::process::ExitCode {
             clients,
             baton_args,
         } => scale(baton_bin, baton_args, items, clients).await,
+        Cmd::Disk {
+            dir,
+            appends,
+            bytes,
+        } => disk(dir.unwrap_or_else(std::env::temp_dir), appends, bytes),
         Cmd::Compare {
             baton_bin,
             etcd_bin,
             secs,
             baton_args,
+            rounds,
             baton_only,
         } => {
             let baton = System::Baton(baton_bin, baton_args);
@@ -131,7 +155,7 @@ async fn main() -> std::process::ExitCode {
             if baton_only {
                 report::measure(baton, duration).await.map(|_| ())
             } else {
-                compare(baton, System::Etcd(etcd_bin), duration).await
+                compare(baton, System::Etcd(etcd_bin), duration, rounds).await
             }
         }
     };
@@ -142,6 +166,36 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn disk(dir: PathBuf, appends: usize, bytes: usize) -> Result<(), String> {
+    let show = |name: &str, times: Vec<Duration>| {
+        let outcome = Outcome {
+            latencies: times,
+            ..Outcome::default()
+        };
+        let ms = |q| {
+            outcome
+                .quantile(q)
+                .map_or(0.0, |d: Duration| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "{name}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms ({} in a row)",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            outcome.latencies.len()
+        );
+    };
+    let raw = baton_bench::disk::probe(&dir, appends).map_err(|e| e.to_string())?;
+    show("4 KiB write + fdatasync", raw);
+    let baton =
+        baton_bench::disk::probe_baton_storage(&dir, appends, bytes).map_err(|e| e.to_string())?;
+    show(
+        &format!("Baton durable append of {bytes} B (sled + fdatasync)"),
+        baton,
+    );
+    Ok(())
 }
 
 async fn scale(
@@ -168,9 +222,13 @@ async fn scale(
     Ok(())
 }
 
-async fn compare(baton: System, etcd: System, duration: Duration) -> Result<(), String> {
-    let etcd = report::measure(etcd, duration).await?;
-    let baton = report::measure(baton, duration).await?;
+async fn compare(
+    baton: System,
+    etcd: System,
+    duration: Duration,
+    rounds: usize,
+) -> Result<(), String> {
+    let (etcd, baton) = report::compare(etcd, baton, duration, rounds.max(1)).await?;
     println!("{}", report::table(&etcd, &baton));
     Ok(())
 }

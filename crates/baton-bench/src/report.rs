@@ -1,6 +1,12 @@
 //! One system's figures from clusters the benchmark starts itself, and the
 //! table that sets two systems' figures side by side.
+//!
+//! The disk of a shared virtual machine can change speed by 2–4× from one
+//! minute to the next, so a comparison runs both clusters at once and
+//! alternates them workload by workload (etcd first in one round, Baton
+//! first in the next), and its table shows the median of the rounds.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::cluster::{LocalCluster, System};
@@ -8,8 +14,56 @@ use crate::disk::{self, Flushes};
 use crate::stats::Outcome;
 use crate::workload::{self, FailoverReport};
 
-/// Writes the disk probe times before each system's run.
+/// Writes the disk probe times before each system's workloads.
 const PROBE_WRITES: usize = 200;
+
+/// The throughput workloads, in the order they run.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload::Churn(1),
+    Workload::Churn(16),
+    Workload::Churn(64),
+    Workload::Contend(16),
+];
+
+/// A throughput workload and its number of clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Each client cycles on its own election.
+    Churn(usize),
+    /// All clients on one election; each leader hands over at once.
+    Contend(usize),
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Churn(n) => write!(f, "churn {n}"),
+            Workload::Contend(n) => write!(f, "contend {n}"),
+        }
+    }
+}
+
+impl Workload {
+    async fn run(self, cluster: &LocalCluster, duration: Duration) -> WorkloadRun {
+        let target = cluster.target();
+        let before = cluster.flushes().await;
+        let outcome = match self {
+            Workload::Churn(n) => workload::churn(&target, n, duration).await,
+            Workload::Contend(n) => workload::contend(&target, n, duration).await,
+        };
+        let after = cluster.flushes().await;
+        let flushes = match (before, after) {
+            (Ok(before), Ok(after)) => Some(after.since(&before)),
+            (Err(error), _) | (_, Err(error)) => {
+                eprintln!("cannot read the members' flush metrics: {error}");
+                None
+            }
+        };
+        let run = WorkloadRun { outcome, flushes };
+        eprintln!("{} {self}: {}", target.name(), run.summary());
+        run
+    }
+}
 
 /// A throughput workload's outcome and the durable flushes the cluster
 /// made while it ran.
@@ -29,7 +83,7 @@ impl WorkloadRun {
         (self.outcome.ops > 0).then(|| flushes.count / self.outcome.ops as f64)
     }
 
-    /// "1234/s, p50 …; 6.0 flushes per op, mean 0.37 ms".
+    /// "1234/s, p50 …; 6.0 durable flushes per op …, mean 0.37 ms".
     pub fn summary(&self) -> String {
         let disk = match (self.flushes_per_op(), self.flushes.and_then(|f| f.mean())) {
             (Some(per_op), Some(mean)) => format!(
@@ -42,88 +96,164 @@ impl WorkloadRun {
     }
 }
 
-/// Everything [`measure`] found for one system.
+/// One round of one system: every throughput workload on one cluster, then
+/// the failover on a fresh one.
 #[derive(Debug, Clone)]
 pub struct Results {
     /// Median of 4 KiB write + `fdatasync` in the cluster's directory,
-    /// probed just before the workloads.
+    /// probed just before its workloads.
     pub disk: Duration,
-    /// `churn N` for N = 1, 16, 64.
-    pub churn: Vec<(usize, WorkloadRun)>,
-    /// `contend 16`.
-    pub contend: WorkloadRun,
-    /// Leader SIGKILL under a write loop (on a fresh cluster).
+    /// The [`WORKLOADS`], in order.
+    pub runs: Vec<(Workload, WorkloadRun)>,
+    /// Leader SIGKILL under a write loop.
     pub failover: FailoverReport,
 }
 
-async fn run_with_flushes<F: std::future::Future<Output = Outcome>>(
-    cluster: &LocalCluster,
-    workload: F,
-) -> WorkloadRun {
-    let before = cluster.flushes().await;
-    let outcome = workload.await;
-    let after = cluster.flushes().await;
-    let flushes = match (before, after) {
-        (Ok(before), Ok(after)) => Some(after.since(&before)),
-        (Err(error), _) | (_, Err(error)) => {
-            eprintln!("cannot read the members' flush metrics: {error}");
-            None
-        }
-    };
-    WorkloadRun { outcome, flushes }
+impl Results {
+    fn run(&self, workload: Workload) -> Option<&WorkloadRun> {
+        self.runs
+            .iter()
+            .find(|(w, _)| *w == workload)
+            .map(|(_, run)| run)
+    }
 }
 
-/// Starts a cluster of `system`, probes its disk, runs churn 1/16/64 and
-/// contend 16 for `duration` each, then the failover on a fresh cluster.
-/// Prints each figure to stderr as it comes.
-pub async fn measure(system: System, duration: Duration) -> Result<Results, String> {
-    let cluster = LocalCluster::start(system.clone()).await?;
-    let target = cluster.target();
+async fn probe_disk(cluster: &LocalCluster) -> Result<Duration, String> {
     let dir = cluster.dir().to_path_buf();
-    let disk = tokio::task::spawn_blocking(move || disk::probe(&dir, PROBE_WRITES))
+    let times = tokio::task::spawn_blocking(move || disk::probe(&dir, PROBE_WRITES))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("disk probe: {e}"))?;
+    let disk = Outcome {
+        latencies: times,
+        ..Outcome::default()
+    }
+    .quantile(0.5)
+    .unwrap_or_default();
     eprintln!(
         "{} disk: 4 KiB write + fdatasync p50 {:.3} ms",
-        target.name(),
+        cluster.target().name(),
         disk.as_secs_f64() * 1e3
     );
-    // Warm up connections and the leader's caches.
-    let _ = workload::churn(&target, 4, Duration::from_secs(1)).await;
-    let mut churn = Vec::new();
-    for clients in [1, 16, 64] {
-        let run = run_with_flushes(&cluster, workload::churn(&target, clients, duration)).await;
-        eprintln!("{} churn {clients}: {}", target.name(), run.summary());
-        churn.push((clients, run));
-    }
-    let contend = run_with_flushes(&cluster, workload::contend(&target, 16, duration)).await;
-    eprintln!("{} contend 16: {}", target.name(), contend.summary());
-    drop(cluster);
-    let mut cluster = LocalCluster::start(system).await?;
+    Ok(disk)
+}
+
+/// Started, with connections and the leader's caches warmed up.
+async fn warm_cluster(system: &System) -> Result<LocalCluster, String> {
+    let cluster = LocalCluster::start(system.clone()).await?;
+    let _ = workload::churn(&cluster.target(), 4, Duration::from_secs(1)).await;
+    Ok(cluster)
+}
+
+async fn failover(system: &System) -> Result<FailoverReport, String> {
+    let mut cluster = LocalCluster::start(system.clone()).await?;
     let target = cluster.target();
-    let failover = workload::failover(
+    let report = workload::failover(
         &mut cluster,
         &target,
         Duration::from_secs(2),
         Duration::from_secs(4),
     )
     .await?;
-    eprintln!("{} failover: {failover:?}", target.name());
+    eprintln!("{} failover: {report:?}", target.name());
+    Ok(report)
+}
+
+/// One round of `system` alone: the disk probe, every workload for
+/// `duration`, then the failover. Prints each figure to stderr.
+pub async fn measure(system: System, duration: Duration) -> Result<Results, String> {
+    let cluster = warm_cluster(&system).await?;
+    let disk = probe_disk(&cluster).await?;
+    let mut runs = Vec::new();
+    for workload in WORKLOADS {
+        runs.push((workload, workload.run(&cluster, duration).await));
+    }
+    drop(cluster);
     Ok(Results {
         disk,
-        churn,
-        contend,
-        failover,
+        runs,
+        failover: failover(&system).await?,
     })
 }
+
+/// `rounds` rounds of both systems, each workload run on one right after
+/// the other (who goes first alternates by round); the failovers follow,
+/// one cluster at a time. Returns the rounds of `first`, then of `second`.
+pub async fn compare(
+    first: System,
+    second: System,
+    duration: Duration,
+    rounds: usize,
+) -> Result<(Vec<Results>, Vec<Results>), String> {
+    let mut firsts = Vec::new();
+    let mut seconds = Vec::new();
+    for round in 0..rounds {
+        let a = warm_cluster(&first).await?;
+        let b = warm_cluster(&second).await?;
+        let (disk_a, disk_b) = (probe_disk(&a).await?, probe_disk(&b).await?);
+        let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
+        for workload in WORKLOADS {
+            if round % 2 == 0 {
+                runs_a.push((workload, workload.run(&a, duration).await));
+                runs_b.push((workload, workload.run(&b, duration).await));
+            } else {
+                runs_b.push((workload, workload.run(&b, duration).await));
+                runs_a.push((workload, workload.run(&a, duration).await));
+            }
+        }
+        drop((a, b));
+        firsts.push(Results {
+            disk: disk_a,
+            runs: runs_a,
+            failover: failover(&first).await?,
+        });
+        seconds.push(Results {
+            disk: disk_b,
+            runs: runs_b,
+            failover: failover(&second).await?,
+        });
+    }
+    Ok((firsts, seconds))
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// `None` if there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// Reads one figure of a round, where it has one.
+type Figure = Box<dyn Fn(&Results) -> Option<f64>>;
 
 /// Reads one phase of a failover report.
 type PhasePick = fn(&FailoverReport) -> Option<Duration>;
 
-fn ms(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
-        .unwrap_or_else(|| "-".into())
+/// One row of the table.
+struct Row {
+    label: String,
+    figure: Figure,
+    show: fn(f64) -> String,
+}
+
+impl Row {
+    fn new(label: String, figure: Figure, show: fn(f64) -> String) -> Row {
+        Row {
+            label,
+            figure,
+            show,
+        }
+    }
+
+    /// The median of the figure over `rounds`.
+    fn across(&self, rounds: &[Results]) -> Option<f64> {
+        median(rounds.iter().filter_map(&self.figure).collect())
+    }
 }
 
 fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
@@ -133,76 +263,56 @@ fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
     }
 }
 
-fn secs(d: Option<Duration>) -> Option<f64> {
-    d.map(|d| d.as_secs_f64())
-}
-
-/// One row per figure: `| what | etcd | baton | baton / etcd |`.
-pub fn table(etcd: &Results, baton: &Results) -> String {
-    let mut rows = vec![
-        "| workload | etcd | baton | baton / etcd |".to_owned(),
-        "|---|---|---|---|".to_owned(),
-    ];
-    let mut row = |name: &str, e: String, b: String, r: String| {
-        rows.push(format!("| {name} | {e} | {b} | {r} |"));
-    };
-    let flush_rows = |row: &mut dyn FnMut(&str, String, String, String),
-                      name: &str,
-                      e: &WorkloadRun,
-                      b: &WorkloadRun| {
-        let (ep, bp) = (e.flushes_per_op(), b.flushes_per_op());
-        let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1}"));
-        row(
-            &format!("{name}: durable flushes per op, all members"),
-            show(ep),
-            show(bp),
-            ratio(bp, ep),
-        );
-        let (em, bm) = (
-            e.flushes.and_then(|f| f.mean()),
-            b.flushes.and_then(|f| f.mean()),
-        );
-        row(
-            &format!("{name}: durable flush mean"),
-            ms_fine(em),
-            ms_fine(bm),
-            ratio(secs(bm), secs(em)),
-        );
-    };
-    row(
-        "disk: 4 KiB write + fdatasync p50 (probed before the run)",
-        ms_fine(Some(etcd.disk)),
-        ms_fine(Some(baton.disk)),
-        ratio(secs(Some(baton.disk)), secs(Some(etcd.disk))),
-    );
-    for ((clients, e), (_, b)) in etcd.churn.iter().zip(&baton.churn) {
-        row(
-            &format!("churn {clients}: cycles/s"),
-            format!("{:.0}", e.outcome.rate()),
-            format!("{:.0}", b.outcome.rate()),
-            ratio(Some(b.outcome.rate()), Some(e.outcome.rate())),
-        );
-        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
-            let (eq, bq) = (e.outcome.quantile(q), b.outcome.quantile(q));
-            row(
-                &format!("churn {clients}: cycle {label}"),
-                ms(eq),
-                ms(bq),
-                ratio(secs(bq), secs(eq)),
-            );
+/// The rows of the table.
+fn rows() -> Vec<Row> {
+    let count = |x: f64| format!("{x:.0}");
+    let one_decimal = |x: f64| format!("{x:.1}");
+    let millis = |x: f64| format!("{:.1} ms", x * 1e3);
+    let fine_millis = |x: f64| format!("{:.2} ms", x * 1e3);
+    let mut rows = vec![Row::new(
+        "disk: 4 KiB write + fdatasync p50 (probed before the workloads)".into(),
+        Box::new(|r: &Results| Some(r.disk.as_secs_f64())),
+        fine_millis,
+    )];
+    for workload in WORKLOADS {
+        let unit = match workload {
+            Workload::Churn(_) => "cycles/s",
+            Workload::Contend(_) => "hand-overs/s",
+        };
+        rows.push(Row::new(
+            format!("{workload}: {unit}"),
+            Box::new(move |r: &Results| r.run(workload).map(|w| w.outcome.rate())),
+            count,
+        ));
+        // Contend latencies are not alike (etcd: from campaigning, queue
+        // included; Baton: from being told it leads), so only rates compare.
+        let quantiles: &[(&str, f64)] = match workload {
+            Workload::Churn(_) => &[("p50", 0.5), ("p99", 0.99)],
+            Workload::Contend(_) => &[],
+        };
+        for &(label, q) in quantiles {
+            rows.push(Row::new(
+                format!("{workload}: {label}"),
+                Box::new(move |r: &Results| {
+                    r.run(workload)?
+                        .outcome
+                        .quantile(q)
+                        .map(|d| d.as_secs_f64())
+                }),
+                millis,
+            ));
         }
-        flush_rows(&mut row, &format!("churn {clients}"), e, b);
+        rows.push(Row::new(
+            format!("{workload}: durable flushes per op, all members"),
+            Box::new(move |r: &Results| r.run(workload)?.flushes_per_op()),
+            one_decimal,
+        ));
+        rows.push(Row::new(
+            format!("{workload}: durable flush mean"),
+            Box::new(move |r: &Results| r.run(workload)?.flushes?.mean().map(|d| d.as_secs_f64())),
+            fine_millis,
+        ));
     }
-    row(
-        "contend 16: hand-overs/s",
-        format!("{:.0}", etcd.contend.outcome.rate()),
-        format!("{:.0}", baton.contend.outcome.rate()),
-        ratio(
-            Some(baton.contend.outcome.rate()),
-            Some(etcd.contend.outcome.rate()),
-        ),
-    );
-    flush_rows(&mut row, "contend 16", &etcd.contend, &baton.contend);
     let phases: [(&str, PhasePick); 5] = [
         ("failover: longest gap", |f| Some(f.longest_gap)),
         ("failover: election began (detection)", |f| {
@@ -214,15 +324,48 @@ pub fn table(etcd: &Results, baton: &Results) -> String {
             f.first_write_after
         }),
     ];
-    for (name, pick) in phases {
-        let (e, b) = (pick(&etcd.failover), pick(&baton.failover));
-        row(name, ms(e), ms(b), ratio(secs(b), secs(e)));
+    for (label, phase) in phases {
+        rows.push(Row::new(
+            label.into(),
+            Box::new(move |r: &Results| phase(&r.failover).map(|d| d.as_secs_f64())),
+            millis,
+        ));
     }
-    rows.join("\n")
+    rows
 }
 
-/// Milliseconds with two decimals, for sub-millisecond disk figures.
-fn ms_fine(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
-        .unwrap_or_else(|| "-".into())
+/// `| figure | etcd | baton | baton / etcd |`, each figure the median of
+/// the rounds given.
+pub fn table(etcd: &[Results], baton: &[Results]) -> String {
+    let mut lines = vec![
+        format!(
+            "| figure (median of {} round(s)) | etcd | baton | baton / etcd |",
+            etcd.len().min(baton.len())
+        ),
+        "|---|---|---|---|".to_owned(),
+    ];
+    for row in rows() {
+        let (e, b) = (row.across(etcd), row.across(baton));
+        let shown = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), row.show);
+        lines.push(format!(
+            "| {} | {} | {} | {} |",
+            row.label,
+            shown(e),
+            shown(b),
+            ratio(b, e)
+        ));
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
 }

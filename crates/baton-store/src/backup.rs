@@ -147,7 +147,7 @@ pub fn seed(dir: &Path, bytes: &[u8]) -> Result<BackupHeader, BackupError> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
-    let db = sled::open(dir)?;
+    let db = crate::sled_config(dir).open()?;
     db.open_tree("snapshot")?.insert(SEED, state)?;
     crate::durable::Durable::open(dir, &db)?.flush_blocking()?;
     Ok(header)

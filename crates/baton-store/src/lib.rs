@@ -21,6 +21,7 @@ mod types;
 use std::path::Path;
 
 pub mod backup;
+pub mod probe;
 
 pub use log_store::LogStore;
 pub use state_store::{AppliedChanges, StateHandle, StateMachineStore, StoredSnapshot};
@@ -45,16 +46,20 @@ pub enum OpenError {
 /// log's tail and one snapshot, and the state itself lives in memory.
 const PAGE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// The one sled configuration, for the node's storage and the probe.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(PAGE_CACHE_BYTES)
+}
+
 /// Opens (or creates) the node's storage in `dir`: the log store and the
 /// state machine store share one sled database.
 pub fn open(
     dir: &Path,
     limits: baton_state::Limits,
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(PAGE_CACHE_BYTES)
-        .open()?;
+    let db = sled_config(dir).open()?;
     let durable = durable::Durable::open(dir, &db)?;
     let log = LogStore::new(&db, durable.clone())?;
     let state = StateMachineStore::new(&db, durable, limits)?;
