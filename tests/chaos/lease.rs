@@ -92,6 +92,11 @@ struct Stall {
     primitive: usize,
     epoch: u64,
     at: Instant,
+    /// What the client's first decisive keep-alive after the stall said:
+    /// `Some(true)` if its session was still there (a new Raft leader's
+    /// grace entry renewed every session during the stall, so nobody was
+    /// due to take over), `Some(false)` if it had expired.
+    outlived: Option<bool>,
 }
 
 #[derive(Default)]
@@ -104,6 +109,9 @@ struct Record {
     stalls: Vec<Stall>,
     /// Nodes holding the stream of a watching client that believes it leads.
     leading_streams: HashMap<String, u64>,
+    /// The stalls whose client has not yet learned whether its session
+    /// outlived them, by client: indexes into `stalls`.
+    undecided_stalls: HashMap<String, Vec<usize>>,
     /// Every (primitive, epoch, leader) seen, for the one-leader-per-epoch check.
     sightings: Vec<Sighting>,
     /// When each (primitive, epoch) was first seen by anyone.
@@ -161,6 +169,17 @@ impl Beliefs {
     }
 
     /// `client` stops believing it leads anything, as of `at`.
+    /// `client`'s session was (`true`) or was not still there after its
+    /// stalls.
+    fn stalls_outlived(&self, client: &str, outlived: bool) {
+        let mut r = self.lock();
+        for index in r.undecided_stalls.remove(client).unwrap_or_default() {
+            if let Some(stall) = r.stalls.get_mut(index) {
+                stall.outlived = Some(outlived);
+            }
+        }
+    }
+
     fn end_all(&self, client: &str, at: Instant) {
         let mut r = self.lock();
         let keys: Vec<(String, usize)> = r
@@ -245,10 +264,17 @@ impl Beliefs {
             }
         }
         // Hand-over: from the stall to the first sighting, by anyone, of a
-        // later epoch of that primitive.
+        // later epoch of that primitive; only where the session did not
+        // outlive the stall (if it did, the client led on, rightly).
+        let outlived = r
+            .stalls
+            .iter()
+            .filter(|stall| stall.outlived == Some(true))
+            .count();
         let mut handovers: Vec<(Duration, String)> = r
             .stalls
             .iter()
+            .filter(|stall| stall.outlived != Some(true))
             .filter_map(|stall| {
                 let next = r
                     .first_seen
@@ -281,7 +307,7 @@ impl Beliefs {
                 violations.iter().filter(|v| v.starts_with("belief overlap")).count()
             ),
             format!(
-                "hand-over after a leader stopped renewing (1-3 s sessions): {} replaced, median {} ms, longest {}",
+                "hand-over after a leader stopped renewing (1-3 s sessions): {} replaced, median {} ms, longest {}; {outlived} stalls outlived by their session (renewed by a new Raft leader's grace)",
                 handovers.len(),
                 median.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
                 longest
@@ -363,12 +389,18 @@ pub async fn run_renewing(
             {
                 let mut r = beliefs.lock();
                 for (p, epoch) in &led {
+                    let index = r.stalls.len();
                     r.stalls.push(Stall {
                         client: who.clone(),
                         primitive: *p,
                         epoch: *epoch,
                         at,
+                        outlived: None,
                     });
+                    r.undecided_stalls
+                        .entry(who.clone())
+                        .or_default()
+                        .push(index);
                 }
             }
             beliefs.end_all(&who, renewed_at + timeout);
@@ -390,8 +422,12 @@ pub async fn run_renewing(
                 })
                 .await;
             match kept {
-                Ok(_) => renewed_at = renewed_at.max(sent),
+                Ok(_) => {
+                    renewed_at = renewed_at.max(sent);
+                    beliefs.stalls_outlived(&who, true);
+                }
                 Err(status) if status.code() == Code::NotFound => {
+                    beliefs.stalls_outlived(&who, false);
                     beliefs.end_all(&who, Instant::now().min(renewed_at + timeout));
                     match open_session(&client, &who, timeout.as_millis() as u64, &stop).await {
                         Some(sent) => renewed_at = sent,
