@@ -89,12 +89,7 @@ impl Flushes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TEXT: &str = "# HELP x_seconds a histogram\n\
-        x_seconds_bucket{le=\"0.001\"} 3\n\
-        x_seconds_sum 0.0042\n\
-        x_seconds_count 7\n\
-        x_seconds_count_total 99\n";
+    use crate::metrics::tests::TEXT;
 
     #[test]
     fn flushes_add_up_and_subtract() {

@@ -47,10 +47,11 @@ pub async fn scrape(addr: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const TEXT: &str = "# HELP x_seconds a histogram\n\
+    /// A histogram's text, also read by `disk`'s tests.
+    pub(crate) const TEXT: &str = "# HELP x_seconds a histogram\n\
         x_seconds_bucket{le=\"0.001\"} 3\n\
         x_seconds_sum 0.0042\n\
         x_seconds_count 7\n\
