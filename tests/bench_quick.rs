@@ -24,37 +24,46 @@ async fn every_benchmark_workload_makes_progress() {
     }
 }
 
-/// `baton-bench compare` on clusters it starts itself (here Baton's, with
-/// the real binary): the disk probe, every workload, the failover, and the
-/// members' own flush histograms read around each workload.
+/// `baton-bench compare` on clusters it starts itself (here Baton against
+/// Baton, with the real binary): both clusters at once, two rounds so both
+/// orders run, the disk probe, every workload, the failovers, the members'
+/// own flush histograms read around each workload, and the table.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_comparison_run_reports_the_disk_and_every_members_flushes() {
+async fn a_comparison_reports_the_disk_and_every_members_flushes() {
     let _serial = serial().await;
     let baton = System::Baton(PathBuf::from(env!("CARGO_BIN_EXE_baton")), Vec::new());
-    let results = report::measure(baton, Duration::from_millis(700))
+    let (first, second) = report::compare(baton.clone(), baton, Duration::from_millis(500), 2)
         .await
         .unwrap_or_else(|e| panic!("benchmark run failed: {e}"));
-    assert!(results.disk > Duration::ZERO);
-    let (workload, one) = &results.runs[0];
-    assert_eq!(*workload, report::Workload::Churn(1));
-    assert!(one.outcome.ops > 0, "{}", one.summary());
-    let flushes = one
-        .flushes
-        .expect("the members' flush histograms were read");
-    // One client's cycles are sequential: each of a cycle's two commits is
-    // its own entry, flushed by the leader and at least one follower before
-    // it is acknowledged.
+    assert_eq!((first.len(), second.len()), (2, 2));
+    for round in first.iter().chain(&second) {
+        assert!(round.disk > Duration::ZERO);
+        let workloads: Vec<_> = round.runs.iter().map(|(w, _)| *w).collect();
+        assert_eq!(workloads, report::WORKLOADS);
+        let (_, one) = &round.runs[0];
+        assert!(one.outcome.ops > 0, "{}", one.summary());
+        let flushes = one
+            .flushes
+            .expect("the members' flush histograms were read");
+        // One client's cycles are sequential: each of a cycle's two commits
+        // is its own entry, flushed by the leader and at least one follower
+        // before it is acknowledged.
+        assert!(
+            flushes.count >= 4.0 * one.outcome.ops as f64,
+            "{} flushes for {} cycles",
+            flushes.count,
+            one.outcome.ops
+        );
+        assert!(flushes.mean().is_some_and(|mean| mean > Duration::ZERO));
+        assert!(round.failover.as_ref().is_some_and(|f| f.writes > 0));
+    }
+    let table = report::table(&first, &second);
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("| churn 1: durable flush mean |"))
+        .unwrap_or_else(|| panic!("no flush row in:\n{table}"));
     assert!(
-        flushes.count >= 4.0 * one.outcome.ops as f64,
-        "{} flushes for {} cycles",
-        flushes.count,
-        one.outcome.ops
+        row.matches(" ms |").count() == 2,
+        "both columns have a figure: {row}"
     );
-    assert!(flushes.mean().is_some_and(|mean| mean > Duration::ZERO));
-    assert!(results.failover.writes > 0);
-    let table = report::table(
-        std::slice::from_ref(&results),
-        std::slice::from_ref(&results),
-    );
-    assert!(table.contains("| churn 1: durable flush mean |"), "{table}");
 }

@@ -168,7 +168,6 @@ impl Beliefs {
         }
     }
 
-    /// `client` stops believing it leads anything, as of `at`.
     /// `client`'s session was (`true`) or was not still there after its
     /// stalls.
     fn stalls_outlived(&self, client: &str, outlived: bool) {
@@ -180,6 +179,7 @@ impl Beliefs {
         }
     }
 
+    /// `client` stops believing it leads anything, as of `at`.
     fn end_all(&self, client: &str, at: Instant) {
         let mut r = self.lock();
         let keys: Vec<(String, usize)> = r
@@ -307,7 +307,7 @@ impl Beliefs {
                 violations.iter().filter(|v| v.starts_with("belief overlap")).count()
             ),
             format!(
-                "hand-over after a leader stopped renewing (1-3 s sessions): {} replaced, median {} ms, longest {}; {outlived} stalls outlived by their session (renewed by a new Raft leader's grace)",
+                "hand-over after a leader stopped renewing (1-3 s sessions): {} replaced, median {} ms, longest {}; {outlived} stalled leaderships outlived by their session (renewed by a new Raft leader's grace)",
                 handovers.len(),
                 median.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
                 longest

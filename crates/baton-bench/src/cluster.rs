@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::StatusRequest;
 
-use crate::disk::Flushes;
 use crate::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::etcd::etcdserverpb::StatusRequest as EtcdStatusRequest;
-use crate::metrics;
+use crate::metrics::{self, Flushes};
 use crate::target::{channel, Target};
 
 /// Which system a cluster runs.
@@ -23,6 +22,15 @@ pub enum System {
     Baton(PathBuf, Vec<String>),
     /// `etcd`, from this binary path.
     Etcd(PathBuf),
+}
+
+impl std::fmt::Display for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            System::Baton(..) => "baton",
+            System::Etcd(_) => "etcd",
+        })
+    }
 }
 
 struct Member {

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_bench::cluster::{LocalCluster, System};
+use baton_bench::stats::quantile;
 use baton_bench::workload;
-use baton_bench::{report, Outcome, Target};
+use baton_bench::{report, Target};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -82,8 +83,10 @@ enum Cmd {
         #[arg(long, default_value_t = 350)]
         bytes: usize,
     },
-    /// Starts a Baton and an etcd cluster, one after the other, runs every
-    /// workload on each and prints a table with the ratios.
+    /// Starts a Baton and an etcd cluster, both at once, runs every
+    /// workload on one right after the other (alternating who goes first),
+    /// then a failover on each, for `--rounds` rounds, and prints a table
+    /// of the medians with the ratios.
     Compare {
         #[arg(long)]
         baton_bin: PathBuf,
@@ -170,21 +173,13 @@ async fn main() -> std::process::ExitCode {
 
 fn disk(dir: PathBuf, appends: usize, bytes: usize) -> Result<(), String> {
     let show = |name: &str, times: Vec<Duration>| {
-        let outcome = Outcome {
-            latencies: times,
-            ..Outcome::default()
-        };
-        let ms = |q| {
-            outcome
-                .quantile(q)
-                .map_or(0.0, |d: Duration| d.as_secs_f64() * 1e3)
-        };
+        let ms = |q| quantile(&times, q).map_or(0.0, |d| d.as_secs_f64() * 1e3);
         println!(
             "{name}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms ({} in a row)",
             ms(0.5),
             ms(0.9),
             ms(0.99),
-            outcome.latencies.len()
+            times.len()
         );
     };
     let raw = baton_bench::disk::probe(&dir, appends).map_err(|e| e.to_string())?;

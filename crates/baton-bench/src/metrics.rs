@@ -1,4 +1,6 @@
-//! Reading members' Prometheus metrics over plain HTTP.
+//! Reading members' Prometheus metrics over plain HTTP, and the durable
+//! flushes they report (Baton's `baton_storage_flush_duration_seconds`,
+//! etcd's `etcd_disk_wal_fsync_duration_seconds`).
 
 use std::time::Duration;
 
@@ -11,8 +13,12 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
-            let (metric, value) = line.split_once(' ')?;
-            (metric == name).then(|| value.trim().parse().ok())?
+            // `name value [timestamp]`: the name must end at whitespace.
+            let rest = line.strip_prefix(name)?;
+            if !rest.starts_with([' ', '\t']) {
+                return None;
+            }
+            rest.split_whitespace().next()?.parse().ok()
         })
 }
 
@@ -46,12 +52,50 @@ pub async fn scrape(addr: &str) -> Result<String, String> {
         .map_err(|_| format!("{addr}: /metrics timed out"))?
 }
 
+/// Durable flushes a cluster reported, summed over its members.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Flushes {
+    /// How many.
+    pub count: f64,
+    /// Their total duration, in seconds.
+    pub seconds: f64,
+}
+
+impl Flushes {
+    /// The flushes made between `earlier` and `self`.
+    pub fn since(&self, earlier: &Flushes) -> Flushes {
+        Flushes {
+            count: self.count - earlier.count,
+            seconds: self.seconds - earlier.seconds,
+        }
+    }
+
+    /// Their mean duration; `None` if there were none (or the counters
+    /// went backwards: a member restarted between two readings).
+    pub fn mean(&self) -> Option<Duration> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        Duration::try_from_secs_f64(self.seconds / self.count).ok()
+    }
+
+    /// Adds one member's histogram `name`, read from its Prometheus text;
+    /// `None`, and nothing added, if it lacks the histogram.
+    pub fn add_histogram(&mut self, text: &str, name: &str) -> Option<()> {
+        let count = sample(text, &format!("{name}_count"))?;
+        let seconds = sample(text, &format!("{name}_sum"))?;
+        self.count += count;
+        self.seconds += seconds;
+        Some(())
+    }
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A histogram's text, also read by `disk`'s tests.
-    pub(crate) const TEXT: &str = "# HELP x_seconds a histogram\n\
+    /// A histogram's text.
+    const TEXT: &str = "# HELP x_seconds a histogram\n\
         x_seconds_bucket{le=\"0.001\"} 3\n\
         x_seconds_sum 0.0042\n\
         x_seconds_count 7\n\
@@ -62,5 +106,23 @@ pub(crate) mod tests {
         assert_eq!(sample(TEXT, "x_seconds_count"), Some(7.0));
         assert_eq!(sample(TEXT, "x_seconds_sum"), Some(0.0042));
         assert_eq!(sample(TEXT, "x_seconds"), None);
+        let labelled = "y_total{path=\"a b\"} 4 1690000000\n";
+        assert_eq!(sample(labelled, "y_total{path=\"a b\"}"), Some(4.0));
+    }
+
+    #[test]
+    fn flushes_add_up_and_subtract() {
+        let mut before = Flushes::default();
+        before.add_histogram(TEXT, "x_seconds").expect("present");
+        let mut after = before;
+        after.add_histogram(TEXT, "x_seconds").expect("present");
+        let delta = after.since(&before);
+        assert_eq!(delta.count, 7.0);
+        let mean = delta.mean().expect("flushes").as_secs_f64();
+        assert!((mean - 0.0006).abs() < 1e-9, "{mean}");
+        assert_eq!(Flushes::default().mean(), None);
+        assert!(before.add_histogram(TEXT, "missing").is_none());
+        let backwards = Flushes::default().since(&after);
+        assert_eq!(backwards.mean(), None);
     }
 }

@@ -10,8 +10,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cluster::{LocalCluster, System};
-use crate::disk::{self, Flushes};
-use crate::stats::Outcome;
+use crate::disk;
+use crate::metrics::Flushes;
+use crate::stats::{quantile, Outcome};
 use crate::workload::{self, FailoverReport};
 
 /// Writes the disk probe times before each system's workloads.
@@ -100,13 +101,14 @@ impl WorkloadRun {
 /// the failover on a fresh one.
 #[derive(Debug, Clone)]
 pub struct Results {
-    /// Median of 4 KiB write + `fdatasync` in the cluster's directory,
-    /// probed just before its workloads.
+    /// p50 of 4 KiB write + `fdatasync` in the cluster's directory, probed
+    /// just before its workloads.
     pub disk: Duration,
     /// The [`WORKLOADS`], in order.
     pub runs: Vec<(Workload, WorkloadRun)>,
-    /// Leader SIGKILL under a write loop.
-    pub failover: FailoverReport,
+    /// Leader SIGKILL under a write loop; `None` if that run failed (the
+    /// reason is printed; the other figures are kept).
+    pub failover: Option<FailoverReport>,
 }
 
 impl Results {
@@ -124,12 +126,7 @@ async fn probe_disk(cluster: &LocalCluster) -> Result<Duration, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("disk probe: {e}"))?;
-    let disk = Outcome {
-        latencies: times,
-        ..Outcome::default()
-    }
-    .quantile(0.5)
-    .unwrap_or_default();
+    let disk = quantile(&times, 0.5).unwrap_or_default();
     eprintln!(
         "{} disk: 4 KiB write + fdatasync p50 {:.3} ms",
         cluster.target().name(),
@@ -145,18 +142,28 @@ async fn warm_cluster(system: &System) -> Result<LocalCluster, String> {
     Ok(cluster)
 }
 
-async fn failover(system: &System) -> Result<FailoverReport, String> {
-    let mut cluster = LocalCluster::start(system.clone()).await?;
-    let target = cluster.target();
-    let report = workload::failover(
-        &mut cluster,
-        &target,
-        Duration::from_secs(2),
-        Duration::from_secs(4),
-    )
-    .await?;
-    eprintln!("{} failover: {report:?}", target.name());
-    Ok(report)
+async fn failover(system: &System) -> Option<FailoverReport> {
+    let run = async {
+        let mut cluster = LocalCluster::start(system.clone()).await?;
+        let target = cluster.target();
+        workload::failover(
+            &mut cluster,
+            &target,
+            Duration::from_secs(2),
+            Duration::from_secs(4),
+        )
+        .await
+    };
+    match run.await {
+        Ok(report) => {
+            eprintln!("{system} failover: {report:?}");
+            Some(report)
+        }
+        Err(error) => {
+            eprintln!("{system} failover failed: {error}");
+            None
+        }
+    }
 }
 
 /// One round of `system` alone: the disk probe, every workload for
@@ -172,7 +179,7 @@ pub async fn measure(system: System, duration: Duration) -> Result<Results, Stri
     Ok(Results {
         disk,
         runs,
-        failover: failover(&system).await?,
+        failover: failover(&system).await,
     })
 }
 
@@ -205,12 +212,12 @@ pub async fn compare(
         firsts.push(Results {
             disk: disk_a,
             runs: runs_a,
-            failover: failover(&first).await?,
+            failover: failover(&first).await,
         });
         seconds.push(Results {
             disk: disk_b,
             runs: runs_b,
-            failover: failover(&second).await?,
+            failover: failover(&second).await,
         });
     }
     Ok((firsts, seconds))
@@ -250,7 +257,7 @@ impl Row {
         }
     }
 
-    /// The median of the figure over `rounds`.
+    /// The median of the figure over the `rounds` that have it.
     fn across(&self, rounds: &[Results]) -> Option<f64> {
         median(rounds.iter().filter_map(&self.figure).collect())
     }
@@ -303,7 +310,7 @@ fn rows() -> Vec<Row> {
             ));
         }
         rows.push(Row::new(
-            format!("{workload}: durable flushes per op, all members"),
+            format!("{workload}: durable flushes per op, all members (etcd: WAL fsyncs)"),
             Box::new(move |r: &Results| r.run(workload)?.flushes_per_op()),
             one_decimal,
         ));
@@ -327,7 +334,9 @@ fn rows() -> Vec<Row> {
     for (label, phase) in phases {
         rows.push(Row::new(
             label.into(),
-            Box::new(move |r: &Results| phase(&r.failover).map(|d| d.as_secs_f64())),
+            Box::new(move |r: &Results| {
+                r.failover.as_ref().and_then(phase).map(|d| d.as_secs_f64())
+            }),
             millis,
         ));
     }

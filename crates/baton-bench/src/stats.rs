@@ -2,6 +2,17 @@
 
 use std::time::Duration;
 
+/// The `q` quantile (0..=1) of `times` (nearest rank); `None` if empty.
+pub fn quantile(times: &[Duration], q: f64) -> Option<Duration> {
+    if times.is_empty() {
+        return None;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted.get(rank).copied()
+}
+
 /// What a workload achieved.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -23,13 +34,7 @@ impl Outcome {
 
     /// The `q` quantile (0..=1) of the latencies.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
-        sorted.get(rank).copied()
+        quantile(&self.latencies, q)
     }
 
     /// Merges another client's outcome into this one.

@@ -8,14 +8,21 @@ use std::time::{Duration, Instant};
 use crate::durable::Durable;
 use crate::OpenError;
 
-/// Opens a scratch database in `dir` (which should be empty) and times
-/// `appends` sequential appends of `bytes` bytes, each made durable before
-/// the next, as the log store does for every entry.
+/// Opens a scratch database in `dir`, which must be missing or empty (a
+/// node's data directory is refused), and times `appends` sequential
+/// appends of `bytes` bytes, each made durable before the next, as the log
+/// store does for every entry.
 pub fn durable_appends(
     dir: &Path,
     appends: usize,
     bytes: usize,
 ) -> Result<Vec<Duration>, OpenError> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(OpenError::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} is not empty", dir.display()),
+        )));
+    }
     let db = crate::sled_config(dir).open()?;
     let durable = Durable::open(dir, &db)?;
     let value = vec![0xA5u8; bytes];
@@ -27,4 +34,21 @@ pub fn durable_appends(
         times.push(began.elapsed());
     }
     Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_times_every_append_and_refuses_a_directory_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scratch = dir.path().join("scratch");
+        let times = durable_appends(&scratch, 5, 350).expect("probe");
+        assert_eq!(times.len(), 5);
+        // Now holding a database: refused, and left as it was.
+        let before = std::fs::read_dir(&scratch).expect("dir").count();
+        assert!(durable_appends(&scratch, 5, 350).is_err());
+        assert_eq!(std::fs::read_dir(&scratch).expect("dir").count(), before);
+    }
 }
