@@ -32,11 +32,14 @@ async fn every_benchmark_workload_makes_progress() {
 async fn a_comparison_reports_the_disk_and_every_members_flushes() {
     let _serial = serial().await;
     let baton = System::Baton(PathBuf::from(env!("CARGO_BIN_EXE_baton")), Vec::new());
-    let (first, second) = report::compare(baton.clone(), baton, Duration::from_millis(500), 2)
+    let rounds = report::rounds(&[baton.clone(), baton], Duration::from_millis(500), 2)
         .await
         .unwrap_or_else(|e| panic!("benchmark run failed: {e}"));
+    let [first, second] = &rounds[..] else {
+        panic!("{} systems' rounds", rounds.len());
+    };
     assert_eq!((first.len(), second.len()), (2, 2));
-    for round in first.iter().chain(&second) {
+    for round in first.iter().chain(second) {
         assert!(round.disk > Duration::ZERO);
         let workloads: Vec<_> = round.runs.iter().map(|(w, _)| *w).collect();
         assert_eq!(workloads, report::WORKLOADS);
@@ -57,7 +60,7 @@ async fn a_comparison_reports_the_disk_and_every_members_flushes() {
         assert!(flushes.mean().is_some_and(|mean| mean > Duration::ZERO));
         assert!(round.failover.as_ref().is_some_and(|f| f.writes > 0));
     }
-    let table = report::table(&first, &second);
+    let table = report::table(first, second);
     let row = table
         .lines()
         .find(|line| line.starts_with("| churn 1: durable flush mean |"))

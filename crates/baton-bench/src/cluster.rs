@@ -24,15 +24,6 @@ pub enum System {
     Etcd(PathBuf),
 }
 
-impl std::fmt::Display for System {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            System::Baton(..) => "baton",
-            System::Etcd(_) => "etcd",
-        })
-    }
-}
-
 struct Member {
     client: String,
     /// Where its Prometheus metrics are served (etcd: its client URL).

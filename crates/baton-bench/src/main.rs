@@ -101,7 +101,7 @@ enum Cmd {
         /// Rounds; the table shows each figure's median over them.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Skip etcd (figures for Baton only, one round).
+        /// Skip etcd (figures for Baton only, on stderr; no table).
         #[arg(long)]
         baton_only: bool,
     },
@@ -156,7 +156,9 @@ async fn main() -> std::process::ExitCode {
             let baton = System::Baton(baton_bin, baton_args);
             let duration = Duration::from_secs(secs);
             if baton_only {
-                report::measure(baton, duration).await.map(|_| ())
+                report::rounds(&[baton], duration, rounds.max(1))
+                    .await
+                    .map(|_| ())
             } else {
                 compare(baton, System::Etcd(etcd_bin), duration, rounds).await
             }
@@ -223,7 +225,10 @@ async fn compare(
     duration: Duration,
     rounds: usize,
 ) -> Result<(), String> {
-    let (etcd, baton) = report::compare(etcd, baton, duration, rounds.max(1)).await?;
-    println!("{}", report::table(&etcd, &baton));
+    let rounds = report::rounds(&[etcd, baton], duration, rounds.max(1)).await?;
+    let [etcd, baton] = &rounds[..] else {
+        return Err(format!("{} systems' rounds for two systems", rounds.len()));
+    };
+    println!("{}", report::table(etcd, baton));
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! minute to the next, so a comparison runs both clusters at once and
 //! alternates them workload by workload (etcd first in one round, Baton
 //! first in the next), and its table shows the median of the rounds.
+//! Baton alone is the same with one system.
 
 use std::fmt;
 use std::time::Duration;
@@ -143,84 +144,72 @@ async fn warm_cluster(system: &System) -> Result<LocalCluster, String> {
 }
 
 async fn failover(system: &System) -> Option<FailoverReport> {
-    let run = async {
-        let mut cluster = LocalCluster::start(system.clone()).await?;
-        let target = cluster.target();
-        workload::failover(
-            &mut cluster,
-            &target,
-            Duration::from_secs(2),
-            Duration::from_secs(4),
-        )
-        .await
+    let mut cluster = match LocalCluster::start(system.clone()).await {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            eprintln!("failover: no cluster: {error}");
+            return None;
+        }
     };
-    match run.await {
+    let target = cluster.target();
+    let report = workload::failover(
+        &mut cluster,
+        &target,
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+    )
+    .await;
+    match report {
         Ok(report) => {
-            eprintln!("{system} failover: {report:?}");
+            eprintln!("{} failover: {report:?}", target.name());
             Some(report)
         }
         Err(error) => {
-            eprintln!("{system} failover failed: {error}");
+            eprintln!("{} failover failed: {error}", target.name());
             None
         }
     }
 }
 
-/// One round of `system` alone: the disk probe, every workload for
-/// `duration`, then the failover. Prints each figure to stderr.
-pub async fn measure(system: System, duration: Duration) -> Result<Results, String> {
-    let cluster = warm_cluster(&system).await?;
-    let disk = probe_disk(&cluster).await?;
-    let mut runs = Vec::new();
-    for workload in WORKLOADS {
-        runs.push((workload, workload.run(&cluster, duration).await));
-    }
-    drop(cluster);
-    Ok(Results {
-        disk,
-        runs,
-        failover: failover(&system).await,
-    })
-}
-
-/// `rounds` rounds of both systems, each workload run on one right after
-/// the other (who goes first alternates by round); the failovers follow,
-/// one cluster at a time. Returns the rounds of `first`, then of `second`.
-pub async fn compare(
-    first: System,
-    second: System,
+/// `rounds` rounds of every system in `systems`. A round starts a cluster
+/// of each, all at once, probes their disks, runs each workload on one
+/// cluster after the other (who goes first rotates by round), then a
+/// failover on a fresh cluster of each, one at a time. Returns each
+/// system's rounds, in the order of `systems`; prints every figure to
+/// stderr as it comes.
+pub async fn rounds(
+    systems: &[System],
     duration: Duration,
     rounds: usize,
-) -> Result<(Vec<Results>, Vec<Results>), String> {
-    let mut firsts = Vec::new();
-    let mut seconds = Vec::new();
+) -> Result<Vec<Vec<Results>>, String> {
+    let mut results: Vec<Vec<Results>> = systems.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        let a = warm_cluster(&first).await?;
-        let b = warm_cluster(&second).await?;
-        let (disk_a, disk_b) = (probe_disk(&a).await?, probe_disk(&b).await?);
-        let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
+        let mut clusters = Vec::new();
+        for system in systems {
+            clusters.push(warm_cluster(system).await?);
+        }
+        let mut disks = Vec::new();
+        for cluster in &clusters {
+            disks.push(probe_disk(cluster).await?);
+        }
+        let mut runs: Vec<Vec<(Workload, WorkloadRun)>> =
+            systems.iter().map(|_| Vec::new()).collect();
         for workload in WORKLOADS {
-            if round % 2 == 0 {
-                runs_a.push((workload, workload.run(&a, duration).await));
-                runs_b.push((workload, workload.run(&b, duration).await));
-            } else {
-                runs_b.push((workload, workload.run(&b, duration).await));
-                runs_a.push((workload, workload.run(&a, duration).await));
+            for turn in 0..clusters.len() {
+                let i = (turn + round) % clusters.len();
+                runs[i].push((workload, workload.run(&clusters[i], duration).await));
             }
         }
-        drop((a, b));
-        firsts.push(Results {
-            disk: disk_a,
-            runs: runs_a,
-            failover: failover(&first).await,
-        });
-        seconds.push(Results {
-            disk: disk_b,
-            runs: runs_b,
-            failover: failover(&second).await,
-        });
+        drop(clusters);
+        for (i, (system, runs)) in systems.iter().zip(runs).enumerate() {
+            results[i].push(Results {
+                disk: disks[i],
+                runs,
+                failover: failover(system).await,
+            });
+        }
     }
-    Ok((firsts, seconds))
+    Ok(results)
 }
 
 /// The median of `values` (the mean of the middle two for an even count);
