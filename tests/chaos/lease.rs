@@ -109,9 +109,6 @@ struct Record {
     stalls: Vec<Stall>,
     /// Nodes holding the stream of a watching client that believes it leads.
     leading_streams: HashMap<String, u64>,
-    /// The stalls whose client has not yet learned whether its session
-    /// outlived them, by client: indexes into `stalls`.
-    undecided_stalls: HashMap<String, Vec<usize>>,
     /// Every (primitive, epoch, leader) seen, for the one-leader-per-epoch check.
     sightings: Vec<Sighting>,
     /// When each (primitive, epoch) was first seen by anyone.
@@ -172,10 +169,12 @@ impl Beliefs {
     /// stalls.
     fn stalls_outlived(&self, client: &str, outlived: bool) {
         let mut r = self.lock();
-        for index in r.undecided_stalls.remove(client).unwrap_or_default() {
-            if let Some(stall) = r.stalls.get_mut(index) {
-                stall.outlived = Some(outlived);
-            }
+        for stall in r
+            .stalls
+            .iter_mut()
+            .filter(|stall| stall.client == client && stall.outlived.is_none())
+        {
+            stall.outlived = Some(outlived);
         }
     }
 
@@ -389,7 +388,6 @@ pub async fn run_renewing(
             {
                 let mut r = beliefs.lock();
                 for (p, epoch) in &led {
-                    let index = r.stalls.len();
                     r.stalls.push(Stall {
                         client: who.clone(),
                         primitive: *p,
@@ -397,10 +395,6 @@ pub async fn run_renewing(
                         at,
                         outlived: None,
                     });
-                    r.undecided_stalls
-                        .entry(who.clone())
-                        .or_default()
-                        .push(index);
                 }
             }
             beliefs.end_all(&who, renewed_at + timeout);
