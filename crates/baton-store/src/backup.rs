@@ -144,7 +144,7 @@ pub fn seed(dir: &Path, bytes: &[u8]) -> Result<BackupHeader, BackupError> {
     let (header, state) = check(bytes)?;
     // Decoded only to refuse a state that would not load; stored as it is.
     serde_json::from_slice::<StateMachine>(state)?;
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+    if crate::holds_files(dir)? {
         return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
     let db = crate::sled_config(dir).open()?;

@@ -46,6 +46,12 @@ pub enum OpenError {
 /// log's tail and one snapshot, and the state itself lives in memory.
 const PAGE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Whether `dir` exists and holds anything: a directory a new database
+/// (a seeded node, a probe) must not be written into.
+fn holds_files(dir: &Path) -> std::io::Result<bool> {
+    Ok(dir.exists() && std::fs::read_dir(dir)?.next().is_some())
+}
+
 /// The one sled configuration, for the node's storage and the probe.
 fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()

@@ -17,7 +17,7 @@ pub fn durable_appends(
     appends: usize,
     bytes: usize,
 ) -> Result<Vec<Duration>, OpenError> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+    if crate::holds_files(dir)? {
         return Err(OpenError::Io(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
             format!("{} is not empty", dir.display()),
