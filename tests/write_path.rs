@@ -13,13 +13,17 @@ use futures::StreamExt;
 
 /// Runs every `(node, client)` write at once, each through its own client
 /// pinned to `node`; answers in input order.
-async fn all_at_once<T: Send + 'static>(
+async fn all_at_once<T, Write>(
     c: &Cluster,
     writers: impl Iterator<Item = (u64, String)>,
-    write: impl Fn(baton_client::Client) -> tokio::task::JoinHandle<T>,
-) -> Vec<T> {
+    write: impl Fn(baton_client::Client) -> Write,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    Write: std::future::Future<Output = T> + Send + 'static,
+{
     let handles: Vec<_> = writers
-        .map(|(node, client)| write(client_on(c, node, &client)))
+        .map(|(node, client)| tokio::spawn(write(client_on(c, node, &client))))
         .collect();
     let mut answers = Vec::new();
     for handle in handles {
@@ -28,15 +32,31 @@ async fn all_at_once<T: Send + 'static>(
     answers
 }
 
+/// [`all_at_once`], where every write must succeed.
+async fn all_succeed<T, E, Write>(
+    c: &Cluster,
+    writers: impl Iterator<Item = (u64, String)>,
+    write: impl Fn(baton_client::Client) -> Write,
+) where
+    T: Send + 'static,
+    E: std::fmt::Debug + Send + 'static,
+    Write: std::future::Future<Output = Result<T, E>> + Send + 'static,
+{
+    for (i, answer) in all_at_once(c, writers, write).await.into_iter().enumerate() {
+        if let Err(error) = answer {
+            panic!("write {i}: {error:?}");
+        }
+    }
+}
+
 /// Opens every writer's session, all at once.
 async fn open_sessions(c: &Cluster, writers: impl Iterator<Item = (u64, String)>) {
-    for opened in all_at_once(c, writers, |client| {
-        tokio::spawn(async move { client.open_session().await })
-    })
-    .await
-    {
-        opened.expect("session");
-    }
+    all_succeed(
+        c,
+        writers,
+        |client| async move { client.open_session().await },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -56,8 +76,8 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
     open_sessions(&c, writers()).await;
 
     let before = c.status(leader).await.expect("status").commit_index;
-    let answers = all_at_once(&c, writers(), |client| {
-        tokio::spawn(async move { client.latch("shared").join().await })
+    let answers = all_at_once(&c, writers(), |client| async move {
+        client.latch("shared").join().await
     })
     .await;
     let after = c.status(leader).await.expect("status").commit_index;
@@ -103,13 +123,10 @@ async fn a_watcher_sees_every_change_even_when_several_share_an_entry() {
     assert!(initial.members.is_empty());
 
     let before = c.status(leader).await.expect("status").commit_index;
-    for joined in all_at_once(&c, writers(), |client| {
-        tokio::spawn(async move { client.latch("watched").join().await })
+    all_succeed(&c, writers(), |client| async move {
+        client.latch("watched").join().await
     })
-    .await
-    {
-        joined.expect("join");
-    }
+    .await;
     let entries = c.status(leader).await.expect("status").commit_index - before;
 
     let mut sizes = Vec::new();
