@@ -301,7 +301,7 @@ pub async fn serve(
     context: Context,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = crate::node::listen(addr)?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

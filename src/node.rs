@@ -12,7 +12,7 @@ use baton_state::Limits;
 use baton_store::{NodeId, StateHandle, TypeConfig};
 use futures::TryStreamExt as _;
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
@@ -153,14 +153,31 @@ fn raft_config(config: &NodeConfig) -> Result<Config, NodeError> {
     .map_err(|e| NodeError::Config(e.to_string()))
 }
 
+/// Connections the kernel may queue for a listening socket before the
+/// server accepts them (capped by `net.core.somaxconn`). tokio's default,
+/// 128, overflowed when 200 clients connected at once: the kernel dropped
+/// the handshakes it had no room for and the clients retried after 1 s.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue (and
+/// SO_REUSEADDR, as tokio's own `bind` sets, so a restarted node can bind
+/// again while old connections linger in TIME_WAIT).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds `addr` and yields accepted connections with TCP_NODELAY set:
 /// serving from our own listener bypasses tonic's `tcp_nodelay`, and with
 /// Nagle's algorithm every small reply would wait for the peer's delayed
 /// ACK (~40 ms).
 async fn bind(addr: SocketAddr) -> Result<TcpIncoming, NodeError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| NodeError::Bind { addr, source })?;
+    let listener = listen(addr).map_err(|source| NodeError::Bind { addr, source })?;
     TcpIncoming::from_listener(listener, true, None).map_err(|e| NodeError::Bind {
         addr,
         source: std::io::Error::other(e.to_string()),

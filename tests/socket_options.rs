@@ -124,3 +124,53 @@ async fn accepted_sockets_on_both_ports_have_tcp_nodelay() {
         );
     }
 }
+
+/// The largest number of connections the kernel may hold for `port`'s
+/// listening socket before the server accepts them (`ss`: Send-Q of a
+/// LISTEN socket).
+fn listen_backlog(port: u16) -> u32 {
+    let output = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs (iproute2, installed by .ci/run)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listening socket on port {port}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|backlog| backlog.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the backlog from {line:?}"))
+}
+
+/// A burst of clients connecting at once (a rollout, a failover) must not
+/// overflow the accept queue: with the default of 128, 200 connections opened
+/// together by `tests/write_path.rs` overflowed it (the kernel counted
+/// `ListenOverflows`), the dropped handshakes were retried after 1 s, and the
+/// clients' 500 ms connect timeout failed the test about once in fifteen runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_port_listens_with_a_deep_accept_queue() {
+    let _serial = serial().await;
+    let metrics = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let cluster = Cluster::start_each(|id| match id {
+        1 => vec!["--metrics-listen".to_owned(), metrics.clone()],
+        _ => Vec::new(),
+    })
+    .await;
+    let node = cluster.nodes.iter().find(|n| n.id == 1).unwrap();
+    for (what, port) in [
+        ("client", port_of(&node.client_addr)),
+        ("peer", port_of(&node.peer_addr)),
+        ("metrics", port_of(&metrics)),
+    ] {
+        let backlog = listen_backlog(port);
+        assert!(
+            backlog >= 1024,
+            "the {what} port {port} listens with a backlog of {backlog}"
+        );
+    }
+}
