@@ -27,9 +27,10 @@ async fn every_benchmark_workload_makes_progress() {
 /// `baton-bench compare` on clusters it starts itself (here Baton against
 /// Baton, with the real binary): both clusters at once, two rounds so both
 /// orders run, the disk probe, every workload, the failovers, the members'
-/// own flush histograms read around each workload, and the table.
+/// own flush histograms and CPU time read around each workload, and the
+/// table.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_comparison_reports_the_disk_and_every_members_flushes() {
+async fn a_comparison_reports_the_disk_and_every_members_flushes_and_cpu() {
     let _serial = serial().await;
     let baton = System::Baton(PathBuf::from(env!("CARGO_BIN_EXE_baton")), Vec::new());
     let rounds = report::rounds(&[baton.clone(), baton], Duration::from_millis(500), 2)
@@ -58,15 +59,31 @@ async fn a_comparison_reports_the_disk_and_every_members_flushes() {
             one.outcome.ops
         );
         assert!(flushes.mean().is_some_and(|mean| mean > Duration::ZERO));
+        let cpu = one.cpu.expect("the members' CPU time was read");
+        assert!(
+            cpu.members > Duration::ZERO && one.cpu_per_op().is_some(),
+            "{}",
+            one.summary()
+        );
+        assert!(
+            cpu.machine_busy > 0.0 && cpu.machine_busy <= 1.0,
+            "{}",
+            one.summary()
+        );
         assert!(round.failover.as_ref().is_some_and(|f| f.writes > 0));
     }
     let table = report::table(first, second);
-    let row = table
-        .lines()
-        .find(|line| line.starts_with("| churn 1: durable flush mean |"))
-        .unwrap_or_else(|| panic!("no flush row in:\n{table}"));
-    assert!(
-        row.matches(" ms |").count() == 2,
-        "both columns have a figure: {row}"
-    );
+    for label in [
+        "churn 1: durable flush mean",
+        "churn 1: server CPU per op, all members",
+    ] {
+        let row = table
+            .lines()
+            .find(|line| line.starts_with(&format!("| {label} |")))
+            .unwrap_or_else(|| panic!("no {label} row in:\n{table}"));
+        assert!(
+            row.matches(" ms |").count() == 2,
+            "both columns have a figure: {row}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::StatusRequest;
 
+use crate::cpu;
 use crate::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::etcd::etcdserverpb::StatusRequest as EtcdStatusRequest;
 use crate::metrics::{self, Flushes};
@@ -291,6 +292,16 @@ impl LocalCluster {
                 .ok_or_else(|| format!("{}: no {histogram} histogram", member.metrics))?;
         }
         Ok(total)
+    }
+
+    /// The CPU time all running members have used so far; `None` if one
+    /// of them cannot be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref())
+            .map(|child| cpu::process_cpu(child.id()))
+            .sum()
     }
 
     /// The resident set size of each running member, in bytes.

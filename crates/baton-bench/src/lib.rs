@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod cpu;
 pub mod disk;
 pub mod metrics;
 pub mod report;

@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cluster::{LocalCluster, System};
+use crate::cpu::{CpuUse, MachineCpu};
 use crate::disk;
 use crate::metrics::Flushes;
 use crate::stats::{quantile, Outcome};
@@ -49,9 +50,21 @@ impl Workload {
     async fn run(self, cluster: &LocalCluster, duration: Duration) -> WorkloadRun {
         let target = cluster.target();
         let before = cluster.flushes().await;
+        let cpu_before = (cluster.cpu_time(), MachineCpu::now());
         let outcome = match self {
             Workload::Churn(n) => workload::churn(&target, n, duration).await,
             Workload::Contend(n) => workload::contend(&target, n, duration).await,
+        };
+        let cpu = match (cpu_before, (cluster.cpu_time(), MachineCpu::now())) {
+            ((Some(members_before), Some(machine_before)), (Some(members), Some(machine))) => {
+                machine
+                    .busy_since(&machine_before)
+                    .map(|machine_busy| CpuUse {
+                        members: members.saturating_sub(members_before),
+                        machine_busy,
+                    })
+            }
+            _ => None,
         };
         let after = cluster.flushes().await;
         let flushes = match (before, after) {
@@ -61,7 +74,11 @@ impl Workload {
                 None
             }
         };
-        let run = WorkloadRun { outcome, flushes };
+        let run = WorkloadRun {
+            outcome,
+            flushes,
+            cpu,
+        };
         eprintln!("{} {self}: {}", target.name(), run.summary());
         run
     }
@@ -76,6 +93,9 @@ pub struct WorkloadRun {
     /// The members' flushes during the workload, summed; `None` if their
     /// metrics could not be read.
     pub flushes: Option<Flushes>,
+    /// The CPU the members used and how busy the machine was; `None` if
+    /// `/proc` could not be read.
+    pub cpu: Option<CpuUse>,
 }
 
 impl WorkloadRun {
@@ -85,7 +105,14 @@ impl WorkloadRun {
         (self.outcome.ops > 0).then(|| flushes.count / self.outcome.ops as f64)
     }
 
-    /// "1234/s, p50 …; 6.0 durable flushes per op …, mean 0.37 ms".
+    /// The members' CPU time per completed operation.
+    pub fn cpu_per_op(&self) -> Option<Duration> {
+        let cpu = self.cpu?;
+        (self.outcome.ops > 0).then(|| cpu.members.div_f64(self.outcome.ops as f64))
+    }
+
+    /// "1234/s, p50 …; 6.0 durable flushes per op …, mean 0.37 ms; CPU
+    /// 0.61 ms per op (all members), machine 93 % busy".
     pub fn summary(&self) -> String {
         let disk = match (self.flushes_per_op(), self.flushes.and_then(|f| f.mean())) {
             (Some(per_op), Some(mean)) => format!(
@@ -94,7 +121,15 @@ impl WorkloadRun {
             ),
             _ => String::new(),
         };
-        format!("{}{disk}", self.outcome.summary())
+        let cpu = match (self.cpu_per_op(), self.cpu) {
+            (Some(per_op), Some(cpu)) => format!(
+                "; CPU {:.2} ms per op (all members), machine {:.0} % busy",
+                per_op.as_secs_f64() * 1e3,
+                cpu.machine_busy * 100.0
+            ),
+            _ => String::new(),
+        };
+        format!("{}{disk}{cpu}", self.outcome.summary())
     }
 }
 
@@ -265,6 +300,7 @@ fn rows() -> Vec<Row> {
     let one_decimal = |x: f64| format!("{x:.1}");
     let millis = |x: f64| format!("{:.1} ms", x * 1e3);
     let fine_millis = |x: f64| format!("{:.2} ms", x * 1e3);
+    let percent = |x: f64| format!("{:.0} %", x * 100.0);
     let mut rows = vec![Row::new(
         "disk: 4 KiB write + fdatasync p50 (probed before the workloads)".into(),
         Box::new(|r: &Results| Some(r.disk.as_secs_f64())),
@@ -307,6 +343,16 @@ fn rows() -> Vec<Row> {
             format!("{workload}: durable flush mean"),
             Box::new(move |r: &Results| r.run(workload)?.flushes?.mean().map(|d| d.as_secs_f64())),
             fine_millis,
+        ));
+        rows.push(Row::new(
+            format!("{workload}: server CPU per op, all members"),
+            Box::new(move |r: &Results| r.run(workload)?.cpu_per_op().map(|d| d.as_secs_f64())),
+            fine_millis,
+        ));
+        rows.push(Row::new(
+            format!("{workload}: machine CPU busy (clients included)"),
+            Box::new(move |r: &Results| Some(r.run(workload)?.cpu?.machine_busy)),
+            percent,
         ));
     }
     let phases: [(&str, PhasePick); 5] = [
