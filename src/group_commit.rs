@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::EntryStamps;
-use crate::liveness::{leads, server_leads_in};
+use crate::liveness::{leads, leads_in};
 use crate::replication::{ProposeRejection, ProposeReply};
 
 /// Entries in flight at once (proposed, not yet applied). One: openraft
@@ -207,8 +207,8 @@ async fn answer_when_applied<E>(
 
 /// Resolves once this node no longer leads in `term` (or Raft stopped).
 async fn left_office(raft: &Raft<TypeConfig>, term: u64) {
-    let mut server = raft.server_metrics();
-    let _ = server.wait_for(|m| !server_leads_in(m, term)).await;
+    let mut metrics = raft.metrics();
+    let _ = metrics.wait_for(|m| !leads_in(m, term)).await;
 }
 
 fn answer_all(replies: Vec<oneshot::Sender<ProposeReply>>, rejection: ProposeRejection) {

@@ -14,8 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use baton_store::NodeId;
-use openraft::metrics::RaftServerMetrics;
-use openraft::{BasicNode, RaftMetrics, ServerState};
+use openraft::{RaftMetrics, ServerState};
 use tokio::time::Instant;
 
 /// Whether these metrics show their node leading (it is in the leader state
@@ -24,14 +23,9 @@ pub fn leads(metrics: &RaftMetrics<NodeId, openraft::BasicNode>) -> bool {
     metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id)
 }
 
-/// Whether openraft's server metrics (which change only with the node's
-/// role, vote or leader, unlike the full metrics, sent after every step of
-/// Raft) show their node leading in `term`. Tasks that wait for a change of
-/// office watch these, so they are not woken for every log entry.
-pub fn server_leads_in(metrics: &RaftServerMetrics<NodeId, BasicNode>, term: u64) -> bool {
-    metrics.state == ServerState::Leader
-        && metrics.current_leader == Some(metrics.id)
-        && metrics.vote.leader_id().get_term() == term
+/// Whether these metrics show their node leading in `term`.
+pub fn leads_in(metrics: &RaftMetrics<NodeId, openraft::BasicNode>, term: u64) -> bool {
+    leads(metrics) && metrics.current_term == term
 }
 
 /// Why no working leader can be reached from this node.

@@ -252,14 +252,12 @@ impl Metrics {
     /// Counts Raft leader changes and logs them (openraft's own logs are off
     /// by default: they report routine elections as WARN and ERROR).
     pub async fn watch_raft_leader(self: Arc<Self>, context: Context) {
-        // Server metrics change only with the role, vote or leader, not
-        // with every log entry.
-        let mut raft = context.replicator.raft().server_metrics();
+        let mut raft = context.replicator.raft().metrics();
         let mut known = (None, 0);
         loop {
             let now = {
                 let m = raft.borrow_and_update();
-                (m.current_leader, m.vote.leader_id().get_term())
+                (m.current_leader, m.current_term)
             };
             if now.0 != known.0 {
                 if now.0.is_some() {

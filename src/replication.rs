@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::clock::EntryStamps;
 use crate::error::{LeaderHint, ReplicationError};
 use crate::group_commit::GroupCommit;
-use crate::liveness::{leads, server_leads_in, LeaderLoss, Liveness};
+use crate::liveness::{leads, leads_in, LeaderLoss, Liveness};
 use crate::network::{decode, encode, never_sent, PeerChannels};
 use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, ReadIndexRequest};
 
@@ -506,9 +506,9 @@ impl Replicator {
     /// office, the grace entry; then, while leader, an expiry entry whenever
     /// a session falls due.
     pub async fn run_leader_duties(self) {
-        let mut server = self.inner.raft.server_metrics();
+        let mut metrics = self.inner.raft.metrics();
         loop {
-            if server
+            if metrics
                 .wait_for(|m| m.state == ServerState::Leader || m.state == ServerState::Shutdown)
                 .await
                 .is_err()
@@ -516,14 +516,13 @@ impl Replicator {
                 return;
             }
             let term = {
-                let m = server.borrow();
+                let m = metrics.borrow();
                 if m.state == ServerState::Shutdown {
                     return;
                 }
-                m.vote.leader_id().get_term()
+                m.current_term
             };
-            let still_leader =
-                |this: &Self| server_leads_in(&this.inner.raft.server_metrics().borrow(), term);
+            let still_leader = |this: &Self| leads_in(&this.inner.raft.metrics().borrow(), term);
             // The grace entry first, so no session expires for time the
             // cluster spent without a leader.
             let mut graced = false;
