@@ -338,8 +338,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     ));
     tracing::info!(id = config.id, client = %config.listen, peer = %config.peer_listen, "node started");
 
-    shutdown.await;
-    tracing::info!(id = config.id, "shutting down");
+    let failure = tokio::select! {
+        () = shutdown => None,
+        fatal = raft_failed(&raft) => Some(fatal),
+    };
+    match &failure {
+        None => tracing::info!(id = config.id, "shutting down"),
+        Some(fatal) => tracing::error!(
+            id = config.id,
+            %fatal,
+            "Raft stopped on a fatal error; stopping the node so that it is restarted from its data directory"
+        ),
+    }
     let _ = stop_tx.send(true);
     keeper.abort();
     closer.abort();
@@ -361,8 +371,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             _ => {}
         }
     }
+    if let Some(fatal) = failure {
+        return Err(NodeError::Raft(format!(
+            "Raft stopped on a fatal error: {fatal}"
+        )));
+    }
     stopped_raft.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok(())
+}
+
+/// How often the node checks that its Raft core still runs.
+const RAFT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Resolves with the error once openraft's core has stopped by itself. It
+/// stops for good on a storage error (a full or failing disk) or an
+/// internal error of openraft's; the node would otherwise linger, answering
+/// with its last role (a leader's included) and never catching up again.
+/// Polled rather than watched: the metrics change with every entry.
+async fn raft_failed(raft: &Raft<TypeConfig>) -> String {
+    let mut check = tokio::time::interval(RAFT_CHECK_INTERVAL);
+    loop {
+        check.tick().await;
+        if let Err(fatal) = &raft.metrics().borrow().running_state {
+            return fatal.to_string();
+        }
+    }
 }
 
 fn tls_error(error: tonic::transport::Error) -> NodeError {

@@ -1,6 +1,7 @@
 //! Node failures against a real three-node cluster: kill -9 of the leader,
 //! restart and catch-up, a wiped node rejoining from a snapshot, all nodes
-//! killed and restarted, and sessions that lapse or close.
+//! killed and restarted, a node whose disk fills up, and sessions that lapse
+//! or close.
 
 mod common;
 
@@ -336,4 +337,130 @@ async fn streams_end_with_unavailable_when_their_node_shuts_down() {
         Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
         other => panic!("expected UNAVAILABLE, got {other:?}"),
     }
+}
+
+/// A filesystem of `size` mounted on `dir` for the test's lifetime.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount(8)");
+        assert!(
+            mounted.success(),
+            "THIS TEST NEEDS ROOT: it mounts a small tmpfs to fill a node's disk"
+        );
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Takes every free byte, so the next write on it fails with ENOSPC.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.dir.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            if file.write_all(&block).is_err() {
+                break;
+            }
+        }
+        let byte = [0u8; 1];
+        while file.write_all(&byte).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A node whose disk fills up cannot append, and openraft stops its core
+/// for good on that storage error. The node must not linger with a dead
+/// core (it would answer status with its last role forever, a leader
+/// included, and never catch up again): it stops and exits non-zero, so
+/// its supervisor restarts it from its data directory. The other two carry
+/// on. (The chaos soak met the same dead core from an openraft race, a
+/// leader sending a snapshot on a replication stream that had just ended.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_raft_stops_on_a_storage_error_exits() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.followers_of(leader)[0];
+    // The victim's data moves onto a small disk of its own.
+    cluster.stop(victim);
+    let data_dir = cluster.node(victim).data_dir.clone();
+    let saved = data_dir.with_extension("saved");
+    std::fs::rename(&data_dir, &saved).unwrap();
+    let disk = SmallDisk::mount(&data_dir, "64m");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", saved.display()))
+        .arg(&data_dir)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    cluster.restart(victim);
+    eventually(
+        Duration::from_secs(20),
+        "the victim follows again",
+        || async {
+            cluster
+                .status(victim)
+                .await
+                .filter(|s| s.has_leader && s.applied_index > 0)
+        },
+    )
+    .await;
+
+    disk.fill();
+    let writer = leader;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    let status = loop {
+        if let Some(status) = cluster.exited(victim) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} still running 60 s after its disk filled: {:?}\n{}",
+            cluster.status(victim).await,
+            cluster.log(victim)
+        );
+        // Writes the victim must append (and fail to), large enough to
+        // take sled past the space its log file already has.
+        let writes = (0..16).map(|i| {
+            let client = format!("{round}-{i}-{}", "x".repeat(200));
+            let cluster = &cluster;
+            async move { open_session(cluster, writer, &client, LONG_SESSION_MS).await }
+        });
+        futures::future::join_all(writes).await;
+        round += 1;
+    };
+    assert!(!status.success(), "exited {status:?}");
+    let log = cluster.log(victim);
+    assert!(log.contains("Raft stopped"), "{log}");
+
+    // The other two still commit.
+    let survivor = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != victim)
+        .unwrap();
+    until_ok("a write on the survivors", || {
+        open_session(&cluster, survivor, "after-the-full-disk", LONG_SESSION_MS)
+    })
+    .await;
+    drop(disk);
 }

@@ -281,6 +281,12 @@ impl Cluster {
         std::fs::remove_dir_all(&node.data_dir).unwrap();
     }
 
+    /// How node `id`'s process ended, if it has (without waiting).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
     /// The process id of node `id` (running).
     pub fn pid(&self, id: u64) -> u32 {
         self.node(id).child.as_ref().expect("node is running").id()
