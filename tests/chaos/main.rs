@@ -122,6 +122,9 @@ struct ChaosCluster {
     dir: tempfile::TempDir,
     children: BTreeMap<u64, Child>,
     paused: BTreeSet<u64>,
+    /// Nodes that exited by themselves, with how (restarted at once, as a
+    /// StatefulSet or systemd would).
+    exits: Vec<(u64, std::process::ExitStatus)>,
 }
 
 impl ChaosCluster {
@@ -204,6 +207,26 @@ impl ChaosCluster {
         }
     }
 
+    /// The supervisor's part: a node that exited by itself (not killed
+    /// here) is started again from its data directory. A node exits, with
+    /// status 1, when its Raft core stopped on a fatal error.
+    fn restart_exited(&mut self) {
+        let exited: Vec<(u64, std::process::ExitStatus)> = self
+            .children
+            .iter_mut()
+            .filter_map(|(id, child)| Some((*id, child.try_wait().ok()??)))
+            .collect();
+        for (id, status) in exited {
+            println!(
+                "node {id} exited by itself ({status}); restarting it, as its supervisor would"
+            );
+            self.children.remove(&id);
+            self.paused.remove(&id);
+            self.exits.push((id, status));
+            self.spawn(id);
+        }
+    }
+
     fn pause(&mut self, id: u64) {
         self.signal(id, libc::SIGSTOP);
         self.paused.insert(id);
@@ -259,10 +282,11 @@ impl ChaosCluster {
     /// Between faults, with the workload running: all three answer, agree
     /// on the leader, and no node lags far behind (exact agreement is
     /// checked once the workload has stopped).
-    async fn recovered(&self, limit: Duration) -> Result<(), String> {
+    async fn recovered(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let mut last = String::new();
         while Instant::now() < deadline {
+            self.restart_exited();
             let mut seen = Vec::new();
             for id in NODES {
                 if let Some(s) = self.status(id).await {
@@ -291,10 +315,11 @@ impl ChaosCluster {
     }
 
     /// Waits for one leader all three agree on and equal state digests.
-    async fn converged(&self, limit: Duration) -> Result<(u64, String), String> {
+    async fn converged(&mut self, limit: Duration) -> Result<(u64, String), String> {
         let deadline = Instant::now() + limit;
         let mut last = String::new();
         while Instant::now() < deadline {
+            self.restart_exited();
             let mut seen = Vec::new();
             for id in NODES {
                 match self.status(id).await {
@@ -964,6 +989,7 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         topology,
         dir: tempfile::tempdir().expect("tempdir"),
         children: BTreeMap::new(),
+        exits: Vec::new(),
         paused: BTreeSet::new(),
     };
     for id in NODES {
@@ -1272,6 +1298,17 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     ));
     summary.extend(belief_summary);
     summary.extend(fenced_summary);
+    summary.push(format!(
+        "nodes that exited by themselves (Raft stopped on a fatal error) and were restarted: {}",
+        cluster.exits.len()
+    ));
+    // Exit status 1 is the node's answer to a dead Raft core; anything else
+    // (a panic, a signal) is a crash.
+    for (id, status) in &cluster.exits {
+        if status.code() != Some(1) {
+            violations.push(format!("node {id} crashed: {status}"));
+        }
+    }
     summary.push(format!("violations: {}", violations.len()));
     // Straight to stderr: the test harness captures print!, and CI should
     // show this screen even when the run passes.
