@@ -217,8 +217,18 @@ impl ChaosCluster {
             .filter_map(|(id, child)| Some((*id, child.try_wait().ok()??)))
             .collect();
         for (id, status) in exited {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log")));
+            let why = log
+                .ok()
+                .and_then(|log| {
+                    log.lines()
+                        .rev()
+                        .find(|l| l.contains("fatal"))
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
             println!(
-                "node {id} exited by itself ({status}); restarting it, as its supervisor would"
+                "node {id} exited by itself ({status}); restarting it, as its supervisor would. {why}"
             );
             self.children.remove(&id);
             self.paused.remove(&id);
