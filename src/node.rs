@@ -387,13 +387,19 @@ const RAFT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// stops for good on a storage error (a full or failing disk) or an
 /// internal error of openraft's; the node would otherwise linger, answering
 /// with its last role (a leader's included) and never catching up again.
-/// Polled rather than watched: the metrics change with every entry.
+/// A core that returns marks its error in the metrics; one that panicked
+/// only drops their sender. Polled rather than watched: the metrics change
+/// with every entry.
 async fn raft_failed(raft: &Raft<TypeConfig>) -> String {
+    let metrics = raft.metrics();
     let mut check = tokio::time::interval(RAFT_CHECK_INTERVAL);
     loop {
         check.tick().await;
-        if let Err(fatal) = &raft.metrics().borrow().running_state {
+        if let Err(fatal) = &metrics.borrow().running_state {
             return fatal.to_string();
+        }
+        if metrics.has_changed().is_err() {
+            return "the Raft core ended without an error (it panicked)".into();
         }
     }
 }

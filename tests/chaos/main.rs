@@ -122,9 +122,30 @@ struct ChaosCluster {
     dir: tempfile::TempDir,
     children: BTreeMap<u64, Child>,
     paused: BTreeSet<u64>,
-    /// Nodes that exited by themselves, with how (restarted at once, as a
-    /// StatefulSet or systemd would).
-    exits: Vec<(u64, std::process::ExitStatus)>,
+    /// Each node's extra arguments (`--join`) and the length of its log,
+    /// as of its last start.
+    started_with: BTreeMap<u64, (Vec<String>, usize)>,
+    /// Nodes that exited by themselves (restarted at once, as a StatefulSet
+    /// or systemd would).
+    exits: Vec<Exit>,
+}
+
+/// A node that ended without being killed by the test.
+struct Exit {
+    id: u64,
+    status: std::process::ExitStatus,
+    /// The node's own account, from its log since it last started, if it
+    /// stopped because its Raft core had died.
+    raft_fatal: Option<String>,
+}
+
+impl Exit {
+    /// What a node is meant to do when its Raft core dies: log it and exit
+    /// with status 1. Anything else (a panic, a signal, a failed start) is
+    /// a crash.
+    fn is_raft_fatal(&self) -> bool {
+        self.status.code() == Some(1) && self.raft_fatal.is_some()
+    }
 }
 
 impl ChaosCluster {
@@ -145,7 +166,7 @@ impl ChaosCluster {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("node{id}.log")))
+            .open(self.log_path(id))
             .map(Stdio::from)
             .unwrap_or_else(|_| Stdio::null())
     }
@@ -154,8 +175,15 @@ impl ChaosCluster {
         self.spawn_with(id, &[]);
     }
 
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
     /// Starts node `id` with `extra` arguments (e.g. `--join`).
     fn spawn_with(&mut self, id: u64, extra: &[&str]) {
+        let log_len = std::fs::metadata(self.log_path(id)).map_or(0, |m| m.len() as usize);
+        self.started_with
+            .insert(id, (extra.iter().map(|a| a.to_string()).collect(), log_len));
         let peers: Vec<String> = NODES
             .iter()
             .map(|n| format!("{n}={}:7101", net::node_addr(*n)))
@@ -202,14 +230,40 @@ impl ChaosCluster {
     fn kill(&mut self, id: u64) {
         self.resume(id);
         if let Some(mut child) = self.children.remove(&id) {
+            // It may have ended by itself since it was last looked at.
+            if let Ok(Some(status)) = child.try_wait() {
+                self.record_exit(id, status);
+                return;
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    fn record_exit(&mut self, id: u64, status: std::process::ExitStatus) {
+        let since = self.started_with.get(&id).map_or(0, |(_, len)| *len);
+        let log = std::fs::read(self.log_path(id)).unwrap_or_default();
+        let raft_fatal = String::from_utf8_lossy(log.get(since..).unwrap_or_default())
+            .lines()
+            .find(|line| line.contains("Raft stopped on a fatal error"))
+            .map(str::to_owned);
+        println!(
+            "node {id} exited by itself ({status}): {}",
+            raft_fatal
+                .as_deref()
+                .unwrap_or("no fatal Raft error in its log")
+        );
+        self.exits.push(Exit {
+            id,
+            status,
+            raft_fatal,
+        });
+    }
+
     /// The supervisor's part: a node that exited by itself (not killed
-    /// here) is started again from its data directory. A node exits, with
-    /// status 1, when its Raft core stopped on a fatal error.
+    /// here) is started again from its data directory, with the arguments
+    /// it last had. A node exits, with status 1, when its Raft core stopped
+    /// on a fatal error.
     fn restart_exited(&mut self) {
         let exited: Vec<(u64, std::process::ExitStatus)> = self
             .children
@@ -217,23 +271,16 @@ impl ChaosCluster {
             .filter_map(|(id, child)| Some((*id, child.try_wait().ok()??)))
             .collect();
         for (id, status) in exited {
-            let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log")));
-            let why = log
-                .ok()
-                .and_then(|log| {
-                    log.lines()
-                        .rev()
-                        .find(|l| l.contains("fatal"))
-                        .map(str::to_owned)
-                })
-                .unwrap_or_default();
-            println!(
-                "node {id} exited by itself ({status}); restarting it, as its supervisor would. {why}"
-            );
             self.children.remove(&id);
             self.paused.remove(&id);
-            self.exits.push((id, status));
-            self.spawn(id);
+            self.record_exit(id, status);
+            let extra = self
+                .started_with
+                .get(&id)
+                .map(|(extra, _)| extra.clone())
+                .unwrap_or_default();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            self.spawn_with(id, &extra);
         }
     }
 
@@ -999,6 +1046,7 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         topology,
         dir: tempfile::tempdir().expect("tempdir"),
         children: BTreeMap::new(),
+        started_with: BTreeMap::new(),
         exits: Vec::new(),
         paused: BTreeSet::new(),
     };
@@ -1308,16 +1356,14 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     ));
     summary.extend(belief_summary);
     summary.extend(fenced_summary);
+    cluster.restart_exited();
     summary.push(format!(
-        "nodes that exited by themselves (Raft stopped on a fatal error) and were restarted: {}",
-        cluster.exits.len()
+        "nodes that exited by themselves and were restarted: {} (Raft core died: {})",
+        cluster.exits.len(),
+        cluster.exits.iter().filter(|e| e.is_raft_fatal()).count()
     ));
-    // Exit status 1 is the node's answer to a dead Raft core; anything else
-    // (a panic, a signal) is a crash.
-    for (id, status) in &cluster.exits {
-        if status.code() != Some(1) {
-            violations.push(format!("node {id} crashed: {status}"));
-        }
+    for exit in cluster.exits.iter().filter(|e| !e.is_raft_fatal()) {
+        violations.push(format!("node {} crashed: {}", exit.id, exit.status));
     }
     summary.push(format!("violations: {}", violations.len()));
     // Straight to stderr: the test harness captures print!, and CI should

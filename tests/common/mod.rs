@@ -281,10 +281,13 @@ impl Cluster {
         std::fs::remove_dir_all(&node.data_dir).unwrap();
     }
 
-    /// How node `id`'s process ended, if it has (without waiting).
+    /// How node `id`'s process ended, if it has (without waiting); an ended
+    /// node no longer counts as running.
     pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let node = &mut self.nodes[(id - 1) as usize];
-        node.child.as_mut()?.try_wait().expect("try_wait")
+        let status = node.child.as_mut()?.try_wait().expect("try_wait")?;
+        node.child = None;
+        Some(status)
     }
 
     /// The process id of node `id` (running).

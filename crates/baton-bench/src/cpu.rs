@@ -1,8 +1,8 @@
 //! CPU time, read from `/proc`: how much the members of a cluster used and
 //! how busy the whole machine was while a workload ran. On a small machine
 //! both systems' throughput at many clients is bounded by CPU, so the CPU a
-//! cycle costs says which system does more with the same machine, whatever
-//! the machine's speed at the moment.
+//! cycle costs, measured for both in the same minutes, says which system
+//! does more with the same machine.
 
 use std::time::Duration;
 
