@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use baton_bench::metrics::{self, sample};
@@ -17,15 +16,10 @@ async fn scrape(addr: &str) -> String {
         .unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
 }
 
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_load_exports_its_metrics_and_they_move() {
     let _serial = serial().await;
-    let metrics_addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let metrics_addrs = free_addrs(3);
     let cluster = Cluster::start_each(|id| {
         vec![
             "--metrics-listen".to_owned(),

@@ -152,10 +152,7 @@ fn listen_backlog(port: u16) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_port_listens_with_a_deep_accept_queue() {
     let _serial = serial().await;
-    let metrics = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let metrics = free_addrs(1).remove(0);
     let cluster = Cluster::start_each(|id| match id {
         1 => vec!["--metrics-listen".to_owned(), metrics.clone()],
         _ => Vec::new(),

@@ -43,6 +43,15 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// `n` distinct free loopback addresses (host:port), e.g. for
+/// `--metrics-listen`.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    free_ports(n)
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect()
+}
+
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
