@@ -340,14 +340,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let failure = tokio::select! {
         () = shutdown => None,
-        fatal = raft_failed(&raft) => Some(fatal),
+        fatal = raft_failed(&raft) => {
+            Some(NodeError::Raft(format!("Raft stopped on a fatal error: {fatal}")))
+        }
     };
     match &failure {
         None => tracing::info!(id = config.id, "shutting down"),
-        Some(fatal) => tracing::error!(
+        Some(error) => tracing::error!(
             id = config.id,
-            %fatal,
-            "Raft stopped on a fatal error; stopping the node so that it is restarted from its data directory"
+            %error,
+            "stopping the node so that it is restarted from its data directory"
         ),
     }
     let _ = stop_tx.send(true);
@@ -371,10 +373,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             _ => {}
         }
     }
-    if let Some(fatal) = failure {
-        return Err(NodeError::Raft(format!(
-            "Raft stopped on a fatal error: {fatal}"
-        )));
+    if let Some(error) = failure {
+        return Err(error);
     }
     stopped_raft.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok(())
