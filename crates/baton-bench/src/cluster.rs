@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::StatusRequest;
 
-use crate::cpu;
+use crate::cpu::{self, CpuReading, MachineCpu};
 use crate::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::etcd::etcdserverpb::StatusRequest as EtcdStatusRequest;
 use crate::metrics::{self, Flushes};
@@ -294,14 +294,19 @@ impl LocalCluster {
         Ok(total)
     }
 
-    /// The CPU time all running members have used so far; `None` if one
-    /// of them cannot be read.
-    pub fn cpu_time(&self) -> Option<Duration> {
-        self.members
+    /// The CPU time all running members and the whole machine have used
+    /// so far; `None` if one of them cannot be read.
+    pub fn cpu_reading(&self) -> Option<CpuReading> {
+        let members = self
+            .members
             .iter()
             .filter_map(|m| m.child.as_ref())
             .map(|child| cpu::process_cpu(child.id()))
-            .sum()
+            .sum::<Option<Duration>>()?;
+        Some(CpuReading {
+            members,
+            machine: MachineCpu::now()?,
+        })
     }
 
     /// The resident set size of each running member, in bytes.

@@ -79,6 +79,26 @@ fn parse_machine(stat: &str) -> Option<MachineCpu> {
     })
 }
 
+/// A cluster's CPU counters at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuReading {
+    /// CPU time its members have used so far.
+    pub members: Duration,
+    /// The whole machine's CPU time so far.
+    pub machine: MachineCpu,
+}
+
+impl CpuReading {
+    /// What was used between `earlier` and `self`; `None` if no time
+    /// passed.
+    pub fn since(&self, earlier: &CpuReading) -> Option<CpuUse> {
+        Some(CpuUse {
+            members: self.members.saturating_sub(earlier.members),
+            machine_busy: self.machine.busy_since(&earlier.machine)?,
+        })
+    }
+}
+
 /// What a cluster used while a workload ran.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUse {

@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cluster::{LocalCluster, System};
-use crate::cpu::{CpuUse, MachineCpu};
+use crate::cpu::CpuUse;
 use crate::disk;
 use crate::metrics::Flushes;
 use crate::stats::{quantile, Outcome};
@@ -50,22 +50,14 @@ impl Workload {
     async fn run(self, cluster: &LocalCluster, duration: Duration) -> WorkloadRun {
         let target = cluster.target();
         let before = cluster.flushes().await;
-        let cpu_before = (cluster.cpu_time(), MachineCpu::now());
+        let cpu_before = cluster.cpu_reading();
         let outcome = match self {
             Workload::Churn(n) => workload::churn(&target, n, duration).await,
             Workload::Contend(n) => workload::contend(&target, n, duration).await,
         };
-        let cpu = match (cpu_before, (cluster.cpu_time(), MachineCpu::now())) {
-            ((Some(members_before), Some(machine_before)), (Some(members), Some(machine))) => {
-                machine
-                    .busy_since(&machine_before)
-                    .map(|machine_busy| CpuUse {
-                        members: members.saturating_sub(members_before),
-                        machine_busy,
-                    })
-            }
-            _ => None,
-        };
+        let cpu = cpu_before
+            .zip(cluster.cpu_reading())
+            .and_then(|(before, after)| after.since(&before));
         let after = cluster.flushes().await;
         let flushes = match (before, after) {
             (Ok(before), Ok(after)) => Some(after.since(&before)),
