@@ -365,14 +365,9 @@ impl SmallDisk {
     fn fill(&self) {
         use std::io::Write;
         let mut file = std::fs::File::create(self.dir.join("filler")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        loop {
-            if file.write_all(&block).is_err() {
-                break;
-            }
-        }
-        let byte = [0u8; 1];
-        while file.write_all(&byte).is_ok() {}
+        // Large blocks first, then single bytes for what a block left over.
+        while file.write_all(&[0u8; 64 * 1024]).is_ok() {}
+        while file.write_all(&[0u8]).is_ok() {}
     }
 }
 
@@ -425,7 +420,6 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits() {
     .await;
 
     disk.fill();
-    let writer = leader;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut round = 0;
     let status = loop {
@@ -443,7 +437,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits() {
         let writes = (0..16).map(|i| {
             let client = format!("{round}-{i}-{}", "x".repeat(200));
             let cluster = &cluster;
-            async move { open_session(cluster, writer, &client, LONG_SESSION_MS).await }
+            async move { open_session(cluster, leader, &client, LONG_SESSION_MS).await }
         });
         futures::future::join_all(writes).await;
         round += 1;

@@ -134,9 +134,8 @@ struct ChaosCluster {
 struct Exit {
     id: u64,
     status: std::process::ExitStatus,
-    /// The node's own account, from its log since it last started, if it
-    /// stopped because its Raft core had died.
-    raft_fatal: Option<String>,
+    /// Whether its log since it last started says its Raft core had died.
+    raft_fatal: bool,
 }
 
 impl Exit {
@@ -144,7 +143,7 @@ impl Exit {
     /// with status 1. Anything else (a panic, a signal, a failed start) is
     /// a crash.
     fn is_raft_fatal(&self) -> bool {
-        self.status.code() == Some(1) && self.raft_fatal.is_some()
+        self.status.code() == Some(1) && self.raft_fatal
     }
 }
 
@@ -172,7 +171,7 @@ impl ChaosCluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        self.spawn_with(id, &[]);
+        self.spawn_with(id, Vec::new());
     }
 
     fn log_path(&self, id: u64) -> PathBuf {
@@ -180,10 +179,8 @@ impl ChaosCluster {
     }
 
     /// Starts node `id` with `extra` arguments (e.g. `--join`).
-    fn spawn_with(&mut self, id: u64, extra: &[&str]) {
+    fn spawn_with(&mut self, id: u64, extra: Vec<String>) {
         let log_len = std::fs::metadata(self.log_path(id)).map_or(0, |m| m.len() as usize);
-        self.started_with
-            .insert(id, (extra.iter().map(|a| a.to_string()).collect(), log_len));
         let peers: Vec<String> = NODES
             .iter()
             .map(|n| format!("{n}={}:7101", net::node_addr(*n)))
@@ -208,7 +205,7 @@ impl ChaosCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--snapshot-every", "300"])
-            .args(extra)
+            .args(&extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -216,6 +213,7 @@ impl ChaosCluster {
             .spawn()
             .expect("spawn baton serve in its namespace");
         self.children.insert(id, child);
+        self.started_with.insert(id, (extra, log_len));
     }
 
     fn signal(&self, id: u64, signal: libc::c_int) {
@@ -243,20 +241,20 @@ impl ChaosCluster {
     fn record_exit(&mut self, id: u64, status: std::process::ExitStatus) {
         let since = self.started_with.get(&id).map_or(0, |(_, len)| *len);
         let log = std::fs::read(self.log_path(id)).unwrap_or_default();
-        let raft_fatal = String::from_utf8_lossy(log.get(since..).unwrap_or_default())
+        let account = String::from_utf8_lossy(log.get(since..).unwrap_or_default())
             .lines()
             .find(|line| line.contains("Raft stopped on a fatal error"))
             .map(str::to_owned);
         println!(
             "node {id} exited by itself ({status}): {}",
-            raft_fatal
+            account
                 .as_deref()
                 .unwrap_or("no fatal Raft error in its log")
         );
         self.exits.push(Exit {
             id,
             status,
-            raft_fatal,
+            raft_fatal: account.is_some(),
         });
     }
 
@@ -279,8 +277,7 @@ impl ChaosCluster {
                 .get(&id)
                 .map(|(extra, _)| extra.clone())
                 .unwrap_or_default();
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            self.spawn_with(id, &extra);
+            self.spawn_with(id, extra);
         }
     }
 
@@ -954,7 +951,10 @@ async fn inject(
                 .map_err(|e| format!("remove-node {follower}: {e}"))?;
             cluster.kill(follower);
             std::fs::remove_dir_all(cluster.data_dir(follower)).map_err(|e| e.to_string())?;
-            cluster.spawn_with(follower, &["--join", &ChaosCluster::endpoints().join(",")]);
+            cluster.spawn_with(
+                follower,
+                vec!["--join".into(), ChaosCluster::endpoints().join(",")],
+            );
             admin
                 .add_node(follower, &format!("{}:7101", net::node_addr(follower)))
                 .await
