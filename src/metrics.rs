@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
@@ -18,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::service::Context;
 
@@ -242,6 +243,10 @@ impl Metrics {
         self.primitives.set(as_gauge(primitives as u64));
         self.open_streams
             .set(as_gauge(context.sessions.open_streams() as u64));
+        // Counted where entries are applied; a scrape brings it up to date.
+        self.primitive_leader_changes
+            .inner()
+            .fetch_max(replicator.state().leader_changes(), Ordering::Relaxed);
         let mut text = String::new();
         if let Err(error) = encode(&mut text, &self.registry) {
             tracing::warn!(%error, "encoding metrics failed");
@@ -274,21 +279,6 @@ impl Metrics {
             }
             if raft.changed().await.is_err() {
                 return;
-            }
-        }
-    }
-
-    /// Counts primitive leadership changes from the applied change events.
-    pub async fn watch_primitives(self: Arc<Self>, context: Context) {
-        let mut changes = context.replicator.state().subscribe();
-        loop {
-            match changes.recv().await {
-                Ok(applied) => {
-                    let changed = applied.events.iter().filter(|e| e.leader_changed());
-                    self.primitive_leader_changes.inc_by(changed.count() as u64);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }

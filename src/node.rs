@@ -303,10 +303,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     let client_server = tokio::spawn(client_server);
     let closer = tokio::spawn(Connections::close_departed(departed, replicator.clone()));
-    let watchers = [
-        tokio::spawn(metrics.clone().watch_raft_leader(context.clone())),
-        tokio::spawn(metrics.clone().watch_primitives(context.clone())),
-    ];
+    let leader_watcher = tokio::spawn(metrics.clone().watch_raft_leader(context.clone()));
     if let Some(addr) = config.metrics_listen {
         let serving =
             crate::metrics::serve(addr, metrics.clone(), context.clone(), stop_rx.clone());
@@ -355,9 +352,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let _ = stop_tx.send(true);
     keeper.abort();
     closer.abort();
-    for watcher in watchers {
-        watcher.abort();
-    }
+    leader_watcher.abort();
     duties.abort();
     snapshots.abort();
     health.abort();

@@ -70,6 +70,12 @@ async fn a_comparison_reports_the_disk_and_every_members_flushes_and_cpu() {
             "{}",
             one.summary()
         );
+        let (watched, run) = round.runs.last().expect("workloads ran");
+        assert!(
+            matches!(watched, report::Workload::Watched { .. }) && run.outcome.ops > 0,
+            "{watched}: {}",
+            run.summary()
+        );
         assert!(round.failover.as_ref().is_some_and(|f| f.writes > 0));
     }
     let table = report::table(first, second);

@@ -9,12 +9,8 @@ mod primitive;
 mod session;
 
 use std::pin::Pin;
-use std::sync::Arc;
 
-use baton_state::{
-    ClientRequest, Command, Operation, Primitive, PrimitiveKey, PrimitiveKind, Response,
-};
-use baton_store::AppliedChanges;
+use baton_state::{ClientRequest, Command, Operation, Primitive, PrimitiveKind, Response};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -175,13 +171,13 @@ impl Context {
             .renew_now(replicator, &caller.client_id, deadline)
             .await?;
         let state = replicator.state();
+        let key = &caller.key;
         // Subscribed before the read, so no change between the two is lost.
-        let mut changes = state.subscribe();
+        let mut changes = state.watch(key);
         replicator
             .linearizable_barrier(deadline)
             .await
             .map_err(ApiError::from)?;
-        let key = &caller.key;
         let (mut last_sent, seen_index) = state.read(|m, index| (m.primitive(key), index));
         let update = WatchUpdate {
             initial: true,
@@ -194,7 +190,7 @@ impl Context {
         loop {
             let lease_end = self.lease_end(caller);
             // Biased: an expired lease wins over pending changes.
-            let next: Vec<Primitive> = tokio::select! {
+            let next: Primitive = tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(lease_end) => {
                     if self.lease_end(caller) > Instant::now() {
@@ -207,32 +203,32 @@ impl Context {
                 }
                 _ = tx.closed() => return Ok(()),
                 received = changes.recv() => match received {
-                    Ok(applied) => changes_for(key, &applied, seen_index),
+                    // Already in the first message.
+                    Ok(change) if seen_index.is_some_and(|seen| change.index <= seen) => continue,
+                    Ok(change) => change.state.clone(),
                     // Fell behind: skip to the latest state (coalescing).
-                    Err(broadcast::error::RecvError::Lagged(_)) => vec![state.read(|m, _| m.primitive(key))],
+                    Err(broadcast::error::RecvError::Lagged(_)) => state.read(|m, _| m.primitive(key)),
                     Err(broadcast::error::RecvError::Closed) => {
                         return Err(ApiError::from(ReplicationError::ShuttingDown).into());
                     }
                 },
             };
-            for next in next {
-                if next == last_sent {
-                    continue;
+            if next == last_sent {
+                continue;
+            }
+            last_sent = next.clone();
+            let update = WatchUpdate {
+                initial: false,
+                state: next,
+            };
+            // A reader too slow to take the update must not keep the
+            // stream alive past its lease.
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(self.lease_end(caller)) => {
+                    return Err(ApiError::from(ReplicationError::LeaseLost).into());
                 }
-                last_sent = next.clone();
-                let update = WatchUpdate {
-                    initial: false,
-                    state: next,
-                };
-                // A reader too slow to take the update must not keep the
-                // stream alive past its lease.
-                tokio::select! {
-                    biased;
-                    _ = tokio::time::sleep_until(self.lease_end(caller)) => {
-                        return Err(ApiError::from(ReplicationError::LeaseLost).into());
-                    }
-                    sent = tx.send(Ok(update)) => if sent.is_err() { return Ok(()) },
-                }
+                sent = tx.send(Ok(update)) => if sent.is_err() { return Ok(()) },
             }
         }
     }
@@ -247,23 +243,4 @@ impl Context {
 
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await.map(|_| ());
-}
-
-/// Every state `key` went through in an applied entry (an entry may carry
-/// several commands that change it), in order, unless the entry is already
-/// reflected in the initial state the watcher was sent.
-fn changes_for(
-    key: &PrimitiveKey,
-    applied: &Arc<AppliedChanges>,
-    seen: Option<u64>,
-) -> Vec<Primitive> {
-    if seen.is_some_and(|seen| applied.index <= seen) {
-        return Vec::new();
-    }
-    applied
-        .events
-        .iter()
-        .filter(|event| &event.key == key)
-        .map(|event| event.state.clone())
-        .collect()
 }

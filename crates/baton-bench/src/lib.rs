@@ -7,6 +7,9 @@
 //! - `churn N`: N clients, each cycling on its own election;
 //! - `contend N`: N clients on one election; each leader withdraws and
 //!   re-enters at once; counts hand-overs;
+//! - `churn N + W watchers`: churn while W other clients each lead an
+//!   election of their own and stream its changes (Events; etcd: Observe),
+//!   as Atomix candidates do: what idle watchers cost a busy cluster;
 //! - `failover`: one writer (300 ms per call, rotating endpoints on error)
 //!   while the Raft leader is SIGKILLed; the longest gap between
 //!   acknowledged writes, and when the new leader and the first write came.
@@ -65,5 +68,12 @@ pub async fn quick(endpoints: &[String]) -> Result<Vec<String>, String> {
         return Err("contend 4: no hand-over".into());
     }
     lines.push(format!("contend 4: {}", handoffs.summary()));
+    let watchers = workload::Watchers::open(&target, 50).await?;
+    let watched = workload::churn(&target, 4, secs).await;
+    drop(watchers);
+    if watched.ops == 0 {
+        return Err("churn 4 + 50 watchers: no cycle completed".into());
+    }
+    lines.push(format!("churn 4 + 50 watchers: {}", watched.summary()));
     Ok(lines)
 }

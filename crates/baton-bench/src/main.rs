@@ -55,6 +55,10 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Idle watchers held open meanwhile (each leads an election of its
+        /// own and streams its changes).
+        #[arg(long, default_value_t = 0)]
+        watchers: usize,
     },
     /// Baton only: load N primitives and sessions, report RSS per node and
     /// the time from a full restart to the first linearizable read.
@@ -121,12 +125,20 @@ async fn main() -> std::process::ExitCode {
             workload,
             clients,
             secs,
+            watchers,
         } => {
             let target = match system {
                 SystemName::Baton => Target::Baton(endpoints),
                 SystemName::Etcd => Target::Etcd(endpoints),
             };
             let duration = Duration::from_secs(secs);
+            let _watchers = match workload::Watchers::open(&target, watchers).await {
+                Ok(watchers) => watchers,
+                Err(error) => {
+                    eprintln!("baton-bench: {error}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
             let outcome = match workload {
                 WorkloadName::Churn => workload::churn(&target, clients, duration).await,
                 WorkloadName::Contend => workload::contend(&target, clients, duration).await,

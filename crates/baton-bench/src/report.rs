@@ -20,12 +20,17 @@ use crate::workload::{self, FailoverReport};
 /// Writes the disk probe times before each system's workloads.
 const PROBE_WRITES: usize = 200;
 
-/// The throughput workloads, in the order they run.
-pub const WORKLOADS: [Workload; 4] = [
+/// The throughput workloads, in the order they run (the watched one last:
+/// its watchers' sessions expire after it).
+pub const WORKLOADS: [Workload; 5] = [
     Workload::Churn(1),
     Workload::Churn(16),
     Workload::Churn(64),
     Workload::Contend(16),
+    Workload::Watched {
+        clients: 16,
+        watchers: 1_000,
+    },
 ];
 
 /// A throughput workload and its number of clients.
@@ -35,6 +40,14 @@ pub enum Workload {
     Churn(usize),
     /// All clients on one election; each leader hands over at once.
     Contend(usize),
+    /// Churn while other clients each watch an election of their own that
+    /// nothing changes ([`workload::Watchers`]).
+    Watched {
+        /// Clients cycling.
+        clients: usize,
+        /// Idle watchers.
+        watchers: usize,
+    },
 }
 
 impl fmt::Display for Workload {
@@ -42,6 +55,9 @@ impl fmt::Display for Workload {
         match self {
             Workload::Churn(n) => write!(f, "churn {n}"),
             Workload::Contend(n) => write!(f, "contend {n}"),
+            Workload::Watched { clients, watchers } => {
+                write!(f, "churn {clients} + {watchers} watchers")
+            }
         }
     }
 }
@@ -49,12 +65,33 @@ impl fmt::Display for Workload {
 impl Workload {
     async fn run(self, cluster: &LocalCluster, duration: Duration) -> WorkloadRun {
         let target = cluster.target();
+        let watchers = match self {
+            Workload::Watched { watchers, .. } => {
+                match workload::Watchers::open(&target, watchers).await {
+                    Ok(watchers) => Some(watchers),
+                    Err(error) => {
+                        eprintln!("{} {self}: {error}", target.name());
+                        return WorkloadRun {
+                            outcome: Outcome {
+                                errors: 1,
+                                ..Outcome::default()
+                            },
+                            flushes: None,
+                            cpu: None,
+                        };
+                    }
+                }
+            }
+            _ => None,
+        };
         let before = cluster.flushes().await;
         let cpu_before = cluster.cpu_reading();
         let outcome = match self {
             Workload::Churn(n) => workload::churn(&target, n, duration).await,
             Workload::Contend(n) => workload::contend(&target, n, duration).await,
+            Workload::Watched { clients, .. } => workload::churn(&target, clients, duration).await,
         };
+        drop(watchers);
         let cpu = cpu_before
             .zip(cluster.cpu_reading())
             .and_then(|(before, after)| after.since(&before));
@@ -300,7 +337,7 @@ fn rows() -> Vec<Row> {
     )];
     for workload in WORKLOADS {
         let unit = match workload {
-            Workload::Churn(_) => "cycles/s",
+            Workload::Churn(_) | Workload::Watched { .. } => "cycles/s",
             Workload::Contend(_) => "hand-overs/s",
         };
         rows.push(Row::new(
@@ -311,7 +348,7 @@ fn rows() -> Vec<Row> {
         // Contend latencies are not alike (etcd: from campaigning, queue
         // included; Baton: from being told it leads), so only rates compare.
         let quantiles: &[(&str, f64)] = match workload {
-            Workload::Churn(_) => &[("p50", 0.5), ("p99", 0.99)],
+            Workload::Churn(_) | Workload::Watched { .. } => &[("p50", 0.5), ("p99", 0.99)],
             Workload::Contend(_) => &[],
         };
         for &(label, q) in quantiles {

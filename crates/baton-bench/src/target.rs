@@ -12,7 +12,9 @@ use crate::etcd::etcdserverpb::kv_client::KvClient;
 use crate::etcd::etcdserverpb::lease_client::LeaseClient;
 use crate::etcd::etcdserverpb::{LeaseGrantRequest, PutRequest};
 use crate::etcd::v3electionpb::election_client::ElectionClient;
-use crate::etcd::v3electionpb::{CampaignRequest, LeaderKey, ResignRequest};
+use crate::etcd::v3electionpb::{
+    CampaignRequest, LeaderKey, LeaderRequest, LeaderResponse, ResignRequest,
+};
 
 /// A cluster to drive, by its client endpoints (host:port).
 #[derive(Debug, Clone)]
@@ -106,6 +108,24 @@ pub enum Candidacy {
     Etcd(LeaderKey),
 }
 
+/// A stream of one election's changes: Baton's Events, etcd's Observe.
+pub enum Observation {
+    /// Baton: the election's state, then every change.
+    Baton(tonic::Streaming<el::EventsResponse>),
+    /// etcd: the leader, then every new leader.
+    Etcd(tonic::Streaming<LeaderResponse>),
+}
+
+impl Observation {
+    /// Waits for the next message; `None` once the stream has ended.
+    pub async fn next(&mut self) -> Result<Option<()>, Status> {
+        Ok(match self {
+            Observation::Baton(stream) => stream.message().await?.map(|_| ()),
+            Observation::Etcd(stream) => stream.message().await?.map(|_| ()),
+        })
+    }
+}
+
 fn baton_header(
     id: &str,
     election: &str,
@@ -186,6 +206,34 @@ impl Session {
             }
             (Session::Etcd { .. }, Candidacy::Baton(_)) => {
                 Err(Status::internal("an etcd session holds etcd candidacies"))
+            }
+        }
+    }
+
+    /// Opens a stream of `election`'s changes (Baton: Events; etcd:
+    /// Observe, which says nothing until the election has a leader).
+    pub async fn observe(&mut self, election: &str) -> Result<Observation, Status> {
+        match self {
+            Session::Baton { client, id } => {
+                let stream = client
+                    .events(el::EventsRequest {
+                        header: request_header(id, Kind::Election, election, 0),
+                        input: None,
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Observation::Baton(stream))
+            }
+            Session::Etcd {
+                election: service, ..
+            } => {
+                let stream = service
+                    .observe(LeaderRequest {
+                        name: election.as_bytes().to_vec(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Observation::Etcd(stream))
             }
         }
     }

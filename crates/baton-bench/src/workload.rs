@@ -96,6 +96,65 @@ pub async fn churn(target: &Target, clients: usize, duration: Duration) -> Outco
     .await
 }
 
+/// Where watcher sessions' indexes start, clear of the workload clients'.
+const WATCHER_INDEX: usize = 1_000_000;
+/// Watchers opened at once.
+const WATCHERS_OPENING: usize = 64;
+
+/// Clients that each lead an election of their own and keep a stream of
+/// its changes open (Baton: Events, as an Atomix candidate does; etcd:
+/// Observe), spread over the endpoints, while another workload runs.
+/// Nothing changes their elections, so a server that sends each change
+/// only to that election's watchers does no work for them. Dropping it
+/// closes the streams.
+pub struct Watchers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Opens `count` watchers, each on its own connection, and waits for
+    /// every stream's first message.
+    pub async fn open(target: &Target, count: usize) -> Result<Watchers, String> {
+        use futures::StreamExt;
+
+        let run = run_id();
+        let opening = futures::stream::iter(0..count)
+            .map(|i| {
+                let target = target.clone();
+                async move {
+                    let mut session = target.session(WATCHER_INDEX + i).await?;
+                    let election = format!("watched-{run}-{i}");
+                    session.enter(&election).await?;
+                    let mut stream = session.observe(&election).await?;
+                    stream.next().await?;
+                    Ok::<_, tonic::Status>(tokio::spawn(async move {
+                        while let Ok(Some(())) = stream.next().await {}
+                        drop(session);
+                    }))
+                }
+            })
+            .buffer_unordered(WATCHERS_OPENING)
+            .collect::<Vec<_>>()
+            .await;
+        let mut watchers = Watchers { tasks: Vec::new() };
+        for opened in opening {
+            match opened {
+                Ok(task) => watchers.tasks.push(task),
+                Err(status) => return Err(format!("opening a watcher: {status}")),
+            }
+        }
+        Ok(watchers)
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// `clients` clients on one election; whoever leads withdraws and enters
 /// again at once. One op = one leadership, counted by its holder.
 pub async fn contend(target: &Target, clients: usize, duration: Duration) -> Outcome {

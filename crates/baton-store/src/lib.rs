@@ -7,13 +7,14 @@
 //! and persists it as Raft snapshots; after a restart it loads the latest
 //! snapshot and openraft re-applies the committed log behind it. This crate
 //! knows nothing of gRPC: the server reads state through [`StateHandle`]
-//! and watches changes through its broadcast of [`AppliedChanges`].
+//! and watches one primitive's changes through [`KeyChanges`].
 
 #![warn(missing_docs)]
 // openraft's trait signatures fix the (large) StorageError type.
 #![allow(clippy::result_large_err)]
 
 mod durable;
+mod feeds;
 mod log_store;
 mod state_store;
 mod types;
@@ -23,8 +24,9 @@ use std::path::Path;
 pub mod backup;
 pub mod probe;
 
+pub use feeds::{KeyChange, KeyChanges};
 pub use log_store::LogStore;
-pub use state_store::{AppliedChanges, StateHandle, StateMachineStore, StoredSnapshot};
+pub use state_store::{StateHandle, StateMachineStore, StoredSnapshot};
 pub use types::{CommandOutcome, LogCommand, NodeId, TypeConfig};
 
 /// Why the data directory could not be opened.

@@ -6,6 +6,10 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::durable::Durable;
+use crate::feeds::{ChangeFeeds, KeyChanges};
+use crate::types::{CommandOutcome, NodeId, TypeConfig};
+use crate::OpenError;
 use baton_state::{ChangeEvent, Limits, PrimitiveKey, StateMachine};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -13,11 +17,6 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
-
-use crate::durable::Durable;
-use crate::types::{CommandOutcome, NodeId, TypeConfig};
-use crate::OpenError;
 
 /// Snapshot metadata (JSON) and the serialized state machine (raw bytes),
 /// written together in one sled batch. Kept apart so that checking which
@@ -27,9 +26,6 @@ const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
 /// The layout before: the whole `StoredSnapshot` as JSON under one key.
 const LEGACY_SNAPSHOT: &[u8] = b"current";
-/// How many applied batches a slow watcher may fall behind before it is told
-/// it lagged (it then re-reads the latest state, so nothing final is lost).
-const CHANGE_BUFFER: usize = 4_096;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -50,15 +46,6 @@ impl StoredSnapshot {
     }
 }
 
-/// The changes one applied log entry made, for Events watchers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedChanges {
-    /// Log index of the entry (or of the installed snapshot).
-    pub index: u64,
-    /// One event per primitive that changed, with its full new state.
-    pub events: Vec<ChangeEvent>,
-}
-
 struct AppliedState {
     machine: StateMachine,
     last_applied: Option<LogId<NodeId>>,
@@ -67,10 +54,12 @@ struct AppliedState {
 
 struct Shared {
     applied: RwLock<AppliedState>,
-    changes: broadcast::Sender<Arc<AppliedChanges>>,
+    feeds: Arc<ChangeFeeds>,
     /// Commands applied since this process started (an entry may carry
     /// many: group commit).
     commands_applied: AtomicU64,
+    /// Leadership changes of primitives applied since this process started.
+    leader_changes: AtomicU64,
 }
 
 /// Read access to the applied state, shared with the server.
@@ -113,9 +102,25 @@ impl StateHandle {
         self.shared.commands_applied.load(Ordering::Relaxed)
     }
 
-    /// Subscribes to the changes of every entry applied from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedChanges>> {
-        self.shared.changes.subscribe()
+    /// Leadership changes (epoch increases) of primitives applied since
+    /// this process started, snapshots installed included.
+    pub fn leader_changes(&self) -> u64 {
+        self.shared.leader_changes.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to `key`'s changes applied from now on.
+    pub fn watch(&self, key: &PrimitiveKey) -> KeyChanges {
+        self.shared.feeds.subscribe(key)
+    }
+
+    /// Hands changes applied at `index` to their watchers and counts the
+    /// leadership changes among them.
+    fn publish(&self, index: u64, events: &[ChangeEvent]) {
+        let led = events.iter().filter(|e| e.leader_changed()).count();
+        self.shared
+            .leader_changes
+            .fetch_add(led as u64, Ordering::Relaxed);
+        self.shared.feeds.publish(index, events);
     }
 
     /// A stable digest (FNV-1a, hex) of the serialized state machine, with the
@@ -167,13 +172,13 @@ impl StateMachineStore {
                 membership: StoredMembership::default(),
             },
         };
-        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         Ok(StateMachineStore {
             handle: StateHandle {
                 shared: Arc::new(Shared {
                     applied: RwLock::new(applied),
-                    changes,
+                    feeds: Arc::default(),
                     commands_applied: AtomicU64::new(0),
+                    leader_changes: AtomicU64::new(0),
                 }),
             },
             durable,
@@ -319,10 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             results.push(applied.result);
                         }
                         if !events.is_empty() {
-                            changes.push(AppliedChanges {
-                                index: entry.log_id.index,
-                                events,
-                            });
+                            changes.push((entry.log_id.index, events));
                         }
                         outcomes.push(CommandOutcome(results));
                     }
@@ -333,9 +335,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
-        for change in changes {
-            // No subscriber is fine: nobody is watching.
-            let _ = self.handle.shared.changes.send(Arc::new(change));
+        for (index, events) in changes {
+            self.handle.publish(index, &events);
         }
         Ok(outcomes)
     }
@@ -389,11 +390,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             guard.membership = meta.last_membership.clone();
             events
         };
-        if let (false, Some(id)) = (events.is_empty(), meta.last_log_id) {
-            let _ = self.handle.shared.changes.send(Arc::new(AppliedChanges {
-                index: id.index,
-                events,
-            }));
+        if let Some(id) = meta.last_log_id {
+            self.handle.publish(id.index, &events);
         }
         Ok(())
     }
