@@ -120,6 +120,11 @@ struct ServeArgs {
     /// Take a Raft snapshot every this many applied commands (or entries).
     #[arg(long, env = "BATON_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Log entries kept behind each snapshot: a follower that missed fewer
+    /// catches up from the log instead of receiving the whole state (0:
+    /// purge the log up to the snapshot).
+    #[arg(long, env = "BATON_KEEP_LOG_ENTRIES", default_value_t = 1_000)]
+    keep_log_entries: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -522,6 +527,7 @@ async fn serve_node(args: ServeArgs) -> CliResult {
         peers,
         data_dir: args.data_dir,
         snapshot_every: args.snapshot_every,
+        keep_log_entries: args.keep_log_entries,
         metrics_listen: args.metrics_listen,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         election_timeout: Duration::from_millis(args.election_timeout_ms),

@@ -94,6 +94,10 @@ pub struct NodeConfig {
     /// entry may carry up to 128 commands, so a count of entries alone
     /// would let the log a restart replays grow that many times longer.
     pub snapshot_every: u64,
+    /// Log entries kept behind each snapshot, so that a follower that
+    /// missed fewer than this catches up from the log rather than by
+    /// receiving the whole state.
+    pub keep_log_entries: u64,
     /// Join an existing cluster instead of forming one: never initialize,
     /// wait to be added as a learner.
     pub join: bool,
@@ -146,7 +150,7 @@ fn raft_config(config: &NodeConfig) -> Result<Config, NodeError> {
         election_timeout_max: election * 2,
         install_snapshot_timeout: 5_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
-        max_in_snapshot_log_to_keep: 0,
+        max_in_snapshot_log_to_keep: config.keep_log_entries,
         ..Config::default()
     }
     .validate()

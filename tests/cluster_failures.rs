@@ -1,5 +1,6 @@
 //! Node failures against a real three-node cluster: kill -9 of the leader,
-//! restart and catch-up, a wiped node rejoining from a snapshot, all nodes
+//! restart and catch-up (from the log kept behind snapshots), a wiped node
+//! rejoining from a snapshot, all nodes
 //! killed and restarted, a node whose disk fills up, and sessions that lapse
 //! or close.
 
@@ -13,6 +14,8 @@ use common::*;
 use tokio_stream::StreamExt;
 
 const LONG_SESSION_MS: u64 = 300_000;
+/// What a node logs when it receives a snapshot instead of log entries.
+const INSTALLED_SNAPSHOT: &str = "installed a snapshot from the leader";
 
 /// Joins `count` writers (with long sessions) to `latch` and returns them.
 async fn acknowledged_joins(
@@ -118,7 +121,7 @@ async fn kill_the_leader_then_restart_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wiped_node_rejoins_from_a_snapshot() {
     let _serial = serial().await;
-    let mut cluster = Cluster::start(&["--snapshot-every", "10"]).await;
+    let mut cluster = Cluster::start(&["--snapshot-every", "10", "--keep-log-entries", "2"]).await;
     let leader = cluster.wait_for_leader().await;
     let acknowledged = acknowledged_joins(&cluster, leader, "snap", "s", 15).await;
     let victim = cluster.followers_of(leader)[0];
@@ -142,7 +145,44 @@ async fn a_wiped_node_rejoins_from_a_snapshot() {
         "the wiped node got a snapshot covering the purged log ({} < {purged})",
         status.snapshot_index
     );
+    assert!(cluster.log(victim).contains(INSTALLED_SNAPSHOT));
     let latch = get_latch(&cluster, victim, "snap").await.unwrap();
+    assert_eq!(latch.members, acknowledged);
+}
+
+/// With the log purged up to every snapshot, a follower down for a moment
+/// was sent the whole state once a snapshot had been taken meanwhile
+/// (every 10,000 commands by default: seconds under load).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_that_missed_a_few_entries_catches_up_from_the_log() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&["--snapshot-every", "10"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.followers_of(leader)[0];
+    cluster.kill(victim);
+    let acknowledged = acknowledged_joins(&cluster, leader, "kept", "k", 30).await;
+    let leader_status = eventually(
+        Duration::from_secs(10),
+        "the leader takes snapshots while the follower is down",
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.snapshot_index >= 30).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        leader_status.purged_index, 0,
+        "the log behind the snapshot is kept"
+    );
+
+    cluster.restart(victim);
+    cluster.wait_converged().await;
+    assert!(
+        !cluster.log(victim).contains(INSTALLED_SNAPSHOT),
+        "the follower was sent a snapshot:\n{}",
+        cluster.log(victim)
+    );
+    let latch = get_latch(&cluster, victim, "kept").await.unwrap();
     assert_eq!(latch.members, acknowledged);
 }
 

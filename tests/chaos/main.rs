@@ -204,7 +204,9 @@ impl ChaosCluster {
             .args(["--peers", &peers.join(",")])
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .args(["--snapshot-every", "300"])
+            // A short log behind each snapshot: a node that was down
+            // briefly catches up from the log, a longer outage by snapshot.
+            .args(["--snapshot-every", "300", "--keep-log-entries", "100"])
             .args(&extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

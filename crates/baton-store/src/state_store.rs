@@ -368,6 +368,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .state()
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.persist(&stored).await?;
+        tracing::info!(
+            index = meta.last_log_id.map(|id| id.index),
+            bytes = stored.data.len(),
+            "installed a snapshot from the leader"
+        );
         let events = {
             let mut guard = self.handle.write_guard();
             let keys: BTreeSet<PrimitiveKey> = guard
