@@ -146,6 +146,66 @@ async fn a_watcher_sees_every_change_even_when_several_share_an_entry() {
     );
 }
 
+/// DESIGN §4: a watcher that falls behind may have intermediate states
+/// coalesced, never the latest one dropped — and never sees a state older
+/// than one it was already sent. The watcher here reads nothing while the
+/// latch grows by 400 joins of ~250-byte ids (each message carries every
+/// member, so the stream's buffers fill after ~150); then it reads
+/// everything. Before session 7's fix, a stream that fell behind sent the
+/// latest state and then the older ones its feed still held.
+#[tokio::test]
+async fn a_slow_watcher_skips_ahead_to_the_latest_state_and_never_back() {
+    let _serial = serial().await;
+    let c = Cluster::start(&[]).await;
+    let leader = c.wait_for_leader().await;
+    const JOINERS: usize = 400;
+    let id = |i: usize| format!("{i:04}-{}", "x".repeat(245));
+    let writers = || (0..JOINERS).map(|i| (leader, id(i)));
+    open_sessions(&c, writers()).await;
+    let mut stream = c
+        .latch(leader)
+        .events(baton::proto::atomix::primitive::leader::EventsRequest {
+            header: latch_header("watcher", "growing"),
+            input: None,
+        })
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let count = |message: baton::proto::atomix::primitive::leader::EventsResponse| {
+        message
+            .output
+            .and_then(|o| o.latch)
+            .map_or(0, |latch| latch.participants.len())
+    };
+    let first = stream.message().await.expect("stream open").expect("first");
+    assert_eq!(count(first), 0);
+
+    for i in 0..JOINERS {
+        join(&c, leader, &id(i), "growing").await.expect("join");
+    }
+    let mut counts = Vec::new();
+    while counts.last() != Some(&JOINERS) {
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await
+        else {
+            panic!("no message after counts {counts:?}");
+        };
+        counts.push(count(message.expect("stream open").expect("a change")));
+    }
+    // Nothing changes after the last join: any further message is stale.
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+        counts.push(count(message.expect("stream open").expect("a change")));
+    }
+    assert!(
+        counts.windows(2).all(|w| w[0] < w[1]),
+        "the watcher went back: {counts:?}"
+    );
+    assert!(
+        counts.len() < JOINERS,
+        "the watcher never fell behind ({} messages): the test did not test coalescing",
+        counts.len()
+    );
+}
+
 /// fdatasync calls `pid` makes while `work` runs, counted by strace.
 async fn fdatasyncs_during(
     pids: &[u32],

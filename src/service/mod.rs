@@ -178,7 +178,7 @@ impl Context {
             .linearizable_barrier(deadline)
             .await
             .map_err(ApiError::from)?;
-        let (mut last_sent, seen_index) = state.read(|m, index| (m.primitive(key), index));
+        let (mut last_sent, mut seen_index) = state.read(|m, index| (m.primitive(key), index));
         let update = WatchUpdate {
             initial: true,
             state: last_sent.clone(),
@@ -190,7 +190,7 @@ impl Context {
         loop {
             let lease_end = self.lease_end(caller);
             // Biased: an expired lease wins over pending changes.
-            let next: Primitive = tokio::select! {
+            let next: Vec<Primitive> = tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(lease_end) => {
                     if self.lease_end(caller) > Instant::now() {
@@ -203,32 +203,59 @@ impl Context {
                 }
                 _ = tx.closed() => return Ok(()),
                 received = changes.recv() => match received {
-                    // Already in the first message.
+                    // Already sent: in the first message, or in the state
+                    // re-read after falling behind.
                     Ok(change) if seen_index.is_some_and(|seen| change.index <= seen) => continue,
-                    Ok(change) => change.state.clone(),
+                    Ok(change) => change.states.clone(),
                     // Fell behind: skip to the latest state (coalescing).
-                    Err(broadcast::error::RecvError::Lagged(_)) => state.read(|m, _| m.primitive(key)),
+                    // What the feed still holds is older than that state.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let (latest, index) = state.read(|m, index| (m.primitive(key), index));
+                        seen_index = index;
+                        vec![latest]
+                    }
                     Err(broadcast::error::RecvError::Closed) => {
                         return Err(ApiError::from(ReplicationError::ShuttingDown).into());
                     }
                 },
             };
-            if next == last_sent {
-                continue;
+            for next in next {
+                if next == last_sent {
+                    continue;
+                }
+                last_sent = next.clone();
+                let update = WatchUpdate {
+                    initial: false,
+                    state: next,
+                };
+                if !self.send_within_lease(caller, tx, update).await? {
+                    return Ok(());
+                }
             }
-            last_sent = next.clone();
-            let update = WatchUpdate {
-                initial: false,
-                state: next,
-            };
-            // A reader too slow to take the update must not keep the
-            // stream alive past its lease.
+        }
+    }
+
+    /// Waits for room in a slow reader's buffer for as long as the stream's
+    /// lease lasts: renewals committed meanwhile extend it, and once it has
+    /// run out the stream ends rather than deliver a state later. False if
+    /// the reader has gone.
+    async fn send_within_lease(
+        &self,
+        caller: &Caller,
+        tx: &mpsc::Sender<Result<WatchUpdate, Status>>,
+        update: WatchUpdate,
+    ) -> Result<bool, Status> {
+        let send = tx.send(Ok(update));
+        tokio::pin!(send);
+        loop {
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(self.lease_end(caller)) => {
-                    return Err(ApiError::from(ReplicationError::LeaseLost).into());
+                    if self.lease_end(caller) <= Instant::now() {
+                        return Err(ApiError::from(ReplicationError::LeaseLost).into());
+                    }
                 }
-                sent = tx.send(Ok(update)) => if sent.is_err() { return Ok(()) },
+                sent = &mut send => return Ok(sent.is_ok()),
             }
         }
     }

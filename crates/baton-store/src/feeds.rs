@@ -10,19 +10,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use baton_state::{ChangeEvent, Primitive, PrimitiveKey};
 use tokio::sync::broadcast;
 
-/// Changes of one key a watcher may fall behind by before it is told it
-/// lagged (it then re-reads the latest state: intermediate states
-/// coalesce, the latest is never lost). Small, because every watched key
-/// holds this many slots.
-const KEY_BUFFER: usize = 16;
+/// Entries changing one key a watcher may fall behind by before it is
+/// told it lagged (it then re-reads the latest state: intermediate states
+/// coalesce, the latest is never lost). Every watched key holds this many
+/// slots (~40 bytes each), so it is not large; an entry's changes to a key
+/// take one slot however many commands of the entry made them.
+const KEY_BUFFER: usize = 32;
 
-/// One state a primitive went through, and the log entry that made it.
+/// The states one log entry took a primitive through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyChange {
     /// Log index of the entry (or of the installed snapshot).
     pub index: u64,
-    /// The primitive's full state after the change.
-    pub state: Primitive,
+    /// The primitive's full state after each change, in order (an entry
+    /// may carry several commands that change it: group commit).
+    pub states: Vec<Primitive>,
 }
 
 type Sender = broadcast::Sender<Arc<KeyChange>>;
@@ -42,20 +44,26 @@ impl ChangeFeeds {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends each change to its key's watchers, if it has any, in order.
+    /// Sends the changes the entry at `index` made to each watched key to
+    /// that key's watchers, in order, as one message per key.
     pub(crate) fn publish(&self, index: u64, events: &[ChangeEvent]) {
         let feeds = self.lock();
         if feeds.is_empty() {
             return;
         }
+        let mut by_key: Vec<(&PrimitiveKey, &Sender, Vec<Primitive>)> = Vec::new();
         for event in events {
-            if let Some(feed) = feeds.get(&event.key) {
-                // Its last receiver may be dropping: nobody to tell.
-                let _ = feed.send(Arc::new(KeyChange {
-                    index,
-                    state: event.state.clone(),
-                }));
+            let Some(feed) = feeds.get(&event.key) else {
+                continue;
+            };
+            match by_key.iter_mut().find(|(key, ..)| *key == &event.key) {
+                Some((.., states)) => states.push(event.state.clone()),
+                None => by_key.push((&event.key, feed, vec![event.state.clone()])),
             }
+        }
+        for (_, feed, states) in by_key {
+            // Its last receiver may be dropping: nobody to tell.
+            let _ = feed.send(Arc::new(KeyChange { index, states }));
         }
     }
 
@@ -139,10 +147,26 @@ mod tests {
         let (a, b) = (PrimitiveKey::latch("a"), PrimitiveKey::latch("b"));
         let mut watching_a = feeds.subscribe(&a);
         feeds.publish(7, &[event(&a, 1), event(&b, 1), event(&a, 2)]);
+        feeds.publish(8, &[event(&b, 2)]);
+        feeds.publish(9, &[event(&a, 3)]);
         let epochs: Vec<_> = std::iter::from_fn(|| watching_a.try_recv().ok())
-            .map(|change| (change.index, change.state.epoch))
+            .map(|change| {
+                let epochs: Vec<_> = change.states.iter().map(|s| s.epoch).collect();
+                (change.index, epochs)
+            })
             .collect();
-        assert_eq!(epochs, vec![(7, 1), (7, 2)]);
+        assert_eq!(epochs, vec![(7, vec![1, 2]), (9, vec![3])]);
+    }
+
+    #[test]
+    fn many_changes_to_a_key_in_one_entry_take_one_slot() {
+        let feeds = Arc::new(ChangeFeeds::default());
+        let key = PrimitiveKey::latch("a");
+        let mut watcher = feeds.subscribe(&key);
+        let burst: Vec<_> = (1..=128).map(|epoch| event(&key, epoch)).collect();
+        feeds.publish(1, &burst);
+        let change = watcher.try_recv().expect("no lag");
+        assert_eq!(change.states.len(), 128);
     }
 
     #[test]

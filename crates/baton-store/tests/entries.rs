@@ -58,11 +58,11 @@ async fn every_command_of_an_entry_is_applied_in_order_and_answered_on_its_own()
     );
     assert_eq!(results.len(), 4);
 
-    let changes: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok()).collect();
-    assert!(changes.iter().all(|change| change.index == 1));
-    let sizes: Vec<_> = changes.iter().map(|c| c.state.members.len()).collect();
-    assert_eq!(sizes, vec![1, 2, 3], "one event per change, in order");
-    assert!(changes.iter().all(|c| c.state.changed_at_ms == 5_000));
+    let change = changes.try_recv().expect("the entry's changes");
+    assert_eq!(change.index, 1);
+    let sizes: Vec<_> = change.states.iter().map(|s| s.members.len()).collect();
+    assert_eq!(sizes, vec![1, 2, 3], "one state per change, in order");
+    assert!(change.states.iter().all(|s| s.changed_at_ms == 5_000));
     assert_eq!(
         sm.handle().leader_changes(),
         1,
