@@ -89,10 +89,11 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// sled data directory.
     pub data_dir: PathBuf,
-    /// Build a Raft snapshot (and purge the log behind it) every this many
-    /// applied commands: openraft counts entries, and with group commit an
-    /// entry may carry up to 128 commands, so a count of entries alone
-    /// would let the log a restart replays grow that many times longer.
+    /// Build a Raft snapshot (and purge the log but for `keep_log_entries`
+    /// behind it) every this many applied commands: openraft counts
+    /// entries, and with group commit an entry may carry up to 128
+    /// commands, so a count of entries alone would let the log a restart
+    /// replays grow that many times longer.
     pub snapshot_every: u64,
     /// Log entries kept behind each snapshot, so that a follower that
     /// missed fewer than this catches up from the log rather than by

@@ -178,6 +178,10 @@ async fn a_follower_that_missed_a_few_entries_catches_up_from_the_log() {
     cluster.restart(victim);
     cluster.wait_converged().await;
     assert!(
+        cluster.log(victim).contains("node started"),
+        "the node's info lines are logged (the check below needs them)"
+    );
+    assert!(
         !cluster.log(victim).contains(INSTALLED_SNAPSHOT),
         "the follower was sent a snapshot:\n{}",
         cluster.log(victim)

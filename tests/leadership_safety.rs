@@ -201,6 +201,62 @@ async fn a_node_cut_off_from_the_quorum_tells_its_clients_at_once() {
     }
 }
 
+/// DESIGN §4: a stream whose lease runs out ends with UNAVAILABLE, also
+/// when its reader is slow and its buffers are full. The watcher here reads
+/// nothing while its latch grows by 300 joins of ~250-byte ids, then its
+/// node is cut off from the quorum; read long after, the stream must end
+/// with UNAVAILABLE, not cleanly (before session 7, the closing error
+/// waited 5 s for room behind the buffered updates and was then dropped,
+/// and the stream ended as if the server had nothing more to say).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let isolated = cluster.followers_of(leader)[0];
+    let others = cluster.followers_of(isolated);
+    const SESSION_MS: u64 = 6_000;
+    const JOINERS: usize = 300;
+    let id = |i: usize| format!("{i:04}-{}", "x".repeat(245));
+
+    open_session(&cluster, isolated, "w", SESSION_MS)
+        .await
+        .unwrap();
+    let mut stream = events(&cluster, isolated, "w", "big").await.unwrap();
+    assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
+    for i in 0..JOINERS {
+        open_session(&cluster, leader, &id(i), 300_000)
+            .await
+            .unwrap();
+        join(&cluster, leader, &id(i), "big").await.unwrap();
+    }
+
+    for id in &others {
+        cluster.pause(*id);
+    }
+    // Long past the lease (a third of the session) and the old 5 s wait.
+    tokio::time::sleep(Duration::from_millis(SESSION_MS + 2_000)).await;
+    let mut received = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(_))) => received += 1,
+            Ok(other) => break other,
+            Err(_) => panic!("the stream stayed open after {received} messages"),
+        }
+    };
+    for id in &others {
+        cluster.resume(*id);
+    }
+    match end {
+        Some(Err(status)) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        other => panic!("after {received} messages the stream ended with {other:?}"),
+    }
+    assert!(
+        received < JOINERS,
+        "the reader never fell behind ({received} messages)"
+    );
+}
+
 /// DESIGN §3: within a term the leader's log time follows its monotonic
 /// clock. A wall-clock step forward on the leader must not expire healthy
 /// sessions; a step back must not keep dead ones alive.

@@ -150,7 +150,7 @@ async fn a_watcher_sees_every_change_even_when_several_share_an_entry() {
 /// coalesced, never the latest one dropped — and never sees a state older
 /// than one it was already sent. The watcher here reads nothing while the
 /// latch grows by 400 joins of ~250-byte ids (each message carries every
-/// member, so the stream's buffers fill after ~150); then it reads
+/// member, so the stream's buffers fill after ~190); then it reads
 /// everything. Before session 7's fix, a stream that fell behind sent the
 /// latest state and then the older ones its feed still held.
 #[tokio::test]

@@ -11,7 +11,7 @@ mod session;
 use std::pin::Pin;
 
 use baton_state::{ClientRequest, Command, Operation, Primitive, PrimitiveKind, Response};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -31,9 +31,6 @@ use crate::replication::Replicator;
 
 /// How many updates a watcher's stream buffers before older ones coalesce.
 const WATCH_BUFFER: usize = 64;
-/// How long a stream's closing error waits for room in a slow reader's
-/// buffer before the stream is simply dropped.
-const FINAL_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every service handler needs: the Raft door, the session keeper and
 /// the node's shutdown signal.
@@ -57,6 +54,47 @@ struct WatchUpdate {
 
 /// A server stream of Events messages.
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The updates of one watch, ended by its closing error the moment that is
+/// known: updates still buffered for a slow reader are dropped rather than
+/// delivered after a lease has run out (one may say "you lead"), and the
+/// error never waits for room behind them.
+struct WatchStream {
+    updates: ReceiverStream<WatchUpdate>,
+    /// The watch's closing error; `None` once taken or known not to come.
+    ending: Option<oneshot::Receiver<Status>>,
+    ended: bool,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<WatchUpdate, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(ending) = self.ending.as_mut() {
+            match Pin::new(ending).poll(cx) {
+                Poll::Ready(Ok(error)) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                // The watch ended without an error: what it sent is due.
+                Poll::Ready(Err(_)) => self.ending = None,
+                Poll::Pending => {}
+            }
+        }
+        Pin::new(&mut self.updates)
+            .poll_next(cx)
+            .map(|update| update.map(Ok))
+    }
+}
 
 impl Context {
     /// Who sends a request to a primitive of `kind`: its header's
@@ -143,27 +181,30 @@ impl Context {
     /// The first message is a linearizable read (DESIGN §4), and the stream
     /// ends with UNAVAILABLE as soon as this node stops confirming renewals
     /// of the caller's session (its lease, see [`crate::keepalive`]).
-    fn watch(&self, caller: &Caller) -> ReceiverStream<Result<WatchUpdate, Status>> {
+    fn watch(&self, caller: &Caller) -> WatchStream {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (end_tx, end_rx) = oneshot::channel();
         let context = self.clone();
         let caller = caller.clone();
         tokio::spawn(async move {
             let hold = context.sessions.hold(&caller.client_id);
             let ended = context.stream_changes(&caller, &tx).await;
-            // The session is no longer kept alive for a stream that ended,
-            // even while its last message waits for a slow reader.
             drop(hold);
             if let Err(error) = ended {
-                let _ = tokio::time::timeout(FINAL_MESSAGE_WAIT, tx.send(Err(error))).await;
+                let _ = end_tx.send(error);
             }
         });
-        ReceiverStream::new(rx)
+        WatchStream {
+            updates: ReceiverStream::new(rx),
+            ending: Some(end_rx),
+            ended: false,
+        }
     }
 
     async fn stream_changes(
         &self,
         caller: &Caller,
-        tx: &mpsc::Sender<Result<WatchUpdate, Status>>,
+        tx: &mpsc::Sender<WatchUpdate>,
     ) -> Result<(), Status> {
         let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
         let replicator = &self.replicator;
@@ -183,7 +224,7 @@ impl Context {
             initial: true,
             state: last_sent.clone(),
         };
-        if tx.send(Ok(update)).await.is_err() {
+        if tx.send(update).await.is_err() {
             return Ok(());
         }
         let mut shutdown = self.shutdown.clone();
@@ -214,6 +255,7 @@ impl Context {
                         seen_index = index;
                         vec![latest]
                     }
+                    // Cannot happen while subscribed; treated as the end.
                     Err(broadcast::error::RecvError::Closed) => {
                         return Err(ApiError::from(ReplicationError::ShuttingDown).into());
                     }
@@ -228,7 +270,10 @@ impl Context {
                     initial: false,
                     state: next,
                 };
-                if !self.send_within_lease(caller, tx, update).await? {
+                if !self
+                    .send_within_lease(caller, tx, update, &mut shutdown)
+                    .await?
+                {
                     return Ok(());
                 }
             }
@@ -237,15 +282,16 @@ impl Context {
 
     /// Waits for room in a slow reader's buffer for as long as the stream's
     /// lease lasts: renewals committed meanwhile extend it, and once it has
-    /// run out the stream ends rather than deliver a state later. False if
-    /// the reader has gone.
+    /// run out (or the node stops) the stream ends rather than deliver a
+    /// state later. False if the reader has gone.
     async fn send_within_lease(
         &self,
         caller: &Caller,
-        tx: &mpsc::Sender<Result<WatchUpdate, Status>>,
+        tx: &mpsc::Sender<WatchUpdate>,
         update: WatchUpdate,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, Status> {
-        let send = tx.send(Ok(update));
+        let send = tx.send(update);
         tokio::pin!(send);
         loop {
             tokio::select! {
@@ -254,6 +300,9 @@ impl Context {
                     if self.lease_end(caller) <= Instant::now() {
                         return Err(ApiError::from(ReplicationError::LeaseLost).into());
                     }
+                }
+                _ = stopping(shutdown) => {
+                    return Err(ApiError::from(ReplicationError::ShuttingDown).into());
                 }
                 sent = &mut send => return Ok(sent.is_ok()),
             }

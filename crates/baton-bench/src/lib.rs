@@ -70,9 +70,12 @@ pub async fn quick(endpoints: &[String]) -> Result<Vec<String>, String> {
     lines.push(format!("contend 4: {}", handoffs.summary()));
     let watchers = workload::Watchers::open(&target, 50).await?;
     let watched = workload::churn(&target, 4, secs).await;
-    drop(watchers);
-    if watched.ops == 0 {
-        return Err("churn 4 + 50 watchers: no cycle completed".into());
+    let closed = watchers.close().await;
+    if watched.ops == 0 || closed != workload::WatchersClosed::default() {
+        return Err(format!(
+            "churn 4 + 50 watchers: {} cycles, watchers {closed:?}",
+            watched.ops
+        ));
     }
     lines.push(format!("churn 4 + 50 watchers: {}", watched.summary()));
     Ok(lines)

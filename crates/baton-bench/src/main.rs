@@ -132,7 +132,7 @@ async fn main() -> std::process::ExitCode {
                 SystemName::Etcd => Target::Etcd(endpoints),
             };
             let duration = Duration::from_secs(secs);
-            let _watchers = match workload::Watchers::open(&target, watchers).await {
+            let watchers = match workload::Watchers::open(&target, watchers).await {
                 Ok(watchers) => watchers,
                 Err(error) => {
                     eprintln!("baton-bench: {error}");
@@ -143,7 +143,11 @@ async fn main() -> std::process::ExitCode {
                 WorkloadName::Churn => workload::churn(&target, clients, duration).await,
                 WorkloadName::Contend => workload::contend(&target, clients, duration).await,
             };
+            let closed = watchers.close().await;
             println!("{} {clients}: {}", target.name(), outcome.summary());
+            if closed != workload::WatchersClosed::default() {
+                println!("watchers: {closed:?}");
+            }
             Ok(())
         }
         Cmd::Scale {

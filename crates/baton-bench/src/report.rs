@@ -91,11 +91,19 @@ impl Workload {
             Workload::Contend(n) => workload::contend(&target, n, duration).await,
             Workload::Watched { clients, .. } => workload::churn(&target, clients, duration).await,
         };
-        drop(watchers);
         let cpu = cpu_before
             .zip(cluster.cpu_reading())
             .and_then(|(before, after)| after.since(&before));
         let after = cluster.flushes().await;
+        let mut outcome = outcome;
+        if let Some(watchers) = watchers {
+            let closed = watchers.close().await;
+            if closed != workload::WatchersClosed::default() {
+                eprintln!("{} {self}: watchers {closed:?}", target.name());
+            }
+            // A watcher that stopped watching made the run look cheaper.
+            outcome.errors += (closed.ended_early + closed.close_failures) as u64;
+        }
         let flushes = match (before, after) {
             (Ok(before), Ok(after)) => Some(after.since(&before)),
             (Err(error), _) | (_, Err(error)) => {

@@ -4,13 +4,17 @@ use std::time::Duration;
 
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::{self as el, Term};
+use baton::proto::baton::v1::session_service_client::SessionServiceClient;
+use baton::proto::baton::v1::CloseSessionRequest;
 use baton_client::{next_request_id, request_header, Kind};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::etcd::etcdserverpb::kv_client::KvClient;
 use crate::etcd::etcdserverpb::lease_client::LeaseClient;
-use crate::etcd::etcdserverpb::{LeaseGrantRequest, PutRequest};
+use crate::etcd::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+};
 use crate::etcd::v3electionpb::election_client::ElectionClient;
 use crate::etcd::v3electionpb::{
     CampaignRequest, LeaderKey, LeaderRequest, LeaderResponse, ResignRequest,
@@ -49,17 +53,23 @@ impl Target {
         let id = format!("bench-{}-{index}", std::process::id());
         Ok(match self {
             Target::Baton(_) => Session::Baton {
-                client: LeaderElectionServiceClient::new(channel),
+                client: LeaderElectionServiceClient::new(channel.clone()),
+                sessions: SessionServiceClient::new(channel),
                 id,
             },
             Target::Etcd(_) => {
-                let grant = LeaseClient::new(channel.clone())
-                    .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                let mut leases = LeaseClient::new(channel.clone());
+                let grant = leases
+                    .lease_grant(LeaseGrantRequest {
+                        ttl: ETCD_LEASE_TTL.as_secs() as i64,
+                        id: 0,
+                    })
                     .await?
                     .into_inner();
                 Session::Etcd {
                     election: ElectionClient::new(channel.clone()),
                     kv: KvClient::new(channel),
+                    leases,
                     lease: grant.id,
                     id,
                 }
@@ -67,6 +77,10 @@ impl Target {
         })
     }
 }
+
+/// TTL of an etcd session's lease (a Baton session's default timeout is
+/// 10 s; etcd's `concurrency` sessions default to 60 s).
+const ETCD_LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// A lazily connected channel to `endpoint`, with Nagle off as gRPC clients
 /// have it.
@@ -84,6 +98,8 @@ pub enum Session {
     Baton {
         /// The election service on one node.
         client: LeaderElectionServiceClient<Channel>,
+        /// The session service on the same node.
+        sessions: SessionServiceClient<Channel>,
         /// Its candidate id.
         id: String,
     },
@@ -93,6 +109,8 @@ pub enum Session {
         election: ElectionClient<Channel>,
         /// The KV service on the same member.
         kv: KvClient<Channel>,
+        /// The lease service on the same member.
+        leases: LeaseClient<Channel>,
         /// The lease its candidacies hang on.
         lease: i64,
         /// Its value in elections.
@@ -145,7 +163,7 @@ impl Session {
     /// behind others); etcd's campaign returns only once this client leads.
     pub async fn enter(&mut self, election: &str) -> Result<Candidacy, Status> {
         match self {
-            Session::Baton { client, id } => {
+            Session::Baton { client, id, .. } => {
                 let term = client
                     .enter(el::EnterRequest {
                         header: baton_header(id, election),
@@ -182,7 +200,7 @@ impl Session {
     /// Withdraws from `election` (etcd: resigns the candidacy).
     pub async fn withdraw(&mut self, election: &str, candidacy: Candidacy) -> Result<(), Status> {
         match (self, candidacy) {
-            (Session::Baton { client, id }, _) => {
+            (Session::Baton { client, id, .. }, _) => {
                 client
                     .withdraw(el::WithdrawRequest {
                         header: baton_header(id, election),
@@ -214,7 +232,7 @@ impl Session {
     /// Observe, which says nothing until the election has a leader).
     pub async fn observe(&mut self, election: &str) -> Result<Observation, Status> {
         match self {
-            Session::Baton { client, id } => {
+            Session::Baton { client, id, .. } => {
                 let stream = client
                     .events(el::EventsRequest {
                         header: request_header(id, Kind::Election, election, 0),
@@ -238,11 +256,57 @@ impl Session {
         }
     }
 
+    /// Keeps this client's session alive, as a real client does, until an
+    /// error: etcd's lease by a keep-alive every third of its TTL (etcd
+    /// `concurrency` sessions do the same); Baton's is kept alive by the
+    /// node serving the client's Events stream, so there is nothing to do.
+    pub async fn keep_alive(&self) -> Result<(), Status> {
+        match self {
+            Session::Baton { .. } => std::future::pending().await,
+            Session::Etcd { leases, lease, .. } => {
+                let lease = *lease;
+                let ticks = tokio::time::interval(ETCD_LEASE_TTL / 3);
+                let requests = futures::stream::unfold(ticks, move |mut ticks| async move {
+                    ticks.tick().await;
+                    Some((LeaseKeepAliveRequest { id: lease }, ticks))
+                });
+                let mut replies = leases
+                    .clone()
+                    .lease_keep_alive(requests)
+                    .await?
+                    .into_inner();
+                while replies.message().await?.is_some() {}
+                Err(Status::unavailable("the lease keep-alive stream ended"))
+            }
+        }
+    }
+
+    /// Ends this client's session (Baton: CloseSession; etcd: revokes the
+    /// lease), giving up whatever it held.
+    pub async fn close(&mut self) -> Result<(), Status> {
+        match self {
+            Session::Baton { sessions, id, .. } => {
+                sessions
+                    .close_session(CloseSessionRequest {
+                        client_id: id.clone(),
+                        ..CloseSessionRequest::default()
+                    })
+                    .await?;
+            }
+            Session::Etcd { leases, lease, .. } => {
+                leases
+                    .lease_revoke(LeaseRevokeRequest { id: *lease })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// One small durable write (Baton: enter or withdraw, alternately;
     /// etcd: a put), with a per-call deadline.
     pub async fn write(&mut self, seq: u64, deadline: Duration) -> Result<(), Status> {
         match self {
-            Session::Baton { client, id } => {
+            Session::Baton { client, id, .. } => {
                 let header = baton_header(id, "bench-writes");
                 let result = if seq.is_multiple_of(2) {
                     let mut request = tonic::Request::new(el::EnterRequest {

@@ -103,12 +103,32 @@ const WATCHERS_OPENING: usize = 64;
 
 /// Clients that each lead an election of their own and keep a stream of
 /// its changes open (Baton: Events, as an Atomix candidate does; etcd:
-/// Observe), spread over the endpoints, while another workload runs.
-/// Nothing changes their elections, so a server that sends each change
-/// only to that election's watchers does no work for them. Dropping it
-/// closes the streams.
+/// Observe), spread over the endpoints, while another workload runs; each
+/// keeps its session alive as a real client does. Nothing changes their
+/// elections, so a server that sends each change only to that election's
+/// watchers does no work for them. [`Watchers::close`] ends their sessions
+/// before the next workload (left to expire, they would expire during it);
+/// dropping it only drops the connections.
 pub struct Watchers {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    closing: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<WatcherEnd>>,
+}
+
+/// How one watcher ended.
+enum WatcherEnd {
+    /// Its stream (or its session's keep-alive) ended while it watched.
+    EndedEarly,
+    /// Closed when asked; whether its session was closed.
+    Closed(Result<(), tonic::Status>),
+}
+
+/// What closing the watchers found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchersClosed {
+    /// Watchers whose stream or keep-alive had ended before the close.
+    pub ended_early: usize,
+    /// Sessions that could not be closed.
+    pub close_failures: usize,
 }
 
 impl Watchers {
@@ -117,10 +137,14 @@ impl Watchers {
     pub async fn open(target: &Target, count: usize) -> Result<Watchers, String> {
         use futures::StreamExt;
 
+        // One socket per watcher: a soft limit of 1,024 would not do.
+        raise_open_file_limit();
         let run = run_id();
+        let (closing, closed) = tokio::sync::watch::channel(false);
         let opening = futures::stream::iter(0..count)
             .map(|i| {
                 let target = target.clone();
+                let mut closed = closed.clone();
                 async move {
                     let mut session = target.session(WATCHER_INDEX + i).await?;
                     let election = format!("watched-{run}-{i}");
@@ -128,15 +152,26 @@ impl Watchers {
                     let mut stream = session.observe(&election).await?;
                     stream.next().await?;
                     Ok::<_, tonic::Status>(tokio::spawn(async move {
-                        while let Ok(Some(())) = stream.next().await {}
-                        drop(session);
+                        let watching = async { while let Ok(Some(())) = stream.next().await {} };
+                        let ended_early = tokio::select! {
+                            _ = watching => true,
+                            _ = session.keep_alive() => true,
+                            _ = closed.wait_for(|closing| *closing) => false,
+                        };
+                        match ended_early {
+                            true => WatcherEnd::EndedEarly,
+                            false => WatcherEnd::Closed(session.close().await),
+                        }
                     }))
                 }
             })
             .buffer_unordered(WATCHERS_OPENING)
             .collect::<Vec<_>>()
             .await;
-        let mut watchers = Watchers { tasks: Vec::new() };
+        let mut watchers = Watchers {
+            closing,
+            tasks: Vec::new(),
+        };
         for opened in opening {
             match opened {
                 Ok(task) => watchers.tasks.push(task),
@@ -145,12 +180,43 @@ impl Watchers {
         }
         Ok(watchers)
     }
+
+    /// Closes every watcher's session (its candidacy goes with it) and
+    /// waits until all are closed.
+    pub async fn close(mut self) -> WatchersClosed {
+        let _ = self.closing.send(true);
+        let mut closed = WatchersClosed::default();
+        for task in std::mem::take(&mut self.tasks) {
+            match task.await {
+                Ok(WatcherEnd::Closed(Ok(()))) => {}
+                Ok(WatcherEnd::Closed(Err(_))) | Err(_) => closed.close_failures += 1,
+                Ok(WatcherEnd::EndedEarly) => closed.ended_early += 1,
+            }
+        }
+        closed
+    }
 }
 
 impl Drop for Watchers {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }
@@ -163,9 +229,7 @@ pub async fn contend(target: &Target, clients: usize, duration: Duration) -> Out
         let election = election.clone();
         async move {
             match session {
-                Session::Baton { client, id } => {
-                    contend_baton(client, id, election, deadline).await
-                }
+                baton @ Session::Baton { .. } => contend_baton(baton, election, deadline).await,
                 etcd => contend_etcd(etcd, election, deadline).await,
             }
         }
@@ -173,19 +237,14 @@ pub async fn contend(target: &Target, clients: usize, duration: Duration) -> Out
     .await
 }
 
-async fn contend_baton(
-    client: baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient<tonic::transport::Channel>,
-    id: String,
-    election: String,
-    deadline: Instant,
-) -> Outcome {
+async fn contend_baton(mut session: Session, election: String, deadline: Instant) -> Outcome {
     let mut out = Outcome::default();
-    let mut session = Session::Baton {
-        client: client.clone(),
-        id: id.clone(),
+    let Session::Baton { client, id, .. } = &session else {
+        out.errors += 1;
+        return out;
     };
+    let (mut client, id) = (client.clone(), id.clone());
     let events = client
-        .clone()
         .events(el::EventsRequest {
             header: request_header(&id, Kind::Election, &election, 0),
             input: None,

@@ -10,20 +10,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use baton_state::{ChangeEvent, Primitive, PrimitiveKey};
 use tokio::sync::broadcast;
 
-/// Entries changing one key a watcher may fall behind by before it is
-/// told it lagged (it then re-reads the latest state: intermediate states
-/// coalesce, the latest is never lost). Every watched key holds this many
-/// slots (~40 bytes each), so it is not large; an entry's changes to a key
-/// take one slot however many commands of the entry made them.
+/// Applied batches changing one key a watcher may fall behind by before it
+/// is told it lagged (it then re-reads the latest state: intermediate
+/// states coalesce, the latest is never lost). Every watched key holds
+/// this many slots (~40 bytes each), so it is not large; a batch's changes
+/// to a key take one slot however many entries and commands made them.
 const KEY_BUFFER: usize = 32;
 
-/// The states one log entry took a primitive through.
+/// The states one applied batch of log entries took a primitive through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyChange {
-    /// Log index of the entry (or of the installed snapshot).
+    /// Log index of the batch's last entry (or of the installed snapshot):
+    /// a read of the applied state sees all of a batch or none of it.
     pub index: u64,
-    /// The primitive's full state after each change, in order (an entry
-    /// may carry several commands that change it: group commit).
+    /// The primitive's full state after each change, in order (a batch
+    /// may carry several commands that change it: group commit, and
+    /// openraft applying several entries at once).
     pub states: Vec<Primitive>,
 }
 
@@ -44,25 +46,25 @@ impl ChangeFeeds {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends the changes the entry at `index` made to each watched key to
-    /// that key's watchers, in order, as one message per key.
-    pub(crate) fn publish(&self, index: u64, events: &[ChangeEvent]) {
-        let feeds = self.lock();
-        if feeds.is_empty() {
-            return;
-        }
-        let mut by_key: Vec<(&PrimitiveKey, &Sender, Vec<Primitive>)> = Vec::new();
-        for event in events {
-            let Some(feed) = feeds.get(&event.key) else {
-                continue;
-            };
-            match by_key.iter_mut().find(|(key, ..)| *key == &event.key) {
-                Some((.., states)) => states.push(event.state.clone()),
-                None => by_key.push((&event.key, feed, vec![event.state.clone()])),
+    /// Sends the changes a batch applied up to `index` made to each watched
+    /// key to that key's watchers, in order, as one message per key.
+    pub(crate) fn publish(&self, index: u64, events: Vec<ChangeEvent>) {
+        let mut by_key: HashMap<PrimitiveKey, (Sender, Vec<Primitive>)> = HashMap::new();
+        {
+            let feeds = self.lock();
+            if feeds.is_empty() {
+                return;
+            }
+            for event in events {
+                if let Some((_, states)) = by_key.get_mut(&event.key) {
+                    states.push(event.state);
+                } else if let Some(feed) = feeds.get(&event.key) {
+                    by_key.insert(event.key, (feed.clone(), vec![event.state]));
+                }
             }
         }
-        for (_, feed, states) in by_key {
-            // Its last receiver may be dropping: nobody to tell.
+        for (feed, states) in by_key.into_values() {
+            // Its last receiver may have gone meanwhile: nobody to tell.
             let _ = feed.send(Arc::new(KeyChange { index, states }));
         }
     }
@@ -94,7 +96,7 @@ pub struct KeyChanges {
 
 impl KeyChanges {
     /// The next change. `Lagged` when changes were missed (re-read the
-    /// state), `Closed` when the store is gone.
+    /// state). Never `Closed`: the feed lives as long as a subscription.
     pub async fn recv(&mut self) -> Result<Arc<KeyChange>, broadcast::error::RecvError> {
         match self.receiver.as_mut() {
             Some(receiver) => receiver.recv().await,
@@ -146,9 +148,9 @@ mod tests {
         let feeds = Arc::new(ChangeFeeds::default());
         let (a, b) = (PrimitiveKey::latch("a"), PrimitiveKey::latch("b"));
         let mut watching_a = feeds.subscribe(&a);
-        feeds.publish(7, &[event(&a, 1), event(&b, 1), event(&a, 2)]);
-        feeds.publish(8, &[event(&b, 2)]);
-        feeds.publish(9, &[event(&a, 3)]);
+        feeds.publish(7, vec![event(&a, 1), event(&b, 1), event(&a, 2)]);
+        feeds.publish(8, vec![event(&b, 2)]);
+        feeds.publish(9, vec![event(&a, 3)]);
         let epochs: Vec<_> = std::iter::from_fn(|| watching_a.try_recv().ok())
             .map(|change| {
                 let epochs: Vec<_> = change.states.iter().map(|s| s.epoch).collect();
@@ -159,12 +161,12 @@ mod tests {
     }
 
     #[test]
-    fn many_changes_to_a_key_in_one_entry_take_one_slot() {
+    fn many_changes_to_a_key_in_one_batch_take_one_slot() {
         let feeds = Arc::new(ChangeFeeds::default());
         let key = PrimitiveKey::latch("a");
         let mut watcher = feeds.subscribe(&key);
         let burst: Vec<_> = (1..=128).map(|epoch| event(&key, epoch)).collect();
-        feeds.publish(1, &burst);
+        feeds.publish(1, burst);
         let change = watcher.try_recv().expect("no lag");
         assert_eq!(change.states.len(), 128);
     }
@@ -187,7 +189,7 @@ mod tests {
         let key = PrimitiveKey::latch("a");
         let mut watcher = feeds.subscribe(&key);
         for epoch in 1..=(KEY_BUFFER as u64 + 1) {
-            feeds.publish(epoch, &[event(&key, epoch)]);
+            feeds.publish(epoch, vec![event(&key, epoch)]);
         }
         assert!(matches!(
             watcher.try_recv(),

@@ -113,9 +113,9 @@ impl StateHandle {
         self.shared.feeds.subscribe(key)
     }
 
-    /// Hands changes applied at `index` to their watchers and counts the
+    /// Hands changes applied up to `index` to their watchers and counts the
     /// leadership changes among them.
-    fn publish(&self, index: u64, events: &[ChangeEvent]) {
+    fn publish(&self, index: u64, events: Vec<ChangeEvent>) {
         let led = events.iter().filter(|e| e.leader_changed()).count();
         self.shared
             .leader_changes
@@ -304,8 +304,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut outcomes = Vec::new();
+        // Published once for the whole batch, at its last index: a read
+        // sees all of the batch or none of it, and openraft may apply
+        // hundreds of entries at once (a follower catching up), which must
+        // not overflow a watcher's feed.
         let mut changes = Vec::new();
-        {
+        let last_index = {
             let mut guard = self.handle.write_guard();
             for entry in entries {
                 guard.last_applied = Some(entry.log_id);
@@ -317,14 +321,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             .commands_applied
                             .fetch_add(log_command.commands.len() as u64, Ordering::Relaxed);
                         let mut results = Vec::with_capacity(log_command.commands.len());
-                        let mut events = Vec::new();
                         for command in &log_command.commands {
                             let applied = guard.machine.apply(command, log_command.stamp_ms);
-                            events.extend(applied.events);
+                            changes.extend(applied.events);
                             results.push(applied.result);
-                        }
-                        if !events.is_empty() {
-                            changes.push((entry.log_id.index, events));
                         }
                         outcomes.push(CommandOutcome(results));
                     }
@@ -334,9 +334,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-        }
-        for (index, events) in changes {
-            self.handle.publish(index, &events);
+            guard.last_applied.map(|id| id.index)
+        };
+        if let Some(index) = last_index {
+            self.handle.publish(index, changes);
         }
         Ok(outcomes)
     }
@@ -396,7 +397,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             events
         };
         if let Some(id) = meta.last_log_id {
-            self.handle.publish(id.index, &events);
+            self.handle.publish(id.index, events);
         }
         Ok(())
     }

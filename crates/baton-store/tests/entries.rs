@@ -69,3 +69,32 @@ async fn every_command_of_an_entry_is_applied_in_order_and_answered_on_its_own()
         "a leads from the first join on"
     );
 }
+
+/// openraft applies committed entries in batches (hundreds when a follower
+/// catches up): a watcher that keeps up must get every state of the batch,
+/// not be told it fell behind because the batch was long.
+#[tokio::test]
+async fn a_long_batch_of_entries_reaches_a_watcher_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
+    let mut changes = sm.handle().watch(&PrimitiveKey::latch("l"));
+    const ENTRIES: u64 = 200;
+    let entries: Vec<_> = (1..=ENTRIES)
+        .map(|index| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogCommand {
+                stamp_ms: 5_000,
+                commands: vec![join(&format!("c{index}"), "l")],
+            }),
+        })
+        .collect();
+    sm.apply(entries).await.unwrap();
+
+    let change = changes.try_recv().expect("the batch's changes, no lag");
+    assert_eq!(
+        change.index, ENTRIES,
+        "read together with the batch's last entry"
+    );
+    let sizes: Vec<_> = change.states.iter().map(|s| s.members.len()).collect();
+    assert_eq!(sizes, (1..=ENTRIES as usize).collect::<Vec<_>>());
+}
