@@ -43,12 +43,14 @@ pub fn next_request_id() -> u64 {
 
 /// Whether another endpoint may serve a call that failed with `status`: the
 /// node could not (UNAVAILABLE), or the connection broke under the call
-/// (tonic reports a reset connection as UNKNOWN "transport error"; Baton
-/// itself never answers UNKNOWN). Writes keep their request id, so trying
-/// again elsewhere cannot apply them twice.
+/// (tonic reports a reset connection as UNKNOWN "transport error", and a
+/// call its connection dropped before answering — a node killed under it —
+/// as CANCELLED "operation was canceled"; Baton itself never answers either
+/// code). Writes keep their request id, so trying again elsewhere cannot
+/// apply them twice.
 pub fn is_transient(status: &Status) -> bool {
     match status.code() {
-        Code::Unavailable => true,
+        Code::Unavailable | Code::Cancelled => true,
         Code::Unknown => status.message().contains("transport error"),
         _ => false,
     }
@@ -214,5 +216,22 @@ impl Endpoints {
                 return Err(status.into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tests/administration.rs` failed once on a write whose node was
+    /// killed under it: hyper had cancelled the call with its connection.
+    #[test]
+    fn a_call_dropped_with_its_connection_is_tried_elsewhere() {
+        assert!(is_transient(&Status::cancelled("operation was canceled")));
+        assert!(is_transient(&Status::unavailable("no leader")));
+        assert!(is_transient(&Status::unknown("transport error")));
+        assert!(!is_transient(&Status::unknown("something else")));
+        assert!(!is_transient(&Status::invalid_argument("bad name")));
+        assert!(!is_transient(&Status::deadline_exceeded("too late")));
     }
 }
