@@ -254,6 +254,17 @@ pub async fn rounds(
     duration: Duration,
     rounds: usize,
 ) -> Result<Vec<Vec<Results>>, String> {
+    rounds_of(systems, &WORKLOADS, duration, rounds).await
+}
+
+/// [`rounds`] of other `workloads` than [`WORKLOADS`] (the table shows
+/// only the rows of [`WORKLOADS`]).
+pub async fn rounds_of(
+    systems: &[System],
+    workloads: &[Workload],
+    duration: Duration,
+    rounds: usize,
+) -> Result<Vec<Vec<Results>>, String> {
     let mut results: Vec<Vec<Results>> = systems.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         let mut clusters = Vec::new();
@@ -266,7 +277,7 @@ pub async fn rounds(
         }
         let mut runs: Vec<Vec<(Workload, WorkloadRun)>> =
             systems.iter().map(|_| Vec::new()).collect();
-        for workload in WORKLOADS {
+        for &workload in workloads {
             for turn in 0..clusters.len() {
                 let i = (turn + round) % clusters.len();
                 runs[i].push((workload, workload.run(&clusters[i], duration).await));

@@ -98,8 +98,65 @@ pub async fn churn(target: &Target, clients: usize, duration: Duration) -> Outco
 
 /// Where watcher sessions' indexes start, clear of the workload clients'.
 const WATCHER_INDEX: usize = 1_000_000;
-/// Watchers opened at once.
-const WATCHERS_OPENING: usize = 64;
+/// Watchers opened, or closed, at once.
+const WATCHERS_AT_ONCE: usize = 64;
+/// How often a watcher retries an UNAVAILABLE answer while opening or
+/// closing (a busy node may give one, and a real client retries), 100 ms
+/// apart.
+const WATCHER_RETRIES: usize = 50;
+
+/// Whether to try again after `status` (UNAVAILABLE, fewer than
+/// [`WATCHER_RETRIES`] `retries` so far), having paused.
+async fn retry_after(status: &tonic::Status, retries: &mut usize) -> bool {
+    if status.code() != tonic::Code::Unavailable || *retries >= WATCHER_RETRIES {
+        return false;
+    }
+    *retries += 1;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    true
+}
+
+/// Watcher `index`'s session, leading `election` and watching it (its
+/// stream's first message taken).
+async fn open_watcher(
+    target: &Target,
+    index: usize,
+    election: &str,
+) -> Result<(Session, crate::target::Observation), tonic::Status> {
+    let mut retries = 0;
+    loop {
+        let attempt = async {
+            let mut session = target.session(index).await?;
+            session.enter(election).await?;
+            let mut stream = session.observe(election).await?;
+            stream.next().await?;
+            Ok((session, stream))
+        };
+        match attempt.await {
+            Ok(opened) => return Ok(opened),
+            Err(status) => {
+                if !retry_after(&status, &mut retries).await {
+                    return Err(status);
+                }
+            }
+        }
+    }
+}
+
+/// Closes a watcher's session, retrying UNAVAILABLE answers.
+async fn close_watcher(session: &mut Session) -> Result<(), tonic::Status> {
+    let mut retries = 0;
+    loop {
+        match session.close().await {
+            Ok(()) => return Ok(()),
+            Err(status) => {
+                if !retry_after(&status, &mut retries).await {
+                    return Err(status);
+                }
+            }
+        }
+    }
+}
 
 /// Clients that each lead an election of their own and keep a stream of
 /// its changes open (Baton: Events, as an Atomix candidate does; etcd:
@@ -141,16 +198,16 @@ impl Watchers {
         raise_open_file_limit();
         let run = run_id();
         let (closing, closed) = tokio::sync::watch::channel(false);
+        let closers = Arc::new(tokio::sync::Semaphore::new(WATCHERS_AT_ONCE));
         let opening = futures::stream::iter(0..count)
             .map(|i| {
                 let target = target.clone();
                 let mut closed = closed.clone();
+                let closers = closers.clone();
                 async move {
-                    let mut session = target.session(WATCHER_INDEX + i).await?;
                     let election = format!("watched-{run}-{i}");
-                    session.enter(&election).await?;
-                    let mut stream = session.observe(&election).await?;
-                    stream.next().await?;
+                    let (mut session, mut stream) =
+                        open_watcher(&target, WATCHER_INDEX + i, &election).await?;
                     Ok::<_, tonic::Status>(tokio::spawn(async move {
                         let watching = async { while let Ok(Some(())) = stream.next().await {} };
                         let ended_early = tokio::select! {
@@ -158,14 +215,15 @@ impl Watchers {
                             _ = session.keep_alive() => true,
                             _ = closed.wait_for(|closing| *closing) => false,
                         };
-                        match ended_early {
-                            true => WatcherEnd::EndedEarly,
-                            false => WatcherEnd::Closed(session.close().await),
+                        if ended_early {
+                            return WatcherEnd::EndedEarly;
                         }
+                        let _permit = closers.acquire().await;
+                        WatcherEnd::Closed(close_watcher(&mut session).await)
                     }))
                 }
             })
-            .buffer_unordered(WATCHERS_OPENING)
+            .buffer_unordered(WATCHERS_AT_ONCE)
             .collect::<Vec<_>>()
             .await;
         let mut watchers = Watchers {
