@@ -217,7 +217,6 @@ async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     let others = cluster.followers_of(isolated);
     const SESSION_MS: u64 = 6_000;
     const JOINERS: usize = 300;
-    let id = |i: usize| format!("{i:04}-{}", "x".repeat(245));
 
     open_session(&cluster, isolated, "w", SESSION_MS)
         .await
@@ -225,10 +224,10 @@ async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     let mut stream = events(&cluster, isolated, "w", "big").await.unwrap();
     assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
     for i in 0..JOINERS {
-        open_session(&cluster, leader, &id(i), 300_000)
+        open_session(&cluster, leader, &long_id(i), 300_000)
             .await
             .unwrap();
-        join(&cluster, leader, &id(i), "big").await.unwrap();
+        join(&cluster, leader, &long_id(i), "big").await.unwrap();
     }
 
     for id in &others {

@@ -159,8 +159,7 @@ async fn a_slow_watcher_skips_ahead_to_the_latest_state_and_never_back() {
     let c = Cluster::start(&[]).await;
     let leader = c.wait_for_leader().await;
     const JOINERS: usize = 400;
-    let id = |i: usize| format!("{i:04}-{}", "x".repeat(245));
-    let writers = || (0..JOINERS).map(|i| (leader, id(i)));
+    let writers = || (0..JOINERS).map(|i| (leader, long_id(i)));
     open_sessions(&c, writers()).await;
     let mut stream = c
         .latch(leader)
@@ -181,7 +180,9 @@ async fn a_slow_watcher_skips_ahead_to_the_latest_state_and_never_back() {
     assert_eq!(count(first), 0);
 
     for i in 0..JOINERS {
-        join(&c, leader, &id(i), "growing").await.expect("join");
+        join(&c, leader, &long_id(i), "growing")
+            .await
+            .expect("join");
     }
     let mut counts = Vec::new();
     while counts.last() != Some(&JOINERS) {

@@ -530,6 +530,12 @@ pub fn epoch_of_term(term: &Term) -> u64 {
     term.id.as_ref().map(|e| e.num).unwrap_or(0)
 }
 
+/// Client `i`'s ~250-byte id: a primitive with many such members makes
+/// large Events messages, which fill a slow reader's buffers quickly.
+pub fn long_id(i: usize) -> String {
+    format!("{i:04}-{}", "x".repeat(245))
+}
+
 /// Retries `op` until it succeeds (for writes during failover).
 pub async fn until_ok<T, F, Fut>(what: &str, mut op: F) -> T
 where
