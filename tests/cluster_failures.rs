@@ -108,7 +108,13 @@ async fn kill_the_leader_then_restart_it() {
     cluster.restart(leader);
     let (index, _) = cluster.wait_converged().await;
     let status = cluster.status(leader).await.unwrap();
-    assert_eq!(status.applied_index, index);
+    // The surviving stream's session renewals keep adding entries: one may
+    // have been applied since the nodes were seen converged.
+    assert!(
+        status.applied_index >= index,
+        "{} < {index}",
+        status.applied_index
+    );
     assert_eq!(
         get_latch(&cluster, leader, "durable")
             .await
@@ -280,8 +286,11 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     assert_eq!(latch.members, ["next"]);
     assert_eq!(latch.epoch, 2);
 
-    // A client whose only sign of life is an open Events stream stays.
-    open_session(&cluster, node, "streamer", 1_000)
+    // A client whose only sign of life is an open Events stream stays, for
+    // two session timeouts. (With 1 s, a debug-built node under a loaded
+    // CI machine once took longer than the stream's lease — a third of the
+    // timeout — to commit a renewal, and rightly ended the stream.)
+    open_session(&cluster, node, "streamer", 3_000)
         .await
         .unwrap();
     enter(&cluster, node, "streamer", "watched").await.unwrap();
@@ -295,7 +304,7 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         .unwrap()
         .into_inner();
     stream.next().await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let term = get_term(&cluster, node, "watched").await.unwrap();
     assert_eq!(
         term.leader.as_deref(),
