@@ -229,19 +229,10 @@ impl Context {
         }
         let mut shutdown = self.shutdown.clone();
         loop {
-            let lease_end = self.lease_end(caller);
             // Biased: an expired lease wins over pending changes.
             let next: Vec<Primitive> = tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(lease_end) => {
-                    if self.lease_end(caller) > Instant::now() {
-                        continue;
-                    }
-                    return Err(ApiError::from(ReplicationError::LeaseLost).into());
-                }
-                _ = stopping(&mut shutdown) => {
-                    return Err(ApiError::from(ReplicationError::ShuttingDown).into());
-                }
+                ended = self.must_end(caller, &mut shutdown) => return Err(ended),
                 _ = tx.closed() => return Ok(()),
                 received = changes.recv() => match received {
                     // Already sent: in the first message, or in the state
@@ -270,43 +261,35 @@ impl Context {
                     initial: false,
                     state: next,
                 };
-                if !self
-                    .send_within_lease(caller, tx, update, &mut shutdown)
-                    .await?
-                {
-                    return Ok(());
+                // A slow reader's buffer is waited for only while the
+                // stream may go on.
+                tokio::select! {
+                    biased;
+                    ended = self.must_end(caller, &mut shutdown) => return Err(ended),
+                    sent = tx.send(update) => if sent.is_err() { return Ok(()) },
                 }
             }
         }
     }
 
-    /// Waits for room in a slow reader's buffer for as long as the stream's
-    /// lease lasts: renewals committed meanwhile extend it, and once it has
-    /// run out (or the node stops) the stream ends rather than deliver a
-    /// state later. False if the reader has gone.
-    async fn send_within_lease(
-        &self,
-        caller: &Caller,
-        tx: &mpsc::Sender<WatchUpdate>,
-        update: WatchUpdate,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<bool, Status> {
-        let send = tx.send(update);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                biased;
-                _ = tokio::time::sleep_until(self.lease_end(caller)) => {
-                    if self.lease_end(caller) <= Instant::now() {
-                        return Err(ApiError::from(ReplicationError::LeaseLost).into());
-                    }
+    /// Resolves with the error that ends the caller's stream: its lease on
+    /// this node has run out (renewals committed meanwhile extend it, so it
+    /// is checked again when the old end comes), or the node is stopping.
+    async fn must_end(&self, caller: &Caller, shutdown: &mut watch::Receiver<bool>) -> Status {
+        let lease_lost = async {
+            loop {
+                tokio::time::sleep_until(self.lease_end(caller)).await;
+                if self.lease_end(caller) <= Instant::now() {
+                    return ReplicationError::LeaseLost;
                 }
-                _ = stopping(shutdown) => {
-                    return Err(ApiError::from(ReplicationError::ShuttingDown).into());
-                }
-                sent = &mut send => return Ok(sent.is_ok()),
             }
-        }
+        };
+        let reason = tokio::select! {
+            biased;
+            lost = lease_lost => lost,
+            _ = stopping(shutdown) => ReplicationError::ShuttingDown,
+        };
+        ApiError::from(reason).into()
     }
 
     /// When the caller's stream lease on this node runs out.
