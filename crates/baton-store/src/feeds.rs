@@ -49,6 +49,11 @@ impl ChangeFeeds {
     /// Sends the changes a batch applied up to `index` made to each watched
     /// key to that key's watchers, in order, as one message per key.
     pub(crate) fn publish(&self, index: u64, events: Vec<ChangeEvent>) {
+        // A batch that changed no primitive (keep-alives, session opens)
+        // takes no lock.
+        if events.is_empty() {
+            return;
+        }
         let mut by_key: HashMap<PrimitiveKey, (Sender, Vec<Primitive>)> = HashMap::new();
         {
             let feeds = self.lock();

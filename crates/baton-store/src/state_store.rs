@@ -6,10 +6,6 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::durable::Durable;
-use crate::feeds::{ChangeFeeds, KeyChanges};
-use crate::types::{CommandOutcome, NodeId, TypeConfig};
-use crate::OpenError;
 use baton_state::{ChangeEvent, Limits, PrimitiveKey, StateMachine};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -17,6 +13,11 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::durable::Durable;
+use crate::feeds::{ChangeFeeds, KeyChanges};
+use crate::types::{CommandOutcome, NodeId, TypeConfig};
+use crate::OpenError;
 
 /// Snapshot metadata (JSON) and the serialized state machine (raw bytes),
 /// written together in one sled batch. Kept apart so that checking which
