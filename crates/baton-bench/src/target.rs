@@ -283,10 +283,11 @@ impl Session {
 
     /// Ends this client's session (Baton: CloseSession; etcd: revokes the
     /// lease), giving up whatever it held.
-    pub async fn close(&mut self) -> Result<(), Status> {
+    pub async fn close(&self) -> Result<(), Status> {
         match self {
             Session::Baton { sessions, id, .. } => {
                 sessions
+                    .clone()
                     .close_session(CloseSessionRequest {
                         client_id: id.clone(),
                         ..CloseSessionRequest::default()
@@ -295,6 +296,7 @@ impl Session {
             }
             Session::Etcd { leases, lease, .. } => {
                 leases
+                    .clone()
                     .lease_revoke(LeaseRevokeRequest { id: *lease })
                     .await?;
             }

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::proto::atomix::primitive::election as el;
 use baton_client::{request_header, Kind};
 use tokio::sync::Barrier;
 
 use crate::cluster::LocalCluster;
 use crate::stats::Outcome;
-use crate::target::{Session, Target};
+use crate::target::{Observation, Session, Target};
 
 /// Per-call deadline of the failover writer.
 pub const FAILOVER_CALL_DEADLINE: Duration = Duration::from_millis(300);
@@ -105,55 +104,23 @@ const WATCHERS_AT_ONCE: usize = 64;
 /// apart.
 const WATCHER_RETRIES: usize = 50;
 
-/// Whether to try again after `status` (UNAVAILABLE, fewer than
-/// [`WATCHER_RETRIES`] `retries` so far), having paused.
-async fn retry_after(status: &tonic::Status, retries: &mut usize) -> bool {
-    if status.code() != tonic::Code::Unavailable || *retries >= WATCHER_RETRIES {
-        return false;
-    }
-    *retries += 1;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    true
-}
-
-/// Watcher `index`'s session, leading `election` and watching it (its
-/// stream's first message taken).
-async fn open_watcher(
-    target: &Target,
-    index: usize,
-    election: &str,
-) -> Result<(Session, crate::target::Observation), tonic::Status> {
+/// `call` again, 100 ms later, while it answers UNAVAILABLE, up to
+/// [`WATCHER_RETRIES`] times.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let mut retries = 0;
     loop {
-        let attempt = async {
-            let mut session = target.session(index).await?;
-            session.enter(election).await?;
-            let mut stream = session.observe(election).await?;
-            stream.next().await?;
-            Ok((session, stream))
-        };
-        match attempt.await {
-            Ok(opened) => return Ok(opened),
-            Err(status) => {
-                if !retry_after(&status, &mut retries).await {
-                    return Err(status);
-                }
+        match call().await {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && retries < WATCHER_RETRIES =>
+            {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        }
-    }
-}
-
-/// Closes a watcher's session, retrying UNAVAILABLE answers.
-async fn close_watcher(session: &mut Session) -> Result<(), tonic::Status> {
-    let mut retries = 0;
-    loop {
-        match session.close().await {
-            Ok(()) => return Ok(()),
-            Err(status) => {
-                if !retry_after(&status, &mut retries).await {
-                    return Err(status);
-                }
-            }
+            answer => return answer,
         }
     }
 }
@@ -206,8 +173,17 @@ impl Watchers {
                 let closers = closers.clone();
                 async move {
                     let election = format!("watched-{run}-{i}");
-                    let (mut session, mut stream) =
-                        open_watcher(&target, WATCHER_INDEX + i, &election).await?;
+                    let (target, election) = (&target, election.as_str());
+                    // A session leading its election, watching it, its
+                    // stream's first message taken.
+                    let (session, mut stream) = retried(|| async move {
+                        let mut session = target.session(WATCHER_INDEX + i).await?;
+                        session.enter(election).await?;
+                        let mut stream = session.observe(election).await?;
+                        stream.next().await?;
+                        Ok((session, stream))
+                    })
+                    .await?;
                     Ok::<_, tonic::Status>(tokio::spawn(async move {
                         let watching = async { while let Ok(Some(())) = stream.next().await {} };
                         let ended_early = tokio::select! {
@@ -219,7 +195,7 @@ impl Watchers {
                             return WatcherEnd::EndedEarly;
                         }
                         let _permit = closers.acquire().await;
-                        WatcherEnd::Closed(close_watcher(&mut session).await)
+                        WatcherEnd::Closed(retried(|| session.close()).await)
                     }))
                 }
             })
@@ -297,22 +273,11 @@ pub async fn contend(target: &Target, clients: usize, duration: Duration) -> Out
 
 async fn contend_baton(mut session: Session, election: String, deadline: Instant) -> Outcome {
     let mut out = Outcome::default();
-    let Session::Baton { client, id, .. } = &session else {
+    let id = session.id().to_owned();
+    let Ok(Observation::Baton(mut events)) = session.observe(&election).await else {
         out.errors += 1;
         return out;
     };
-    let (mut client, id) = (client.clone(), id.clone());
-    let events = client
-        .events(el::EventsRequest {
-            header: request_header(&id, Kind::Election, &election, 0),
-            input: None,
-        })
-        .await;
-    let Ok(events) = events else {
-        out.errors += 1;
-        return out;
-    };
-    let mut events = events.into_inner();
     if session.enter(&election).await.is_err() {
         out.errors += 1;
     }
