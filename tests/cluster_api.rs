@@ -238,15 +238,9 @@ async fn events_from_a_follower_see_the_initial_state_and_each_change_in_order()
     let follower = cluster.followers_of(leader)[0];
     join(&cluster, leader, "first", "watched").await.unwrap();
 
-    let mut stream = cluster
-        .latch(follower)
-        .events(la::EventsRequest {
-            header: latch_header("watcher", "watched"),
-            input: None,
-        })
+    let mut stream = latch_events(&cluster, follower, "watcher", "watched")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let initial = next(&mut stream).await;
     assert_eq!(
         initial.header.unwrap().response_type,

@@ -1,8 +1,7 @@
 //! Node failures against a real three-node cluster: kill -9 of the leader,
 //! restart and catch-up (from the log kept behind snapshots), a wiped node
-//! rejoining from a snapshot, all nodes
-//! killed and restarted, a node whose disk fills up, and sessions that lapse
-//! or close.
+//! rejoining from a snapshot, all nodes killed and restarted, a node whose
+//! disk fills up, and sessions that lapse or close.
 
 mod common;
 
@@ -45,15 +44,9 @@ async fn kill_the_leader_then_restart_it() {
     let followers = cluster.followers_of(leader);
     let acknowledged = acknowledged_joins(&cluster, followers[0], "durable", "w", 10).await;
 
-    let mut stream = cluster
-        .latch(followers[1])
-        .events(la::EventsRequest {
-            header: latch_header("watcher", "durable"),
-            input: None,
-        })
+    let mut stream = latch_events(&cluster, followers[1], "watcher", "durable")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let initial = stream
         .next()
         .await
@@ -372,15 +365,7 @@ async fn streams_end_with_unavailable_when_their_node_shuts_down() {
     let mut cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let node = cluster.followers_of(leader)[0];
-    let mut stream = cluster
-        .latch(node)
-        .events(la::EventsRequest {
-            header: latch_header("w", "s"),
-            input: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = latch_events(&cluster, node, "w", "s").await.unwrap();
     stream.next().await.unwrap().unwrap();
     cluster.stop(node);
     let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -488,7 +473,7 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits() {
         // Writes the victim must append (and fail to), large enough to
         // take sled past the space its log file already has.
         let writes = (0..16).map(|i| {
-            let client = format!("{round}-{i}-{}", "x".repeat(200));
+            let client = long_id(round * 16 + i);
             let cluster = &cluster;
             async move { open_session(cluster, leader, &client, LONG_SESSION_MS).await }
         });

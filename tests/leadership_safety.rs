@@ -15,31 +15,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-async fn events(
-    cluster: &Cluster,
-    node: u64,
-    client: &str,
-    name: &str,
-) -> Result<tonic::Streaming<la::EventsResponse>, tonic::Status> {
-    Ok(cluster
-        .latch(node)
-        .events(la::EventsRequest {
-            header: latch_header(client, name),
-            input: None,
-        })
-        .await?
-        .into_inner())
-}
-
-fn participants(message: &la::EventsResponse) -> Vec<String> {
-    message
-        .output
-        .as_ref()
-        .and_then(|o| o.latch.as_ref())
-        .map(|l| l.participants.clone())
-        .unwrap_or_default()
-}
-
 async fn health(cluster: &Cluster, node: u64) -> Option<ServingStatus> {
     let mut client = HealthClient::new(cluster.channel(node));
     let call = client.check(HealthCheckRequest {
@@ -67,7 +42,9 @@ async fn the_first_events_message_includes_every_acknowledged_write() {
         let client = format!("a{round}");
         join(&cluster, leader, &client, &name).await.unwrap();
         cluster.resume(lagging);
-        let mut stream = events(&cluster, lagging, "watcher", &name).await.unwrap();
+        let mut stream = latch_events(&cluster, lagging, "watcher", &name)
+            .await
+            .unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(
             participants(&first),
@@ -94,7 +71,7 @@ async fn a_node_cut_off_from_the_quorum_tells_its_clients_at_once() {
         .await
         .unwrap();
     join(&cluster, isolated, "a", "job").await.unwrap();
-    let mut stream = events(&cluster, isolated, "a", "job").await.unwrap();
+    let mut stream = latch_events(&cluster, isolated, "a", "job").await.unwrap();
     assert_eq!(participants(&stream.next().await.unwrap().unwrap()), ["a"]);
     // Health is sampled every 100 ms; a node of a cluster that has just
     // formed may still be catching up.
@@ -153,7 +130,7 @@ async fn a_node_cut_off_from_the_quorum_tells_its_clients_at_once() {
         health(&cluster, isolated).await,
         Some(ServingStatus::NotServing)
     );
-    let reopened = match events(&cluster, isolated, "a", "job").await {
+    let reopened = match latch_events(&cluster, isolated, "a", "job").await {
         Ok(mut stream) => stream.next().await.and_then(|m| m.err()),
         Err(status) => Some(status),
     };
@@ -221,14 +198,9 @@ async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     open_session(&cluster, isolated, "w", SESSION_MS)
         .await
         .unwrap();
-    let mut stream = events(&cluster, isolated, "w", "big").await.unwrap();
+    let mut stream = latch_events(&cluster, isolated, "w", "big").await.unwrap();
     assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
-    for i in 0..JOINERS {
-        open_session(&cluster, leader, &long_id(i), 300_000)
-            .await
-            .unwrap();
-        join(&cluster, leader, &long_id(i), "big").await.unwrap();
-    }
+    join_long_ids(&cluster, leader, "big", JOINERS).await;
 
     for id in &others {
         cluster.pause(*id);
@@ -327,7 +299,9 @@ async fn clients_that_leave_leave_nothing_behind() {
         })
         .await
         .unwrap();
-        let mut stream = events(&cluster, node, &client, "shared").await.unwrap();
+        let mut stream = latch_events(&cluster, node, &client, "shared")
+            .await
+            .unwrap();
         stream.next().await.unwrap().unwrap();
         streams.push(stream);
     }

@@ -159,42 +159,25 @@ async fn a_slow_watcher_skips_ahead_to_the_latest_state_and_never_back() {
     let c = Cluster::start(&[]).await;
     let leader = c.wait_for_leader().await;
     const JOINERS: usize = 400;
-    let writers = || (0..JOINERS).map(|i| (leader, long_id(i)));
-    open_sessions(&c, writers()).await;
-    let mut stream = c
-        .latch(leader)
-        .events(baton::proto::atomix::primitive::leader::EventsRequest {
-            header: latch_header("watcher", "growing"),
-            input: None,
-        })
+    let mut stream = latch_events(&c, leader, "watcher", "growing")
         .await
-        .expect("stream opens")
-        .into_inner();
-    let count = |message: baton::proto::atomix::primitive::leader::EventsResponse| {
-        message
-            .output
-            .and_then(|o| o.latch)
-            .map_or(0, |latch| latch.participants.len())
-    };
-    let first = stream.message().await.expect("stream open").expect("first");
+        .expect("stream opens");
+    let count = |message: Option<_>| participants(&message.expect("a message")).len();
+    let first = stream.message().await.expect("stream open");
     assert_eq!(count(first), 0);
 
-    for i in 0..JOINERS {
-        join(&c, leader, &long_id(i), "growing")
-            .await
-            .expect("join");
-    }
+    join_long_ids(&c, leader, "growing", JOINERS).await;
     let mut counts = Vec::new();
     while counts.last() != Some(&JOINERS) {
         let Ok(message) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await
         else {
             panic!("no message after counts {counts:?}");
         };
-        counts.push(count(message.expect("stream open").expect("a change")));
+        counts.push(count(message.expect("stream open")));
     }
     // Nothing changes after the last join: any further message is stale.
     while let Ok(message) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
-        counts.push(count(message.expect("stream open").expect("a change")));
+        counts.push(count(message.expect("stream open")));
     }
     assert!(
         counts.windows(2).all(|w| w[0] < w[1]),

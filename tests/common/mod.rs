@@ -441,6 +441,32 @@ pub fn latch_header(
     request_header(client, Kind::Latch, name, 0)
 }
 
+/// An Events stream on latch `name` through `node`, as `client`.
+pub async fn latch_events(
+    c: &Cluster,
+    node: u64,
+    client: &str,
+    name: &str,
+) -> Result<tonic::Streaming<baton::proto::atomix::primitive::leader::EventsResponse>, Status> {
+    let request = baton::proto::atomix::primitive::leader::EventsRequest {
+        header: latch_header(client, name),
+        input: None,
+    };
+    Ok(c.latch(node).events(request).await?.into_inner())
+}
+
+/// The latch's participants an Events message carries.
+pub fn participants(
+    message: &baton::proto::atomix::primitive::leader::EventsResponse,
+) -> Vec<String> {
+    message
+        .output
+        .as_ref()
+        .and_then(|o| o.latch.as_ref())
+        .map(|l| l.participants.clone())
+        .unwrap_or_default()
+}
+
 pub fn election_header(
     client: &str,
     name: &str,
@@ -534,6 +560,19 @@ pub fn epoch_of_term(term: &Term) -> u64 {
 /// large Events messages, which fill a slow reader's buffers quickly.
 pub fn long_id(i: usize) -> String {
     format!("{i:04}-{}", "x".repeat(245))
+}
+
+/// Opens a long session for each of `long_id(0..count)` and joins it to
+/// latch `name` through `node`, one after the other: a latch that grows
+/// by one large member per entry.
+pub async fn join_long_ids(c: &Cluster, node: u64, name: &str, count: usize) {
+    for i in 0..count {
+        let client = long_id(i);
+        open_session(c, node, &client, 300_000)
+            .await
+            .expect("session");
+        join(c, node, &client, name).await.expect("join");
+    }
 }
 
 /// Retries `op` until it succeeds (for writes during failover).
