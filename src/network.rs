@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_store::{NodeId, TypeConfig};
+use baton_store::{FlushedLog, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -18,6 +18,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
@@ -108,15 +109,17 @@ pub fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, serde_jso
 }
 
 /// openraft's network factory: one [`PeerConnection`] per target node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
     channels: PeerChannels,
+    commits: CommitClamp,
 }
 
 impl PeerNetwork {
-    /// A network that shares `channels` with the rest of the node.
-    pub fn new(channels: PeerChannels) -> Self {
-        PeerNetwork { channels }
+    /// A network that shares `channels` with the rest of the node and tells
+    /// followers no commit index past `flushed` (see [`CommitClamp`]).
+    pub fn new(channels: PeerChannels, commits: CommitClamp) -> Self {
+        PeerNetwork { channels, commits }
     }
 }
 
@@ -127,6 +130,63 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerConnection {
             target,
             client: self.channels.client(&node.addr).map_err(|e| e.to_string()),
+            commits: self.commits.clone(),
+        }
+    }
+}
+
+/// Keeps the commit index a leader sends no further than its own flushed
+/// log: a leader reports its own entries to openraft before flushing them
+/// (`baton-store/src/flushed.rs`), so openraft may count an entry committed
+/// that only followers hold durably, and a follower must not apply it until
+/// the leader's copy is on disk too. A commit held back this way is sent
+/// with a heartbeat as soon as the flush ends ([`CommitClamp::release`]).
+#[derive(Clone)]
+pub struct CommitClamp {
+    flushed: FlushedLog,
+    /// The highest commit index held back so far.
+    held: watch::Sender<u64>,
+}
+
+impl CommitClamp {
+    /// Clamps to `flushed`, this node's log.
+    pub fn new(flushed: FlushedLog) -> Self {
+        CommitClamp {
+            flushed,
+            held: watch::Sender::new(0),
+        }
+    }
+
+    fn clamp(&self, rpc: &mut AppendEntriesRequest<TypeConfig>) {
+        let flushed = self.flushed.upto();
+        let Some(commit) = rpc.leader_commit else {
+            return;
+        };
+        if Some(commit.index) <= flushed.map(|f| f.index) {
+            return;
+        }
+        rpc.leader_commit = flushed;
+        self.held.send_if_modified(|held| {
+            let higher = commit.index > *held;
+            if higher {
+                *held = commit.index;
+            }
+            higher
+        });
+    }
+
+    /// Sends a heartbeat whenever the flushed log passes a commit index
+    /// held back, so followers learn it at once rather than with the next
+    /// entry or heartbeat. Runs until Raft stops.
+    pub async fn release(self, raft: openraft::Raft<TypeConfig>) {
+        let mut held = self.held.subscribe();
+        while held.changed().await.is_ok() {
+            let index = *held.borrow_and_update();
+            if self.flushed.reached(index).await.is_err()
+                || raft.trigger().heartbeat().await.is_err()
+            {
+                return;
+            }
         }
     }
 }
@@ -135,6 +195,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
+    commits: CommitClamp,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
@@ -188,9 +249,10 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.commits.clamp(&mut rpc);
         self.call(PeerMethod::AppendEntries, &rpc, &option).await
     }
 

@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
 use crate::metrics::{MetricSources, Metrics, RpcMetricsLayer};
-use crate::network::{PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
+use crate::network::{CommitClamp, PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::peer::PeerService;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionServiceServer;
 use crate::proto::atomix::primitive::leader::leader_latch_service_server::LeaderLatchServiceServer;
@@ -200,6 +200,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let raft_config = Arc::new(raft_config(&config)?);
     let (log_store, state_store) = baton_store::open(&config.data_dir, config.limits.clone())?;
+    let log_store = log_store.for_node(config.id);
+    let flushed = log_store.flushed_log();
+    let commits = CommitClamp::new(flushed.clone());
     let flush_seconds = log_store.flush_seconds();
     let state = state_store.handle();
     let channels = PeerChannels::new(config.peer_tls.as_ref().map(|tls| {
@@ -210,7 +213,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(channels.clone()),
+        PeerNetwork::new(channels.clone(), commits.clone()),
         log_store,
         state_store,
     )
@@ -257,6 +260,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         replicator: replicator.clone(),
         sessions: sessions.clone(),
         shutdown: stop_rx.clone(),
+        flushed,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_services = vec![
@@ -326,6 +330,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tokio::spawn(replicator.clone().finish_rejoining());
     }
     let duties = tokio::spawn(replicator.clone().run_leader_duties());
+    let releaser = tokio::spawn(commits.release(raft.clone()));
     let snapshots = tokio::spawn(snapshot_by_commands(
         raft.clone(),
         replicator.state().clone(),
@@ -359,6 +364,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     closer.abort();
     leader_watcher.abort();
     duties.abort();
+    releaser.abort();
     snapshots.abort();
     health.abort();
     // Raft stops first: while it runs, a leader keeps heartbeating and its

@@ -228,6 +228,99 @@ async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     );
 }
 
+/// A leader reports its own new entries to openraft before its flush of
+/// them ends, so replication overlaps that flush (`baton-store/src/flushed.rs`).
+/// When the leader's disk stalls, its entries must still reach the
+/// followers, but nothing may be acknowledged, applied or shown on any node
+/// until the leader's copy is on disk as well; then everything is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_disk_stalls_replicates_but_shows_nothing_until_its_own_flush() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers = cluster.followers_of(leader);
+    let watched = followers[0];
+    for client in ["writer", "watcher"] {
+        open_session(&cluster, watched, client, 60_000)
+            .await
+            .unwrap();
+    }
+    let mut stream = latch_events(&cluster, watched, "watcher", "stalled")
+        .await
+        .unwrap();
+    assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
+    let before = eventually(
+        Duration::from_secs(5),
+        "the leader's log is on disk",
+        || async {
+            let status = cluster.status(leader).await?;
+            (status.flushed_index == status.last_log_index).then_some(status)
+        },
+    )
+    .await;
+
+    let stall = DiskStall::start(cluster.pid(leader), &cluster.node(leader).data_dir);
+    let mut latch = cluster.latch(watched);
+    let join = tokio::spawn(async move {
+        latch
+            .latch(la::LatchRequest {
+                header: latch_header("writer", "stalled"),
+                input: Some(la::LatchInput {}),
+            })
+            .await
+    });
+    let flushed = eventually(
+        Duration::from_secs(5),
+        "the followers hold entries the leader has not flushed",
+        || async {
+            let status = cluster.status(leader).await?;
+            if status.last_log_index <= before.last_log_index
+                || status.flushed_index >= status.last_log_index
+            {
+                return None;
+            }
+            for id in &followers {
+                let follower = cluster.status(*id).await?;
+                if follower.last_log_index < status.last_log_index {
+                    return None;
+                }
+            }
+            Some(status.flushed_index)
+        },
+    )
+    .await;
+
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for id in cluster.running() {
+            let status = cluster.status(id).await.unwrap();
+            assert!(
+                status.applied_index <= flushed,
+                "node {id} applied {} while the leader had flushed only {flushed}",
+                status.applied_index
+            );
+        }
+        assert!(!join.is_finished(), "the join was answered: {join:?}");
+        if let Ok(message) = tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+            panic!("the watcher was shown {message:?}");
+        }
+    }
+
+    drop(stall);
+    let joined = tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .expect("the join is answered once the leader's disk is back")
+        .unwrap();
+    assert!(joined.is_ok(), "{joined:?}");
+    let shown = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the watcher is shown the join")
+        .unwrap()
+        .unwrap();
+    assert_eq!(participants(&shown), ["writer"]);
+    cluster.wait_converged().await;
+}
+
 /// DESIGN §3: within a term the leader's log time follows its monotonic
 /// clock. A wall-clock step forward on the leader must not expire healthy
 /// sessions; a step back must not keep dead ones alive.

@@ -73,6 +73,13 @@ impl AdminService for AdminApi {
             open_streams: self.context.sessions.open_streams() as u64,
             voters,
             learners,
+            last_log_index: metrics.last_log_index.unwrap_or_default(),
+            flushed_index: self
+                .context
+                .flushed
+                .upto()
+                .map(|id| id.index)
+                .unwrap_or_default(),
         }))
     }
 

@@ -42,6 +42,8 @@ pub struct Context {
     pub sessions: SessionKeeper,
     /// Turns true when the node shuts down; open streams then end.
     pub shutdown: watch::Receiver<bool>,
+    /// How much of this node's Raft log is on disk (for status).
+    pub flushed: baton_store::FlushedLog,
 }
 
 /// One update of an Events stream: the initial state, then each change.

@@ -587,3 +587,67 @@ where
     })
     .await
 }
+
+/// Stalls one process's disk writes until dropped: the process is moved into
+/// a cgroup (v1 `blkio`) that lets it write one byte a second to the disk
+/// under `dir`. Its reads, network and CPU are untouched, and writes go on
+/// filling the page cache; only what waits for the device (a flush) stalls.
+pub struct DiskStall {
+    cgroup: PathBuf,
+    device: String,
+    pid: u32,
+}
+
+const BLKIO: &str = "/sys/fs/cgroup/blkio";
+
+impl DiskStall {
+    pub fn start(pid: u32, dir: &std::path::Path) -> DiskStall {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(dir).expect("data directory").dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        assert!(
+            major != 0,
+            "{} is on a filesystem without a block device; a disk stall needs one",
+            dir.display()
+        );
+        // Throttling applies to whole disks: a partition's is its parent's.
+        let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        let device = if sys.join("partition").exists() {
+            std::fs::read_to_string(sys.join("../dev"))
+                .expect("the partition's disk")
+                .trim()
+                .to_owned()
+        } else {
+            format!("{major}:{minor}")
+        };
+        let cgroup = PathBuf::from(BLKIO).join(format!("baton-test-stall-{pid}"));
+        std::fs::create_dir_all(&cgroup).unwrap_or_else(|e| {
+            panic!("a disk stall needs the cgroup v1 blkio controller at {BLKIO} and root: {e}")
+        });
+        std::fs::write(
+            cgroup.join("blkio.throttle.write_bps_device"),
+            format!("{device} 1"),
+        )
+        .expect("throttle writes");
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).expect("move the process");
+        DiskStall {
+            cgroup,
+            device,
+            pid,
+        }
+    }
+}
+
+impl Drop for DiskStall {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.cgroup.join("blkio.throttle.write_bps_device"),
+            format!("{} 0", self.device),
+        );
+        let _ = std::fs::write(
+            PathBuf::from(BLKIO).join("cgroup.procs"),
+            self.pid.to_string(),
+        );
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}

@@ -15,6 +15,7 @@
 
 mod durable;
 mod feeds;
+mod flushed;
 mod log_store;
 mod state_store;
 mod types;
@@ -25,6 +26,7 @@ pub mod backup;
 pub mod probe;
 
 pub use feeds::{KeyChange, KeyChanges};
+pub use flushed::FlushedLog;
 pub use log_store::LogStore;
 pub use state_store::{StateHandle, StateMachineStore, StoredSnapshot};
 pub use types::{CommandOutcome, LogCommand, NodeId, TypeConfig};
@@ -38,6 +40,9 @@ pub enum OpenError {
     /// The database files could not be opened for syncing.
     #[error("cannot open the data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// The stored Raft log could not be read.
+    #[error("stored Raft log is unreadable: {0}")]
+    CorruptLog(String),
     /// A stored snapshot could not be decoded.
     #[error("stored snapshot is corrupt: {0}")]
     CorruptSnapshot(#[from] serde_json::Error),
@@ -70,6 +75,6 @@ pub fn open(
     let db = sled_config(dir).open()?;
     let durable = durable::Durable::open(dir, &db)?;
     let log = LogStore::new(&db, durable.clone())?;
-    let state = StateMachineStore::new(&db, durable, limits)?;
+    let state = StateMachineStore::new(&db, durable, log.flushed_log(), limits)?;
     Ok((log, state))
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -13,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::durable::Durable;
+use crate::flushed::FlushedLog;
 use crate::types::{NodeId, TypeConfig};
+use crate::OpenError;
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -28,22 +31,87 @@ pub struct LogStore {
     durable: Durable,
     entries: sled::Tree,
     meta: sled::Tree,
+    flushed: FlushedLog,
+    /// This node, once known: its own entries, appended while it leads,
+    /// are reported before their flush ends (`flushed.rs`).
+    node: Option<NodeId>,
+    /// The vote as last saved or read.
+    vote: Arc<Mutex<Option<Vote<NodeId>>>>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db, durable: Durable) -> Result<Self, sled::Error> {
-        Ok(LogStore {
-            durable,
+    pub(crate) fn new(db: &sled::Db, durable: Durable) -> Result<Self, OpenError> {
+        let mut store = LogStore {
+            durable: durable.clone(),
             entries: db.open_tree("log")?,
             meta: db.open_tree("log_meta")?,
-        })
+            flushed: FlushedLog::new(None),
+            node: None,
+            vote: Arc::default(),
+        };
+        // What a killed process left in the page cache is on disk only
+        // after a flush; then all of the log is.
+        durable.flush_blocking()?;
+        let last = store
+            .last_log_id()
+            .map_err(|e| OpenError::CorruptLog(e.to_string()))?;
+        store.flushed = FlushedLog::new(last);
+        Ok(store)
     }
 
+    /// The same log, belonging to node `node`: while it leads, its own new
+    /// entries are reported to openraft as soon as they are written and
+    /// flushed in the background, so replication does not wait for the
+    /// leader's flush. Safe only together with the two rules in
+    /// [`FlushedLog`]: the state machine applies nothing unflushed (this
+    /// crate's), and the Raft network clamps the commit index it sends to
+    /// [`LogStore::flushed_log`] (the server's).
+    pub fn for_node(mut self, node: NodeId) -> Self {
+        self.node = Some(node);
+        self.flushed.overlap();
+        self
+    }
+
+    /// How much of this log is on disk.
+    pub fn flushed_log(&self) -> FlushedLog {
+        self.flushed.clone()
+    }
+
+    /// Flushes everything written so far and records it as on disk.
     async fn flush(&self) -> StorageResult<()> {
-        self.durable
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        let ticket = self.flushed.ticket();
+        let flushed = self.durable.flush().await;
+        self.flushed.flushed(ticket, &flushed);
+        flushed.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    /// Whether `entries` are this node's own, appended while it leads with
+    /// a vote a quorum granted.
+    fn own_while_leading(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let Some(node) = self.node else {
+            return false;
+        };
+        let vote = *self
+            .vote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(vote) = vote.filter(|v| v.is_committed() && v.leader_id().node_id == node) else {
+            return false;
+        };
+        entries
+            .iter()
+            .all(|entry| entry.get_log_id().leader_id == *vote.leader_id())
+    }
+
+    fn last_log_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
+        let last = self
+            .entries
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        match last {
+            Some((_, value)) => Ok(Some(*Self::decode(&value)?.get_log_id())),
+            None => self.read_meta(LAST_PURGED),
+        }
     }
 
     /// How long this node's durable flushes took (log appends, votes,
@@ -118,18 +186,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED)?;
-        let last = self
-            .entries
-            .last()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_id = match last {
-            Some((_, value)) => Some(*Self::decode(&value)?.get_log_id()),
-            None => last_purged_log_id,
-        };
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: self.read_meta(LAST_PURGED)?,
+            last_log_id: self.last_log_id()?,
         })
     }
 
@@ -139,11 +198,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         self.write_meta(VOTE, vote)?;
-        self.flush().await
+        // Flushes every entry written before it too: a leader that stops
+        // leading saves a new vote before it answers a new leader, so it
+        // never vouches for an entry it reported early and has not flushed.
+        self.flush().await?;
+        *self
+            .vote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        self.read_meta(VOTE)
+        let vote = self.read_meta(VOTE)?;
+        *self
+            .vote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = vote;
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
@@ -168,22 +240,58 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|entry| *entry.get_log_id()) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let early = self.own_while_leading(&entries);
         // Plain inserts, not a sled batch: a crash may keep a prefix of the
-        // entries, which Raft allows (they are reported only once flushed),
-        // and a batch would switch sled to its global write lock for good.
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+        // entries, which Raft allows (they count as durable only once
+        // flushed), and a batch would switch sled to its global write lock
+        // for good.
+        for entry in &entries {
+            let bytes = serde_json::to_vec(entry).map_err(|e| StorageIOError::write_logs(&e))?;
             self.entries
                 .insert(entry.get_log_id().index.to_be_bytes(), bytes)
                 .map_err(|e| StorageIOError::write_logs(&e))?;
         }
-        let flushed = self.durable.flush().await;
-        callback.log_io_completed(flushed);
+        self.flushed.appended(last);
+        let ticket = self.flushed.ticket();
+        if early {
+            let (durable, flushed) = (self.durable.clone(), self.flushed.clone());
+            tokio::spawn(async move {
+                let result = durable.flush().await;
+                if let Err(error) = &result {
+                    tracing::error!(%error, "flushing the leader's own entries failed");
+                }
+                flushed.flushed(ticket, &result);
+            });
+            callback.log_io_completed(Ok(()));
+        } else {
+            let result = self.durable.flush().await;
+            self.flushed.flushed(ticket, &result);
+            callback.log_io_completed(result);
+        }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let kept = match log_id.index.checked_sub(1) {
+            Some(index) => match self
+                .entries
+                .get(index.to_be_bytes())
+                .map_err(|e| StorageIOError::read_logs(&e))?
+            {
+                Some(value) => Some(*Self::decode(&value)?.get_log_id()),
+                None => self
+                    .read_meta::<LogId<NodeId>>(LAST_PURGED)?
+                    .filter(|purged| purged.index == index),
+            },
+            None => None,
+        };
         self.remove_range(log_id.index.to_be_bytes()..)?;
+        self.flushed.truncated(kept);
         self.flush().await
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable::Durable;
 use crate::feeds::{ChangeFeeds, KeyChanges};
+use crate::flushed::FlushedLog;
 use crate::types::{CommandOutcome, NodeId, TypeConfig};
 use crate::OpenError;
 
@@ -146,6 +147,8 @@ impl StateHandle {
 pub struct StateMachineStore {
     handle: StateHandle,
     durable: Durable,
+    /// Entries are applied only once flushed here (`flushed.rs`).
+    flushed: FlushedLog,
     snapshots: sled::Tree,
     snapshot_counter: Arc<AtomicU64>,
     /// Serializes snapshot writes: openraft may finish building a snapshot
@@ -154,7 +157,12 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: &sled::Db, durable: Durable, limits: Limits) -> Result<Self, OpenError> {
+    pub(crate) fn new(
+        db: &sled::Db,
+        durable: Durable,
+        flushed: FlushedLog,
+        limits: Limits,
+    ) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
         let applied = match read_stored(&snapshots)? {
             Some(stored) => AppliedState {
@@ -183,6 +191,7 @@ impl StateMachineStore {
                 }),
             },
             durable,
+            flushed,
             snapshots,
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -304,6 +313,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.flushed
+                .reached(last.log_id.index)
+                .await
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
         let mut outcomes = Vec::new();
         // Published once for the whole batch, at its last index: a read
         // sees all of the batch or none of it, and openraft may apply
