@@ -70,9 +70,11 @@ struct Inner {
     liveness: Liveness,
     /// The term in which this node, as leader, has applied its grace entry,
     /// and the applied index at that moment. Reads on the leader wait for
-    /// it: a leader restored after a restart in its old term has no fresh
-    /// no-op entry, and its commit index (not flushed on every commit) may
-    /// lag what was acknowledged before the crash; once an entry of its own
+    /// it: a leader restored after a restart in its old term (openraft 0.9
+    /// does that; since the leader's flush overlaps replication the log
+    /// store prevents it, see `LogStore::read_vote`) has no fresh no-op
+    /// entry, and its commit index (not flushed on every commit) may lag
+    /// what was acknowledged before the crash; once an entry of its own
     /// term is applied, everything acknowledged before is too.
     graced: Mutex<Option<(u64, u64)>>,
     rejoining: AtomicBool,

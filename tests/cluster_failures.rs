@@ -195,6 +195,7 @@ async fn kill_all_three_and_restart_them() {
     let mut cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let acknowledged = acknowledged_joins(&cluster, leader, "all", "k", 8).await;
+    let term_before = cluster.status(leader).await.unwrap().term;
     for c in ["e1", "e2"] {
         open_session(&cluster, leader, c, LONG_SESSION_MS)
             .await
@@ -208,14 +209,21 @@ async fn kill_all_three_and_restart_them() {
         cluster.restart(id);
     }
     let leader = cluster.wait_for_leader().await;
+    // The old leader must not lead its old term again: entries it reported
+    // before flushing them may be lost, and a follower may hold them
+    // (`baton-store/src/flushed.rs`); only a new term overwrites those.
+    let term_after = cluster.status(leader).await.unwrap().term;
+    assert!(
+        term_after > term_before,
+        "node {leader} leads term {term_after} after a full restart, as before it"
+    );
     let latch = until_ok("a read after a full restart", || {
         get_latch(&cluster, leader, "all")
     })
     .await;
     assert_eq!(latch.members, acknowledged);
     assert_eq!(latch.epoch, 1);
-    // Read at once: a node that led before the crash leads again without a
-    // new term, and must still not serve a stale read.
+    // Read at once: the new leader must not serve a stale read.
     let term = get_term(&cluster, leader, "vote").await.unwrap();
     assert_eq!(
         term.members,

@@ -125,7 +125,11 @@ impl FlushedLog {
             }
             Ok(()) if ticket.generation == progress.generation => {
                 self.inner.flushed.send_if_modified(|f| {
-                    let further = ticket.covers.map(|c| c.index) > f.upto.map(|u| u.index);
+                    // After a failed flush a later one may succeed although
+                    // the data of the failed one is lost (the kernel drops
+                    // dirty pages it could not write): the mark stays.
+                    let further = f.failure.is_none()
+                        && ticket.covers.map(|c| c.index) > f.upto.map(|u| u.index);
                     if further {
                         f.upto = ticket.covers;
                     }
@@ -252,6 +256,16 @@ mod tests {
         log.flushed(ticket, &Err(io::Error::other("disk gone")));
         let outcome = waiting.await.expect("waiter");
         assert!(outcome.unwrap_err().to_string().contains("disk gone"));
+    }
+
+    #[tokio::test]
+    async fn nothing_counts_as_flushed_after_a_failed_flush() {
+        let log = overlapped(Some(id(1, 1)));
+        log.appended(id(1, 2));
+        log.flushed(log.ticket(), &Err(io::Error::other("EIO")));
+        log.appended(id(1, 3));
+        log.flushed(log.ticket(), &Ok(()));
+        assert_eq!(log.upto(), Some(id(1, 1)));
     }
 
     #[tokio::test]

@@ -210,7 +210,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        let vote = self.read_meta(VOTE)?;
+        let mut vote: Option<Vote<NodeId>> = self.read_meta(VOTE)?;
+        // openraft 0.9 restores a node whose stored vote is its own
+        // committed one as leader of that term at once. But a leader's own
+        // entries reported before their flush may be lost in a crash while
+        // a follower holds them durably; leading that term again, it would
+        // write different entries under the same log ids, and the follower
+        // would keep its own (same id: no conflict seen). So the vote is
+        // read back as not yet granted, and the node leads again only after
+        // winning a new term, whose leader overwrites such entries.
+        if let (Some(node), Some(stored)) = (self.node, vote.as_mut()) {
+            if stored.is_committed() && stored.leader_id().node_id == node {
+                *stored = Vote::new(stored.leader_id().term, node);
+            }
+        }
         *self
             .vote
             .lock()
@@ -221,11 +234,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // Not flushed: Raft does not need a durable commit index, and an
         // fsync per commit on every node doubled the cost of a write. After
-        // a crash the marker may lag; a leader restored in its old term then
-        // serves reads only after its grace entry of that term is applied
-        // (the server's read index), which covers every acknowledged write.
-        // The marker is never ahead of the flushed log: appends are flushed
-        // before they can be committed, and sled persists writes in order.
+        // a crash the marker may lag; a restarted node leads only after
+        // winning a new term (see `read_vote`) and then serves reads only
+        // after its grace entry of that term is applied (the server's read
+        // index), which covers every acknowledged write. The marker may be
+        // ahead of a leader's own flushed entries (they count as committed
+        // before their flush), but sled persists writes in order, so a
+        // marker that survives a crash has its entries too.
         self.write_meta(COMMITTED, &committed)
     }
 
