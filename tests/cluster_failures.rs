@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use baton::proto::atomix::primitive::leader as la;
-use baton::proto::baton::v1::{CloseSessionRequest, KeepAliveRequest};
+use baton::proto::baton::v1::CloseSessionRequest;
 use common::*;
 use tokio_stream::StreamExt;
 
@@ -249,15 +249,9 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     assert_eq!((latch.leader.as_deref(), latch.epoch), (Some("short"), 1));
 
     // Kept alive by explicit keep-alives for three timeouts: keeps its place.
-    let mut sessions = cluster.sessions(node);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
-        sessions
-            .keep_alive(KeepAliveRequest {
-                client_id: "short".into(),
-            })
-            .await
-            .unwrap();
+        keep_alive(&cluster, node, "short").await.unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use baton::proto::atomix::primitive::leader as la;
-use baton::proto::baton::v1::KeepAliveRequest;
 use common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -339,14 +338,9 @@ async fn a_wall_clock_step_on_the_leader_neither_expires_nor_prolongs_sessions()
     // Quiet for a while: a leader that followed its wall clock would find
     // the session 50 s overdue and expire it now.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut sessions = cluster.sessions(node);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(2) {
-        let kept = sessions
-            .keep_alive(KeepAliveRequest {
-                client_id: "healthy".into(),
-            })
-            .await;
+        let kept = keep_alive(&cluster, node, "healthy").await;
         assert!(kept.is_ok(), "the healthy session expired: {kept:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

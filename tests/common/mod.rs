@@ -651,3 +651,29 @@ impl Drop for DiskStall {
         let _ = std::fs::remove_dir(&self.cgroup);
     }
 }
+
+/// One explicit keep-alive of `client`'s session through `node`, retried
+/// while the node answers UNAVAILABLE, as every client does: a follower
+/// refuses at once when it has not heard from its leader for the leader
+/// lease (200 ms), which a loaded machine's scheduling gaps can cause. Any
+/// other answer (NOT_FOUND: the session expired) is returned.
+pub async fn keep_alive(
+    c: &Cluster,
+    node: u64,
+    client: &str,
+) -> Result<baton::proto::baton::v1::KeepAliveResponse, Status> {
+    let mut sessions = c.sessions(node);
+    let mut tries = 0;
+    loop {
+        let request = baton::proto::baton::v1::KeepAliveRequest {
+            client_id: client.into(),
+        };
+        match sessions.keep_alive(request).await {
+            Err(status) if status.code() == tonic::Code::Unavailable && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            answer => return answer.map(|reply| reply.into_inner()),
+        }
+    }
+}
