@@ -59,6 +59,8 @@ pub struct Metrics {
     is_leader: Gauge,
     commit_index: Gauge,
     applied_index: Gauge,
+    last_log_index: Gauge,
+    flushed_index: Gauge,
     snapshot_index: Gauge,
     log_entries_since_snapshot: Gauge,
     sessions: Gauge,
@@ -90,6 +92,8 @@ impl Metrics {
             is_leader: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            flushed_index: Gauge::default(),
             snapshot_index: Gauge::default(),
             log_entries_since_snapshot: Gauge::default(),
             sessions: Gauge::default(),
@@ -124,6 +128,16 @@ impl Metrics {
                 "raft_applied_index",
                 "Last applied log index",
                 &metrics.applied_index,
+            ),
+            (
+                "raft_last_log_index",
+                "Last entry in this node's Raft log",
+                &metrics.last_log_index,
+            ),
+            (
+                "raft_flushed_index",
+                "Last log index up to which this node's log is on disk (a leader's newest entries may not be yet)",
+                &metrics.flushed_index,
             ),
             (
                 "raft_snapshot_index",
@@ -232,6 +246,15 @@ impl Metrics {
         self.commit_index.set(as_gauge(committed));
         self.applied_index.set(as_gauge(
             raft.last_applied.map(|id| id.index).unwrap_or_default(),
+        ));
+        self.last_log_index
+            .set(as_gauge(raft.last_log_index.unwrap_or_default()));
+        self.flushed_index.set(as_gauge(
+            context
+                .flushed
+                .upto()
+                .map(|id| id.index)
+                .unwrap_or_default(),
         ));
         self.snapshot_index.set(as_gauge(snapshot));
         self.log_entries_since_snapshot.set(as_gauge(

@@ -81,6 +81,8 @@ async fn a_node_under_load_exports_its_metrics_and_they_move() {
         "baton_raft_is_leader",
         "baton_raft_commit_index",
         "baton_raft_applied_index",
+        "baton_raft_last_log_index",
+        "baton_raft_flushed_index",
         "baton_raft_snapshot_index",
         "baton_raft_log_entries_since_snapshot",
         "baton_sessions",
@@ -111,6 +113,8 @@ async fn a_node_under_load_exports_its_metrics_and_they_move() {
     };
     moved("baton_raft_commit_index");
     moved("baton_raft_applied_index");
+    moved("baton_raft_last_log_index");
+    moved("baton_raft_flushed_index");
     moved("baton_forwarded_writes_total");
     // A follower flushes every entry it appends.
     moved("baton_storage_flush_duration_seconds_count");
