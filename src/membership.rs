@@ -14,41 +14,6 @@ use openraft::{BasicNode, ChangeMembers};
 use crate::error::{ApiError, ReplicationError};
 use crate::replication::Replicator;
 
-/// One membership change at a time on this node.
-static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-/// How long a change waits for the previous one to be applied.
-const SETTLE_LIMIT: Duration = Duration::from_secs(10);
-
-/// Takes the change lock and waits until the latest membership entry is
-/// applied here. openraft starts a change once the previous one is
-/// committed, and a leader counts its own entries committed before they are
-/// on its disk (`baton-store/src/flushed.rs`); applied, they are on a
-/// majority's. A change whose caller gave up is still in flight when the
-/// lock is released, hence the wait as well as the lock.
-async fn settled(
-    replicator: &Replicator,
-) -> Result<tokio::sync::MutexGuard<'static, ()>, ApiError> {
-    let guard = CHANGES.lock().await;
-    let membership = replicator
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .clone();
-    if let Some(log_id) = membership.log_id() {
-        replicator
-            .raft()
-            .wait(Some(SETTLE_LIMIT))
-            .applied_index_at_least(Some(log_id.index), "the last membership change is applied")
-            .await
-            .map_err(|e| ReplicationError::Unavailable {
-                reason: format!("the previous membership change is not applied yet: {e}"),
-                hint: replicator.leader_hint(),
-            })?;
-    }
-    Ok(guard)
-}
-
 /// The membership as this node knows it: (voters, learners).
 pub fn members(replicator: &Replicator) -> (Vec<NodeId>, Vec<NodeId>) {
     let metrics = replicator.raft().metrics().borrow().clone();
@@ -106,7 +71,6 @@ pub async fn add_node(
         ));
     }
     not_leader(replicator)?;
-    let _one_at_a_time = settled(replicator).await?;
     let (voters, _) = members(replicator);
     if voters.contains(&id) {
         return Ok(members(replicator));
@@ -135,7 +99,6 @@ pub async fn remove_node(
     id: NodeId,
 ) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
     not_leader(replicator)?;
-    let _one_at_a_time = settled(replicator).await?;
     let (voters, learners) = members(replicator);
     if !voters.contains(&id) && !learners.contains(&id) {
         return Err(ApiError::Precondition(format!("node {id} is not a member")));

@@ -249,13 +249,8 @@ impl Metrics {
         ));
         self.last_log_index
             .set(as_gauge(raft.last_log_index.unwrap_or_default()));
-        self.flushed_index.set(as_gauge(
-            context
-                .flushed
-                .upto()
-                .map(|id| id.index)
-                .unwrap_or_default(),
-        ));
+        self.flushed_index
+            .set(as_gauge(context.flushed.upto_index()));
         self.snapshot_index.set(as_gauge(snapshot));
         self.log_entries_since_snapshot.set(as_gauge(
             raft.last_log_index

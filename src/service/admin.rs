@@ -74,12 +74,7 @@ impl AdminService for AdminApi {
             voters,
             learners,
             last_log_index: metrics.last_log_index.unwrap_or_default(),
-            flushed_index: self
-                .context
-                .flushed
-                .upto()
-                .map(|id| id.index)
-                .unwrap_or_default(),
+            flushed_index: self.context.flushed.upto_index(),
         }))
     }
 

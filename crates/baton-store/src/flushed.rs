@@ -161,6 +161,11 @@ impl FlushedLog {
         self.inner.flushed.borrow().upto
     }
 
+    /// The index of [`FlushedLog::upto`] (0: nothing).
+    pub fn upto_index(&self) -> u64 {
+        self.upto().map(|id| id.index).unwrap_or_default()
+    }
+
     /// Waits until every entry up to `index` is on disk. Fails if a flush
     /// failed: an entry reported early may then never be durable here.
     pub async fn reached(&self, index: u64) -> io::Result<()> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError,
-    Vote,
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, StorageError,
+    StorageIOError, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -79,15 +79,18 @@ impl LogStore {
 
     /// Flushes everything written so far and records it as on disk.
     async fn flush(&self) -> StorageResult<()> {
-        let ticket = self.flushed.ticket();
-        let flushed = self.durable.flush().await;
-        self.flushed.flushed(ticket, &flushed);
-        flushed.map_err(|e| StorageIOError::write_logs(&e).into())
+        flush_recorded(&self.durable, &self.flushed)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
-    /// Whether `entries` are this node's own, appended while it leads with
-    /// a vote a quorum granted.
-    fn own_while_leading(&self, entries: &[Entry<TypeConfig>]) -> bool {
+    /// Whether `entries` may be reported before their flush: this node's
+    /// own, appended while it leads with a vote a quorum granted, and no
+    /// membership change among them. openraft starts a membership change
+    /// once the previous one is committed; flushed before it is reported,
+    /// a membership entry counts as committed only once a majority has it
+    /// on disk, and so does everything before it.
+    fn reported_early(&self, entries: &[Entry<TypeConfig>]) -> bool {
         let Some(node) = self.node else {
             return false;
         };
@@ -98,9 +101,10 @@ impl LogStore {
         let Some(vote) = vote.filter(|v| v.is_committed() && v.leader_id().node_id == node) else {
             return false;
         };
-        entries
-            .iter()
-            .all(|entry| entry.get_log_id().leader_id == *vote.leader_id())
+        entries.iter().all(|entry| {
+            entry.get_log_id().leader_id == *vote.leader_id()
+                && !matches!(entry.payload, EntryPayload::Membership(_))
+        })
     }
 
     fn last_log_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -156,6 +160,15 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
+}
+
+/// Flushes everything written so far and records in `flushed` what that
+/// covered (everything written when it began).
+async fn flush_recorded(durable: &Durable, flushed: &FlushedLog) -> std::io::Result<()> {
+    let ticket = flushed.ticket();
+    let result = durable.flush().await;
+    flushed.flushed(ticket, &result);
+    result
 }
 
 fn index_key(bound: Bound<&u64>) -> Bound<[u8; 8]> {
@@ -260,7 +273,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
-        let early = self.own_while_leading(&entries);
+        let early = self.reported_early(&entries);
         // Plain inserts, not a sled batch: a crash may keep a prefix of the
         // entries, which Raft allows (they count as durable only once
         // flushed), and a batch would switch sled to its global write lock
@@ -272,21 +285,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_logs(&e))?;
         }
         self.flushed.appended(last);
-        let ticket = self.flushed.ticket();
         if early {
             let (durable, flushed) = (self.durable.clone(), self.flushed.clone());
             tokio::spawn(async move {
-                let result = durable.flush().await;
-                if let Err(error) = &result {
+                if let Err(error) = flush_recorded(&durable, &flushed).await {
                     tracing::error!(%error, "flushing the leader's own entries failed");
                 }
-                flushed.flushed(ticket, &result);
             });
             callback.log_io_completed(Ok(()));
         } else {
-            let result = self.durable.flush().await;
-            self.flushed.flushed(ticket, &result);
-            callback.log_io_completed(result);
+            callback.log_io_completed(flush_recorded(&self.durable, &self.flushed).await);
         }
         Ok(())
     }
