@@ -230,11 +230,15 @@ impl Context {
             return Ok(());
         }
         let mut shutdown = self.shutdown.clone();
+        // One future for the whole stream (it re-reads the lease whenever
+        // its old end comes), not a new timer and lock per message.
+        let ending = self.must_end(caller, &mut shutdown);
+        tokio::pin!(ending);
         loop {
             // Biased: an expired lease wins over pending changes.
             let next: Vec<Primitive> = tokio::select! {
                 biased;
-                ended = self.must_end(caller, &mut shutdown) => return Err(ended),
+                ended = &mut ending => return Err(ended),
                 _ = tx.closed() => return Ok(()),
                 received = changes.recv() => match received {
                     // Already sent: in the first message, or in the state
@@ -267,7 +271,7 @@ impl Context {
                 // stream may go on.
                 tokio::select! {
                     biased;
-                    ended = self.must_end(caller, &mut shutdown) => return Err(ended),
+                    ended = &mut ending => return Err(ended),
                     sent = tx.send(update) => if sent.is_err() { return Ok(()) },
                 }
             }
