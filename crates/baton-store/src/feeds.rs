@@ -61,11 +61,14 @@ impl ChangeFeeds {
                 return;
             }
             for event in events {
-                if let Some((_, states)) = by_key.get_mut(&event.key) {
-                    states.push(event.state);
-                } else if let Some(feed) = feeds.get(&event.key) {
-                    by_key.insert(event.key, (feed.clone(), vec![event.state]));
-                }
+                let Some(feed) = feeds.get(&event.key) else {
+                    continue;
+                };
+                by_key
+                    .entry(event.key)
+                    .or_insert_with(|| (feed.clone(), Vec::new()))
+                    .1
+                    .push(event.state);
             }
         }
         for (feed, states) in by_key.into_values() {

@@ -314,19 +314,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        if let Some(last) = entries.last() {
-            self.flushed
-                .reached(last.log_id.index)
-                .await
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-        }
+        let Some(last_index) = entries.last().map(|entry| entry.log_id.index) else {
+            return Ok(Vec::new());
+        };
+        self.flushed
+            .reached(last_index)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut outcomes = Vec::new();
         // Published once for the whole batch, at its last index: a read
         // sees all of the batch or none of it, and openraft may apply
         // hundreds of entries at once (a follower catching up), which must
         // not overflow a watcher's feed.
         let mut changes = Vec::new();
-        let last_index = {
+        {
             let mut guard = self.handle.write_guard();
             for entry in entries {
                 guard.last_applied = Some(entry.log_id);
@@ -351,11 +352,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            guard.last_applied.map(|id| id.index)
-        };
-        if let Some(index) = last_index {
-            self.handle.publish(index, changes);
         }
+        self.handle.publish(last_index, changes);
         Ok(outcomes)
     }
 
