@@ -14,15 +14,15 @@ use crate::error::{Error, Result};
 use crate::proto::atomix::primitive::election as el;
 use crate::proto::atomix::primitive::leader as la;
 use crate::session::Ended;
+use crate::transport::is_transient;
 use crate::view::{Kind, View};
 
-/// Whether opening Events again (elsewhere) may succeed: the node could not
-/// serve it, or the connection failed. Anything else is the caller's error.
+/// Whether opening Events again (elsewhere) may succeed: whatever a call may
+/// be retried on ([`is_transient`]), and a stream's deadline or any UNKNOWN
+/// end (a long-lived stream breaks in more ways than a call). Anything else
+/// is the caller's error.
 fn is_retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    is_transient(status) || matches!(status.code(), Code::DeadlineExceeded | Code::Unknown)
 }
 
 /// Pause before trying the endpoints again after a full round failed.
