@@ -100,11 +100,11 @@ const WATCHER_INDEX: usize = 1_000_000;
 /// Watchers opened, or closed, at once.
 const WATCHERS_AT_ONCE: usize = 64;
 /// How often a watcher retries an UNAVAILABLE answer while opening or
-/// closing (a busy node may give one, and a real client retries), 100 ms
-/// apart.
+/// closing (a busy node may give one, and a real client retries), paused
+/// by [`RETRY_PAUSE`].
 const WATCHER_RETRIES: usize = 50;
 
-/// `call` again, 100 ms later, while it answers UNAVAILABLE, up to
+/// `call` again, [`RETRY_PAUSE`] later, while it answers UNAVAILABLE, up to
 /// [`WATCHER_RETRIES`] times.
 async fn retried<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
 where
@@ -114,16 +114,23 @@ where
     let mut retries = 0;
     loop {
         match call().await {
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && retries < WATCHER_RETRIES =>
-            {
+            Err(status) if retry_again(&status, retries) => {
                 retries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             answer => return answer,
         }
     }
 }
+
+/// Whether a watcher's call that failed with `status` after `retries`
+/// retries is tried again (after [`RETRY_PAUSE`]).
+fn retry_again(status: &tonic::Status, retries: usize) -> bool {
+    status.code() == tonic::Code::Unavailable && retries < WATCHER_RETRIES
+}
+
+/// Pause before a watcher's call is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Clients that each lead an election of their own and keep a stream of
 /// its changes open (Baton: Events, as an Atomix candidate does; etcd:
@@ -175,15 +182,27 @@ impl Watchers {
                     let election = format!("watched-{run}-{i}");
                     let (target, election) = (&target, election.as_str());
                     // A session leading its election, watching it, its
-                    // stream's first message taken.
-                    let (session, mut stream) = retried(|| async move {
-                        let mut session = target.session(WATCHER_INDEX + i).await?;
-                        session.enter(election).await?;
-                        let mut stream = session.observe(election).await?;
-                        stream.next().await?;
-                        Ok((session, stream))
-                    })
-                    .await?;
+                    // stream's first message taken. Retried on the same
+                    // session: a new one would leave the first one's
+                    // candidacy behind (etcd: a lease nobody revokes, whose
+                    // key the new campaign would wait behind).
+                    let mut session = retried(|| target.session(WATCHER_INDEX + i)).await?;
+                    let mut retries = 0;
+                    let mut stream = loop {
+                        let watching = async {
+                            session.enter(election).await?;
+                            let mut stream = session.observe(election).await?;
+                            stream.next().await?;
+                            Ok::<_, tonic::Status>(stream)
+                        };
+                        match watching.await {
+                            Err(status) if retry_again(&status, retries) => {
+                                retries += 1;
+                                tokio::time::sleep(RETRY_PAUSE).await;
+                            }
+                            answer => break answer?,
+                        }
+                    };
                     Ok::<_, tonic::Status>(tokio::spawn(async move {
                         let watching = async { while let Ok(Some(())) = stream.next().await {} };
                         let ended_early = tokio::select! {
