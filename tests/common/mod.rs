@@ -562,16 +562,22 @@ pub fn long_id(i: usize) -> String {
     format!("{i:04}-{}", "x".repeat(245))
 }
 
-/// Opens a long session for each of `long_id(0..count)` and joins it to
-/// latch `name` through `node`, one after the other: a latch that grows
-/// by one large member per entry.
+/// Opens a long session for each of `long_id(0..count)` (several at once)
+/// and then joins them to latch `name` through `node`, one after the
+/// other: a latch that grows by one large member per entry.
 pub async fn join_long_ids(c: &Cluster, node: u64, name: &str, count: usize) {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|i| async move {
+            open_session(c, node, &long_id(i), 300_000)
+                .await
+                .expect("session")
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
     for i in 0..count {
-        let client = long_id(i);
-        open_session(c, node, &client, 300_000)
-            .await
-            .expect("session");
-        join(c, node, &client, name).await.expect("join");
+        join(c, node, &long_id(i), name).await.expect("join");
     }
 }
 
