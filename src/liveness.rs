@@ -10,6 +10,7 @@
 //! AppendEntries from its leader for as long. No other leader can be elected
 //! sooner: followers refuse votes for the lease after their last heartbeat.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ pub struct Liveness {
     /// When this node was first seen leading in a term; a new leader has no
     /// quorum acknowledgement yet and gets `lost_after` to obtain one.
     leading_since: Mutex<Option<(u64, Instant)>>,
+    /// Set whenever this node, leading, is found without its quorum (and
+    /// so refuses writes, keep-alives included); taken by the leader's
+    /// duties, which must renew every session before expiring any.
+    quorum_lost: AtomicBool,
 }
 
 impl Liveness {
@@ -65,6 +70,7 @@ impl Liveness {
             lost_after,
             contact: Mutex::new(None),
             leading_since: Mutex::new(None),
+            quorum_lost: AtomicBool::new(false),
         }
     }
 
@@ -96,6 +102,7 @@ impl Liveness {
             return if fresh {
                 Ok(leader)
             } else {
+                self.quorum_lost.store(true, Ordering::Relaxed);
                 Err(LeaderLoss::LostQuorum)
             };
         }
@@ -104,6 +111,12 @@ impl Liveness {
             Some((from, at)) if from == leader && at.elapsed() <= self.lost_after => Ok(leader),
             _ => Err(LeaderLoss::LostLeader),
         }
+    }
+
+    /// Whether this node, leading, was found without its quorum since the
+    /// last call: clients may have been refused keep-alives meanwhile.
+    pub fn take_quorum_loss(&self) -> bool {
+        self.quorum_lost.swap(false, Ordering::Relaxed)
     }
 
     fn leading_for(&self, term: u64) -> Duration {

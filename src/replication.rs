@@ -526,23 +526,39 @@ impl Replicator {
             };
             let still_leader = |this: &Self| leads_in(&this.inner.raft.metrics().borrow(), term);
             // The grace entry first, so no session expires for time the
-            // cluster spent without a leader.
+            // cluster spent without a leader; and again whenever this
+            // leader has been without its quorum, which refused every
+            // keep-alive meanwhile (openraft 0.9 keeps such a leader in
+            // office, and it may regain its quorum without an election).
             let mut graced = false;
-            while still_leader(&self) && !graced {
-                match self.propose_as_leader(Command::LeaderGrace).await {
-                    Ok(_) => {
-                        graced = true;
-                        let applied = self.inner.state.applied_index().unwrap_or(0);
-                        *self.inner.graced.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((term, applied));
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "grace entry not committed yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
             while still_leader(&self) {
+                if graced && self.inner.liveness.take_quorum_loss() {
+                    tracing::info!(
+                        term,
+                        "quorum regained: renewing every session before any expires"
+                    );
+                    graced = false;
+                }
+                if !graced {
+                    // A loss from here on needs a grace after this one.
+                    self.inner.liveness.take_quorum_loss();
+                    match self.propose_as_leader(Command::LeaderGrace).await {
+                        Ok(_) => {
+                            graced = true;
+                            let applied = self.inner.state.applied_index().unwrap_or(0);
+                            let mut record =
+                                self.inner.graced.lock().unwrap_or_else(|p| p.into_inner());
+                            if !matches!(*record, Some((t, _)) if t == term) {
+                                *record = Some((term, applied));
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "grace entry not committed yet; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    continue;
+                }
                 let due = self.inner.state.read(|machine, _| machine.next_expiry_ms());
                 let now = self.leader_now_ms(term);
                 match due {

@@ -498,3 +498,66 @@ async fn a_node_whose_raft_stops_on_a_storage_error_exits() {
     .await;
     drop(disk);
 }
+
+/// DESIGN §3: a cluster outage never expires healthy clients. Here the
+/// outage keeps its leader: both followers die, so for longer than the
+/// session timeout the leader refuses every keep-alive (it has no quorum),
+/// and they come back without an election (their election timeout is
+/// longer than the leader takes to reach them). A leader change would
+/// renew every session with its grace entry; the same leader regaining
+/// its quorum must do so too, before it expires anyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_that_keeps_its_leader_expires_no_session() {
+    let _serial = serial().await;
+    // Lease (and quorum-loss detection) 2 s; a restarted follower waits
+    // 1–2 s before it campaigns, the leader retries it every 0.5 s.
+    let mut cluster = Cluster::start(&["--election-timeout-ms", "1000"]).await;
+    let leader = cluster.wait_for_leader().await;
+    const TIMEOUT_MS: u64 = 2_500;
+    open_session(&cluster, leader, "healthy", TIMEOUT_MS)
+        .await
+        .unwrap();
+    join(&cluster, leader, "healthy", "outage").await.unwrap();
+    keep_alive(&cluster, leader, "healthy").await.unwrap();
+    let term_before = cluster.status(leader).await.expect("status").term;
+
+    let followers = cluster.followers_of(leader);
+    for &id in &followers {
+        cluster.kill(id);
+    }
+    // Every keep-alive in this window is refused: the leader has had no
+    // quorum for its lease, longer than the session's timeout.
+    tokio::time::sleep(Duration::from_millis(2 * TIMEOUT_MS)).await;
+    let refused = cluster
+        .sessions(leader)
+        .keep_alive(baton::proto::baton::v1::KeepAliveRequest {
+            client_id: "healthy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    for &id in &followers {
+        cluster.restart(id);
+    }
+    until_ok("a read once the quorum is back", || {
+        get_latch(&cluster, leader, "outage")
+    })
+    .await;
+    let status = cluster.status(leader).await.expect("status");
+    assert!(
+        status.role == "leader" && status.term == term_before,
+        "the scenario needs the same leader in the same term: {status:?} (term before {term_before})"
+    );
+    // The leader's expiry check runs every 100 ms; give it ten rounds,
+    // well inside a fresh timeout.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let latch = get_latch(&cluster, leader, "outage").await.unwrap();
+    assert_eq!(
+        latch.members,
+        ["healthy"],
+        "a client whose keep-alives the outage refused was expired"
+    );
+    keep_alive(&cluster, leader, "healthy")
+        .await
+        .expect("the session lives on");
+}
