@@ -7,6 +7,8 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying the Raft leader's client address, when known.
 pub const LEADER_ADDR_METADATA: &str = baton_client::LEADER_HINT_METADATA;
+/// Metadata key marking a NOT_FOUND that means the caller's session is gone.
+pub const SESSION_GONE_METADATA: &str = baton_client::SESSION_GONE_METADATA;
 /// Metadata key carrying the Raft leader's node id, when known.
 pub const LEADER_ID_METADATA: &str = "baton-leader-id";
 
@@ -104,7 +106,13 @@ impl From<ApiError> for Status {
                     ErrorKind::NotFound => Code::NotFound,
                     ErrorKind::Aborted => Code::Aborted,
                 };
-                Status::new(code, message)
+                let mut status = Status::new(code, message);
+                if matches!(rejection, CommandError::SessionNotFound { .. }) {
+                    status
+                        .metadata_mut()
+                        .insert(SESSION_GONE_METADATA, MetadataValue::from_static("1"));
+                }
+                status
             }
             ApiError::Replication(ReplicationError::Unavailable { hint, .. })
             | ApiError::Replication(ReplicationError::OutcomeUnknown { hint, .. }) => {

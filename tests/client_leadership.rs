@@ -188,10 +188,15 @@ async fn leadership_passes_on_when_the_leader_is_killed_or_resigns() {
     let (third, after_resign, led_at) = next_leader(&mut campaigners, Duration::from_secs(10));
     let resign_handover = led_at - resigned_at;
     assert!(third != first && third != second && after_resign > after_kill);
+    let exit_deadline = Instant::now() + Duration::from_secs(10);
     let resigned = loop {
         if let Some((_, Said::Exited { success })) = campaigners[second].drain().pop() {
             break success;
         }
+        assert!(
+            Instant::now() < exit_deadline,
+            "the resigning campaigner did not exit within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(resigned, "a resigning campaigner exits successfully");
@@ -414,6 +419,36 @@ async fn a_latch_is_acquired_released_observed_and_deleted_through_the_library()
     let again = b.latch("jobs").delete().await.expect_err("second delete");
     assert_eq!(again.code(), tonic::Code::NotFound);
     assert!(b.is_alive(), "a missing primitive is not a lost session");
+    // Not even one whose name says "session": the answer's metadata, not
+    // its message, tells the two NOT_FOUNDs apart.
+    let missing = b
+        .latch("user-sessions")
+        .delete()
+        .await
+        .expect_err("delete of a missing primitive");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(
+        b.is_alive(),
+        "a missing \"user-sessions\" is not a lost session"
+    );
     let fresh = b.latch("jobs").get().await.expect("get");
     assert_eq!((fresh.epoch, fresh.members.len()), (0, 0));
+
+    // A session that really is gone (closed behind the library's back) is
+    // noticed at its next keep-alive.
+    let leader = cluster.wait_for_leader().await;
+    cluster
+        .sessions(leader)
+        .close_session(baton::proto::baton::v1::CloseSessionRequest {
+            client_id: "b".into(),
+            request_id: 0,
+        })
+        .await
+        .expect("close b's session");
+    eventually(
+        Duration::from_secs(10),
+        "b notices its session is gone",
+        || async { (!b.is_alive()).then_some(()) },
+    )
+    .await;
 }

@@ -428,8 +428,10 @@ impl Client {
     }
 }
 
-/// Whether a NOT_FOUND answer is about the session (other NOT_FOUNDs name a
-/// missing primitive).
+/// Whether a failed call's answer says the session is gone (other
+/// NOT_FOUNDs name a missing primitive).
 fn is_session_gone(error: &Error) -> bool {
-    error.code() == tonic::Code::NotFound && error.to_string().contains("session")
+    error
+        .status()
+        .is_some_and(crate::transport::is_session_gone)
 }

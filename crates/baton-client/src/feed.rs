@@ -150,7 +150,7 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
                 continue;
             }
             Err(status) => {
-                let error = if status.code() == Code::NotFound {
+                let error = if crate::transport::is_session_gone(&status) {
                     let why = status.message().to_owned();
                     client.inner.session.end(Ended::SessionLost(why.clone()));
                     Error::SessionLost(why)

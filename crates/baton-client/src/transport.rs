@@ -17,6 +17,17 @@ use crate::error::{Error, Result};
 /// address (`host:port`), when the answering node knows it.
 pub const LEADER_HINT_METADATA: &str = "baton-leader";
 
+/// Metadata key on a NOT_FOUND answer that means the caller's session is
+/// gone (expired or closed), as opposed to a missing primitive.
+pub const SESSION_GONE_METADATA: &str = "baton-session-gone";
+
+/// Whether `status` says the caller's session is gone. Told by the
+/// metadata the cluster sets, never by the message, which may quote a
+/// primitive's name.
+pub fn is_session_gone(status: &Status) -> bool {
+    status.code() == Code::NotFound && status.metadata().contains_key(SESSION_GONE_METADATA)
+}
+
 /// How long to wait before going round the endpoints again when none of
 /// them could serve the call: long enough for an election to make progress,
 /// short against a session timeout.
