@@ -69,7 +69,13 @@ async fn a_node_under_load_exports_its_metrics_and_they_move() {
     }
     let mut watch = client.latch("watched").observe();
     client.latch("watched").join().await.expect("join");
-    let _ = futures::StreamExt::next(&mut watch).await;
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut watch),
+    )
+    .await
+    .expect("the watch's first message within 10 s");
+    assert!(matches!(first, Some(Ok(_))), "the watch opened: {first:?}");
     let missing = client.election("metrics-0").evict("nobody").await;
     assert!(missing.is_err());
     let after = scrape(follower_metrics).await;

@@ -129,6 +129,10 @@ impl Fenced {
             .map(|r| format!("fenced resource refused a stale write: {r}"))
             .collect();
         violations.extend(record.stale_attempts.iter().cloned());
+        if record.beliefs.is_empty() || record.resource.accepted == 0 {
+            violations
+                .push("fenced: no campaigner ever led and wrote, so nothing was checked".into());
+        }
         let mut overlaps = 0;
         for (i, a) in record.beliefs.iter().enumerate() {
             for b in &record.beliefs[i + 1..] {

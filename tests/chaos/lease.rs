@@ -236,6 +236,9 @@ impl Beliefs {
             });
         }
         let mut violations = std::mem::take(&mut r.violations);
+        if r.told.is_empty() {
+            violations.push("lease: no client was ever told it led, so nothing was checked".into());
+        }
         // First time each (primitive, epoch) was told to its leader.
         let mut first_told: BTreeMap<(usize, u64), (Instant, String)> = BTreeMap::new();
         for (p, epoch, client, at) in &r.told {

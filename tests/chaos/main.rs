@@ -1184,11 +1184,19 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     }
 
     stop_clients.store(true, Ordering::Relaxed);
+    // A workload task that panicked would leave its histories short, and
+    // short histories pass every check below.
     for client in clients {
-        let _ = client.await;
+        if let Err(e) = client.await {
+            violations.push(format!("a client task failed: {e}"));
+        }
     }
     for campaigner in campaigners {
-        let _ = tokio::task::spawn_blocking(move || campaigner.join()).await;
+        match tokio::task::spawn_blocking(move || campaigner.join()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => violations.push("a fenced campaigner thread panicked".into()),
+            Err(e) => violations.push(format!("a fenced campaigner could not be joined: {e}")),
+        }
     }
     let (fenced_violations, fenced_summary) = fenced.check();
     violations.extend(fenced_violations);
@@ -1255,11 +1263,21 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
     }
     stop_watchers.store(true, Ordering::Relaxed);
     for watcher in watchers {
-        let _ = watcher.await;
+        if let Err(e) = watcher.await {
+            violations.push(format!("a watcher task failed: {e}"));
+        }
     }
 
     let j = std::mem::take(&mut *journal(&journal_));
     violations.extend(j.violations.iter().cloned());
+    // Every check below passes on empty histories: a run in which nothing
+    // succeeded has proved nothing.
+    if j.ok == 0 {
+        violations.push("no client operation succeeded: the run checked nothing".into());
+    }
+    if j.sightings.is_empty() {
+        violations.push("no watcher or client ever saw a leader: the run checked nothing".into());
+    }
 
     // No double leadership: one leader per (primitive, epoch), whoever saw it.
     let mut leaders: BTreeMap<(usize, u64), BTreeSet<String>> = BTreeMap::new();

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient;
 use baton::proto::atomix::primitive::election::Term;
@@ -246,7 +246,11 @@ impl Cluster {
             unsafe {
                 libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
             }
-            child.wait().unwrap();
+            if wait_exit(&mut child, STOP_LIMIT).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} did not stop within {STOP_LIMIT:?} of SIGTERM");
+            }
         }
     }
 
@@ -681,5 +685,24 @@ pub async fn keep_alive(
             }
             answer => return answer.map(|reply| reply.into_inner()),
         }
+    }
+}
+
+/// How long a node may take to stop gracefully: its servers get 5 s to
+/// drain, and a loaded debug build needs some more.
+pub const STOP_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits up to `limit` for `child` to exit (a hung process fails the test
+/// instead of hanging the suite); `None` if it is still running.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
