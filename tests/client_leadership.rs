@@ -452,3 +452,42 @@ async fn a_latch_is_acquired_released_observed_and_deleted_through_the_library()
     )
     .await;
 }
+
+/// The same client id opened again with a shorter timeout (say, from the
+/// CLI): the cluster renews the session by the shorter timeout from then
+/// on, so the library's lease and keep-alive rate must follow the timeout
+/// the cluster reports, not the one it asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_reopened_with_a_shorter_timeout_is_kept_alive_by_it() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = Client::builder(&cluster.endpoints())
+        .client_id("dup")
+        .session_timeout(Duration::from_secs(7))
+        .connect()
+        .await
+        .expect("connect");
+    cluster
+        .sessions(leader)
+        .open_session(baton::proto::baton::v1::OpenSessionRequest {
+            client_id: "dup".into(),
+            timeout_ms: 1_000,
+        })
+        .await
+        .expect("open again with 1 s");
+    let reported = client.keep_alive().await.expect("keep-alive");
+    assert_eq!(reported, Duration::from_secs(1));
+    assert_eq!(client.session_timeout(), Duration::from_secs(1));
+    // The cluster keeps the expiry the 7 s timeout gave (never shortened);
+    // past it, keep-alives every 7 s / 6 would let a 1 s session expire.
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    assert!(
+        client.is_alive(),
+        "the session expired: {:?}",
+        client.ended()
+    );
+    keep_alive(&cluster, leader, "dup")
+        .await
+        .expect("the cluster still knows the session");
+}

@@ -200,10 +200,11 @@ impl Inner {
             .await;
         match renewed {
             Ok(renewed) => {
+                let timeout = Duration::from_millis(renewed.timeout_ms);
                 if self.managed {
-                    self.session.confirmed(sent_at);
+                    self.session.confirmed(sent_at, timeout);
                 }
-                Ok(Duration::from_millis(renewed.timeout_ms))
+                Ok(timeout)
             }
             Err(error) => {
                 if self.managed && is_session_gone(&error) {
@@ -274,9 +275,12 @@ impl Client {
         &self.inner.client_id
     }
 
-    /// The session timeout the cluster granted.
+    /// The session timeout as the cluster last reported it: granted when
+    /// the session opened, confirmed by every keep-alive since (another
+    /// OpenSession for the same client id may have changed it). The
+    /// client-side lease and the keep-alive rate follow it.
     pub fn session_timeout(&self) -> Duration {
-        self.inner.session.timeout
+        self.inner.session.timeout()
     }
 
     /// Whether the session is open and its client-side lease runs.

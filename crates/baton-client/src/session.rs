@@ -6,6 +6,7 @@
 //! instant, so nothing this client leads can pass to anyone else while the
 //! lease still runs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -53,8 +54,10 @@ impl std::fmt::Display for Ended {
 /// The session as the rest of the library sees it.
 #[derive(Debug)]
 pub(crate) struct SessionState {
-    /// The timeout the cluster granted.
-    pub timeout: Duration,
+    /// The session's timeout as the cluster last reported it (granted at
+    /// open, confirmed by each keep-alive; another OpenSession for the same
+    /// client id may change it), in milliseconds.
+    timeout_ms: AtomicU64,
     /// Fraction of the timeout given up for clock-rate drift.
     pub margin: f64,
     /// The instant the client-side lease runs out; only ever extended.
@@ -68,20 +71,20 @@ pub(crate) struct SessionState {
 impl SessionState {
     pub fn new(timeout: Duration, margin: f64, opened_at: Instant) -> Self {
         let state = SessionState {
-            timeout,
+            timeout_ms: AtomicU64::new(millis(timeout)),
             margin,
             lease: watch::Sender::new(opened_at),
             ended: CancellationToken::new(),
             end: Mutex::new(None),
         };
-        state.confirmed(opened_at);
+        state.confirmed(opened_at, timeout);
         state
     }
 
     /// The state of a session this client does not manage: no lease.
     pub fn unmanaged() -> Self {
         SessionState {
-            timeout: Duration::ZERO,
+            timeout_ms: AtomicU64::new(0),
             margin: 0.0,
             lease: watch::Sender::new(Instant::now()),
             ended: CancellationToken::new(),
@@ -90,9 +93,13 @@ impl SessionState {
     }
 
     /// The lease a keep-alive (or open) sent at `sent_at` earns once the
-    /// cluster confirms it.
-    pub fn confirmed(&self, sent_at: Instant) {
-        let until = sent_at + self.timeout.mul_f64(1.0 - self.margin);
+    /// cluster confirms it with the session's `timeout`. The timeout is the
+    /// one the cluster reports, not the one asked for: if it has shrunk
+    /// (the same client id opened again with a shorter one), the session on
+    /// the cluster outlives `sent_at` by no more than that.
+    pub fn confirmed(&self, sent_at: Instant, timeout: Duration) {
+        self.timeout_ms.store(millis(timeout), Ordering::Relaxed);
+        let until = sent_at + timeout.mul_f64(1.0 - self.margin);
         self.lease.send_if_modified(|lease| {
             let later = until > *lease;
             if later {
@@ -120,17 +127,25 @@ impl SessionState {
         self.end.lock().ok().and_then(|end| end.clone())
     }
 
-    fn interval(&self) -> Duration {
-        (self.timeout / KEEPALIVES_PER_TIMEOUT).max(MIN_KEEPALIVE_INTERVAL)
+    /// The session's timeout as the cluster last reported it.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
     }
+
+    fn interval(&self) -> Duration {
+        (self.timeout() / KEEPALIVES_PER_TIMEOUT).max(MIN_KEEPALIVE_INTERVAL)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Sends a keep-alive every timeout/6 until the session ends or the client
 /// is dropped. A keep-alive may go to any node; each one gets at most one
 /// interval, so a dead node costs one beat, not the lease.
 pub(crate) async fn keep_alive(client: Weak<Inner>, session: Arc<SessionState>) {
-    let interval = session.interval();
-    let mut next = Instant::now() + interval;
+    let mut next = Instant::now() + session.interval();
     loop {
         tokio::select! {
             _ = session.ended.cancelled() => return,
@@ -139,6 +154,8 @@ pub(crate) async fn keep_alive(client: Weak<Inner>, session: Arc<SessionState>) 
         let Some(inner) = client.upgrade() else {
             return;
         };
+        // Each round, as the session's timeout is now.
+        let interval = session.interval();
         next = Instant::now() + interval;
         match inner.renew(interval).await {
             Ok(_) => {}
@@ -149,5 +166,26 @@ pub(crate) async fn keep_alive(client: Weak<Inner>, session: Arc<SessionState>) 
             }
             Err(e) => tracing::debug!(client_id = %inner.client_id, "keep-alive failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_follows_the_timeout_the_cluster_reports() {
+        let opened = Instant::now();
+        let session = SessionState::new(Duration::from_secs(10), 0.0, opened);
+        assert_eq!(*session.lease.borrow(), opened + Duration::from_secs(10));
+        // The same client id opened again with 2 s: the cluster keeps the
+        // current expiry but renews by 2 s from now on.
+        session.confirmed(opened + Duration::from_secs(9), Duration::from_secs(2));
+        assert_eq!(*session.lease.borrow(), opened + Duration::from_secs(11));
+        assert_eq!(session.timeout(), Duration::from_secs(2));
+        assert_eq!(session.interval(), Duration::from_secs(2) / 6);
+        // A confirmation never shortens a lease already earned.
+        session.confirmed(opened + Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!(*session.lease.borrow(), opened + Duration::from_secs(11));
     }
 }
