@@ -491,3 +491,39 @@ async fn a_session_reopened_with_a_shorter_timeout_is_kept_alive_by_it() {
         .await
         .expect("the cluster still knows the session");
 }
+
+/// Delete starts a primitive's epochs again (DESIGN §6): a leader of the
+/// deleted primitive must stop leading, or it would go on believing it
+/// leads while the primitive, used again, names someone else at epoch 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_of_a_deleted_primitive_stops_leading() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = cluster.endpoints();
+    let connect = |id: &'static str| Client::builder(&endpoints).client_id(id).connect();
+    let (a, b) = (
+        connect("a").await.expect("a"),
+        connect("b").await.expect("b"),
+    );
+    let leadership = a
+        .latch("doomed")
+        .acquire(Some(Duration::from_secs(5)))
+        .await
+        .expect("acquire")
+        .expect("a leads an empty latch");
+    b.latch("doomed").delete().await.expect("delete");
+    let why = tokio::time::timeout(Duration::from_secs(10), leadership.lost())
+        .await
+        .expect("the leadership ends once the primitive is deleted");
+    assert_eq!(why, Ended::Deleted);
+    assert!(!leadership.is_leader());
+    // Used again, the latch starts from epoch 1 with its new leader.
+    let next = b
+        .latch("doomed")
+        .acquire(Some(Duration::from_secs(5)))
+        .await
+        .expect("acquire")
+        .expect("b leads the latch used again");
+    assert_eq!(next.epoch(), 1);
+}

@@ -89,13 +89,13 @@ impl Events {
     }
 }
 
-/// Whether `view` may follow `last`: a newer epoch, or the same epoch with
-/// different members. Anything else is old news from a lagging stream.
+/// Whether `view` is news after `last`: anything but a repeat (a reopened
+/// stream starts with the state last seen). A stream never shows a state
+/// older than one already seen (each stream's first message is a
+/// linearizable read, and a node sends changes in log order), so a lower
+/// epoch means the primitive was deleted since: its epochs start again.
 fn is_news(last: Option<&View>, view: &View) -> bool {
-    match last {
-        None => true,
-        Some(last) => view.epoch > last.epoch || (view.epoch == last.epoch && view != last),
-    }
+    last != Some(view)
 }
 
 /// Starts the feed of `name`'s views for `client`; it runs until `stop` is

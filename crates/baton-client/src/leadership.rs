@@ -58,7 +58,8 @@ impl Shared {
 ///
 /// [`Leadership::is_leader`] turns false, and [`Leadership::lost`]
 /// resolves, at the first of: an event showing another leader or a newer
-/// epoch, the session ending, or the client-side lease running out (the send
+/// epoch, an event showing the primitive deleted (its epoch went back), the
+/// session ending, or the client-side lease running out (the send
 /// time of the last confirmed keep-alive + session timeout × (1 − margin)).
 /// The lease alone makes a paused or cut-off client stop before the cluster
 /// can expire its session and name the next leader.
@@ -77,8 +78,7 @@ impl Leadership {
         client: Client,
         name: String,
         view: &View,
-        feed: mpsc::Receiver<Result<View>>,
-        feed_stop: CancellationToken,
+        feed: Feed,
         release: Release,
     ) -> Leadership {
         let shared = Arc::new(Shared {
@@ -89,7 +89,7 @@ impl Leadership {
             lost: CancellationToken::new(),
             why: Mutex::new(None),
         });
-        tokio::spawn(watch(shared.clone(), feed, feed_stop));
+        tokio::spawn(watch(shared.clone(), feed));
         Leadership {
             shared,
             release: Some(release),
@@ -176,12 +176,8 @@ async fn let_go(shared: &Shared, release: Release) -> Result<()> {
 
 /// Ends the leadership at the first sign it is over; `is_leader` does not
 /// wait for this task, it reads the lease itself.
-async fn watch(
-    shared: Arc<Shared>,
-    mut feed: mpsc::Receiver<Result<View>>,
-    feed_stop: CancellationToken,
-) {
-    let _stop_feed = feed_stop.drop_guard();
+async fn watch(shared: Arc<Shared>, mut feed: Feed) {
+    let _stop_feed = feed.stop.clone().drop_guard();
     let session = shared.client.inner.session.clone();
     let mut lease = session.lease.subscribe();
     let me = shared.client.client_id().to_owned();
@@ -207,6 +203,10 @@ async fn watch(
                 }
             }
             view = feed.recv(), if feed_open => match view {
+                Some(Ok(view)) if view.epoch < feed.previous_epoch.unwrap_or(0) => {
+                    shared.end(Ended::Deleted);
+                    return;
+                }
                 Some(Ok(view)) => {
                     // Older epochs are news from before this leadership.
                     let replaced = view.epoch > shared.epoch
@@ -257,7 +257,12 @@ pub(crate) async fn lead_after(
     let stop_unless_led = stop.clone().drop_guard();
     // Subscribed before joining, so the change that makes this client
     // leader cannot fall between the two.
-    let mut feed = spawn_feed(client.clone(), kind, name.to_owned(), stop.clone());
+    let mut feed = Feed {
+        views: spawn_feed(client.clone(), kind, name.to_owned(), stop.clone()),
+        stop,
+        last_epoch: None,
+        previous_epoch: None,
+    };
     let mut view = join.await?;
     let me = client.client_id().to_owned();
     let deadline = wait.map(|w| Instant::now() + w);
@@ -265,7 +270,7 @@ pub(crate) async fn lead_after(
         if view.is_led_by(&me) && client.is_alive() {
             stop_unless_led.disarm();
             let leadership =
-                Leadership::start(client.clone(), name.to_owned(), &view, feed, stop, release);
+                Leadership::start(client.clone(), name.to_owned(), &view, feed, release);
             return Ok(Some(leadership));
         }
         let next = match deadline {
@@ -285,5 +290,28 @@ pub(crate) async fn lead_after(
                 return Err(Error::SessionLost("the events feed stopped".into()));
             }
         }
+    }
+}
+
+/// A primitive's views, subscribed before the join, handed on from
+/// [`lead_after`] to the leadership's watch with what was taken from it.
+pub(crate) struct Feed {
+    views: mpsc::Receiver<Result<View>>,
+    /// Stops the feed's task.
+    stop: CancellationToken,
+    /// The epoch of the last view taken, and of the one before it.
+    last_epoch: Option<u64>,
+    previous_epoch: Option<u64>,
+}
+
+impl Feed {
+    /// The next view; a view with a lower epoch than the one before it
+    /// (`previous_epoch` after this call) shows the primitive deleted.
+    async fn recv(&mut self) -> Option<Result<View>> {
+        let next = self.views.recv().await;
+        if let Some(Ok(view)) = &next {
+            self.previous_epoch = self.last_epoch.replace(view.epoch);
+        }
+        next
     }
 }

@@ -37,6 +37,9 @@ pub enum Ended {
     Replaced,
     /// The leader resigned or the leadership was dropped.
     Resigned,
+    /// The primitive was deleted (`Delete`): its epochs start again, so
+    /// its fencing tokens say nothing any more.
+    Deleted,
 }
 
 impl std::fmt::Display for Ended {
@@ -47,6 +50,7 @@ impl std::fmt::Display for Ended {
             Ended::Closed => write!(f, "the session was closed"),
             Ended::Replaced => write!(f, "another client leads"),
             Ended::Resigned => write!(f, "resigned"),
+            Ended::Deleted => write!(f, "the primitive was deleted"),
         }
     }
 }
