@@ -33,6 +33,13 @@ pub struct StateMachine {
     /// The tombstones by age, oldest first, to forget them in order.
     #[serde(default)]
     tombstone_order: BTreeSet<(u64, String)>,
+    /// The highest version a deleted primitive reached. A primitive used
+    /// again counts its versions on from here, so a request recorded
+    /// against its earlier life never matches its new one (exactly-once
+    /// window: a retry is answered with the state only while the version
+    /// it recorded is current).
+    #[serde(default)]
+    deleted_versions: u64,
 }
 
 /// How long (log time) an ended session's highest request id is remembered:
@@ -68,6 +75,7 @@ impl StateMachine {
             sessions: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             tombstone_order: BTreeSet::new(),
+            deleted_versions: 0,
         }
     }
 
@@ -327,7 +335,11 @@ impl StateMachine {
             caller.renew(now);
         }
         if creates {
-            self.primitives.insert(key.clone(), Primitive::default());
+            let fresh = Primitive {
+                version: self.deleted_versions,
+                ..Primitive::default()
+            };
+            self.primitives.insert(key.clone(), fresh);
         }
         if self.replace_members(&key, members) {
             changed.entry(key.clone()).or_insert(current.epoch);
@@ -361,6 +373,7 @@ impl StateMachine {
                 session.memberships.remove(key);
             }
         }
+        self.deleted_versions = self.deleted_versions.max(primitive.version);
         changed.entry(key.clone()).or_insert(primitive.epoch);
         Ok(Response::Primitive(Primitive::default()))
     }

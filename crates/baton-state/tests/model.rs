@@ -51,6 +51,9 @@ struct Model {
     sessions: BTreeMap<String, ModelSession>,
     /// Ended sessions: client -> (highest request id seen, ended at).
     tombstones: BTreeMap<String, (u64, u64)>,
+    /// Versions of a primitive used again continue above every deleted
+    /// one's, so no retry recorded against an earlier life matches.
+    deleted_versions: u64,
 }
 
 const TOMBSTONE_TTL: u64 = 600_000;
@@ -280,7 +283,10 @@ impl Model {
         validate_id("n", &key.name).map_err(|e| e.kind())?;
         if let Operation::Delete { .. } = &r.operation {
             return match self.primitives.remove(&key) {
-                Some(_) => Ok(Response::Primitive(Primitive::default())),
+                Some(deleted) => {
+                    self.deleted_versions = self.deleted_versions.max(deleted.version);
+                    Ok(Response::Primitive(Primitive::default()))
+                }
                 None => Err(ErrorKind::NotFound),
             };
         }
@@ -363,7 +369,11 @@ impl Model {
         self.renew(&r.client_id);
         let epoch_before = self.get(&key).epoch;
         if creates {
-            self.primitives.insert(key.clone(), Primitive::default());
+            let fresh = Primitive {
+                version: self.deleted_versions,
+                ..Primitive::default()
+            };
+            self.primitives.insert(key.clone(), fresh);
         }
         self.set(&key, new);
         let response = match restored_epoch {

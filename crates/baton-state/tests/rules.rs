@@ -1126,3 +1126,20 @@ fn deleting_an_unknown_primitive_is_not_found() {
     let error = rejected(&mut sm, delete("a", PrimitiveKey::latch("l")), T0);
     assert_eq!(error.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn a_retry_after_the_primitive_was_deleted_and_used_again_is_not_answered_with_the_new_one() {
+    let mut sm = StateMachine::default();
+    let key = PrimitiveKey::latch("l");
+    let join_a = op("a", 1, Operation::Join { latch: "l".into() });
+    ok(&mut sm, join_a.clone(), T0);
+    ok(&mut sm, delete("admin", key.clone()), T0 + 1);
+    // Used again by someone else: as many changes as the first life had.
+    ok(&mut sm, join("b", "l"), T0 + 2);
+    assert_eq!(members(&sm, &key), ["b"]);
+    // a's retry (a late copy of request 1) must not be told it holds the
+    // latch it is not in: the primitive changed since it was applied.
+    let again = sm.apply(&join_a, T0 + 3);
+    assert_eq!(again.result.unwrap_err().kind(), ErrorKind::Aborted);
+    assert_eq!(members(&sm, &key), ["b"]);
+}
