@@ -102,6 +102,12 @@ impl StateMachine {
     }
 
     fn bury(&mut self, client_id: &str, highest_request_id: u64) {
+        let highest_request_id = self
+            .tombstones
+            .get(client_id)
+            .map_or(highest_request_id, |old| {
+                old.highest_request_id.max(highest_request_id)
+            });
         if highest_request_id == 0 {
             return;
         }
@@ -261,11 +267,15 @@ impl StateMachine {
                 },
                 Err(error) => Outcome::Rejected { kind: error.kind() },
             };
-            if let Some(caller) = self.sessions.get_mut(&request.client_id) {
-                caller.record(RecordedRequest {
+            match self.sessions.get_mut(&request.client_id) {
+                Some(caller) => caller.record(RecordedRequest {
                     request_id: request.request_id,
                     outcome,
-                });
+                }),
+                // No session to remember it in (refused before it had one,
+                // or a Delete, which opens none): a tombstone refuses a late
+                // copy as stale, and a session opened later starts above it.
+                None => self.bury(&request.client_id, request.request_id),
             }
         }
         result

@@ -268,11 +268,19 @@ impl Model {
         let result = self.apply_op(r, &key);
         if r.request_id != 0 {
             let version = self.get(&key).version;
-            if let Some(s) = self.sessions.get_mut(&r.client_id) {
-                s.record(
+            match self.sessions.get_mut(&r.client_id) {
+                Some(s) => s.record(
                     r.request_id,
                     result.as_ref().map(|_| version).map_err(|k| *k),
-                );
+                ),
+                // Nowhere to record it: a late copy must be refused as stale.
+                None => {
+                    let highest = self
+                        .tombstones
+                        .get(&r.client_id)
+                        .map_or(r.request_id, |(h, _)| (*h).max(r.request_id));
+                    self.bury(&r.client_id, highest);
+                }
             }
         }
         result

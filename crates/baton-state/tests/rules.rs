@@ -1143,3 +1143,45 @@ fn a_retry_after_the_primitive_was_deleted_and_used_again_is_not_answered_with_t
     assert_eq!(again.result.unwrap_err().kind(), ErrorKind::Aborted);
     assert_eq!(members(&sm, &key), ["b"]);
 }
+
+#[test]
+fn a_request_refused_before_its_caller_had_a_session_stays_refused() {
+    let mut sm = StateMachine::new(Limits {
+        max_primitives: 1,
+        ..Limits::default()
+    });
+    ok(&mut sm, join("a", "full"), T0);
+    // x has no session yet; its first request is refused by a limit.
+    let join_x = op("x", 7, Operation::Join { latch: "l".into() });
+    let first = sm.apply(&join_x, T0 + 1).result.unwrap_err();
+    assert_eq!(first.kind(), ErrorKind::ResourceExhausted);
+    ok(
+        &mut sm,
+        delete("admin", PrimitiveKey::latch("full")),
+        T0 + 2,
+    );
+    // A late copy of it, now that the limit would allow it: never applied.
+    let again = sm.apply(&join_x, T0 + 3);
+    assert!(again.result.is_err(), "a refused request was applied later");
+    assert!(members(&sm, &PrimitiveKey::latch("l")).is_empty());
+    // x's next request is evaluated afresh.
+    ok(
+        &mut sm,
+        op("x", 8, Operation::Join { latch: "l".into() }),
+        T0 + 4,
+    );
+    assert_eq!(members(&sm, &PrimitiveKey::latch("l")), ["x"]);
+}
+
+#[test]
+fn a_delete_by_a_caller_without_a_session_is_not_applied_twice() {
+    let mut sm = StateMachine::default();
+    let key = PrimitiveKey::latch("l");
+    ok(&mut sm, join("a", "l"), T0);
+    let delete_once = op("ops", 3, Operation::Delete { key: key.clone() });
+    ok(&mut sm, delete_once.clone(), T0 + 1);
+    ok(&mut sm, join("b", "l"), T0 + 2);
+    // A late copy of the delete must not remove the latch used again.
+    let _ = sm.apply(&delete_once, T0 + 3);
+    assert_eq!(members(&sm, &key), ["b"]);
+}
