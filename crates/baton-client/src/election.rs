@@ -14,7 +14,7 @@ use crate::observe::Observer;
 use crate::proto::atomix::primitive::election as el;
 use crate::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient as Service;
 use crate::proto::atomix::primitive::RequestHeader;
-use crate::transport::{next_request_id, with_deadline};
+use crate::transport::{applied, next_request_id, with_deadline};
 use crate::view::{Kind, View};
 
 /// The leader election `name`, as seen by one client.
@@ -197,7 +197,8 @@ impl Election {
     pub async fn restore(&self, view: &View) -> Result<()> {
         let header = self.header(next_request_id());
         let term = el::Term::from(view);
-        self.client
+        let answer = self
+            .client
             .call(|channel, left| {
                 let request = el::RestoreRequest {
                     header: header.clone(),
@@ -211,13 +212,13 @@ impl Election {
                         .await
                 }
             })
-            .await
-            .map(|_| ())
+            .await;
+        applied(answer)
     }
 
     /// Changes of the election from now on, across node failures, never an
-    /// older epoch after a newer one. Ends with an error when the session
-    /// ends.
+    /// older state after a newer one (the epoch goes back only when the
+    /// election is deleted). Ends with an error when the session ends.
     pub fn observe(&self) -> impl Stream<Item = Result<View>> {
         Observer::start(self.client.clone(), Kind::Election, self.name.clone())
     }

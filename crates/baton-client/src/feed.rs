@@ -1,7 +1,8 @@
 //! A feed of a primitive's views that survives node loss: it opens Events
-//! on one endpoint after another, and never hands out an older epoch after
+//! on one endpoint after another, and never hands out an older state after
 //! a newer one. Each node's first message is linearizable (DESIGN §6), so
-//! reconnecting cannot go back in time; the epoch check guards the rest.
+//! reconnecting cannot go back in time, and a repeat of the last view is
+//! dropped; an epoch that goes back means the primitive was deleted.
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use crate::observe::Observer;
 use crate::proto::atomix::primitive::leader as la;
 use crate::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient as Service;
 use crate::proto::atomix::primitive::RequestHeader;
-use crate::transport::{next_request_id, with_deadline};
+use crate::transport::{applied, next_request_id, with_deadline};
 use crate::view::{Kind, View};
 
 /// The leader latch `name`, as seen by one client.
@@ -109,7 +109,8 @@ impl Latch {
     pub async fn restore(&self, view: &View) -> Result<()> {
         let header = self.header(next_request_id());
         let latch = la::Latch::from(view);
-        self.client
+        let answer = self
+            .client
             .call(|channel, left| {
                 let request = la::RestoreRequest {
                     header: header.clone(),
@@ -123,12 +124,13 @@ impl Latch {
                         .await
                 }
             })
-            .await
-            .map(|_| ())
+            .await;
+        applied(answer)
     }
 
     /// Changes of the latch from now on, across node failures, never an
-    /// older epoch after a newer one.
+    /// older state after a newer one (the epoch goes back only when the
+    /// latch is deleted).
     pub fn observe(&self) -> impl Stream<Item = Result<View>> {
         Observer::start(self.client.clone(), Kind::Latch, self.name.clone())
     }

@@ -12,7 +12,8 @@
 //!   event, with the session, or when the client-side lease runs out,
 //!   whichever comes first — before the cluster can name another leader;
 //! - `observe()`: the primitive's changes as a stream that survives node
-//!   loss and never goes back to an older epoch.
+//!   loss and never goes back to an older state (its epoch goes back only
+//!   when the primitive is deleted, which also ends its leadership).
 //!
 //! ```no_run
 //! # async fn run() -> baton_client::Result<()> {

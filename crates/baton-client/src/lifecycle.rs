@@ -5,14 +5,14 @@ use crate::client::Client;
 use crate::error::Result;
 use crate::proto::atomix::primitive::primitive_service_client::PrimitiveServiceClient;
 use crate::proto::atomix::primitive::{CloseRequest, DeleteRequest};
-use crate::transport::{next_request_id, with_deadline};
+use crate::transport::{applied, next_request_id, with_deadline};
 use crate::view::Kind;
 
 /// Withdraws `client` from `name` (a latch participant leaves, a candidate
 /// withdraws); its session stays open.
 pub(crate) async fn close(client: &Client, kind: Kind, name: &str) -> Result<()> {
     let header = client.inner.header(kind, name, next_request_id());
-    client
+    let answer = client
         .call(|channel, left| {
             let request = CloseRequest {
                 header: header.clone(),
@@ -23,14 +23,14 @@ pub(crate) async fn close(client: &Client, kind: Kind, name: &str) -> Result<()>
                     .await
             }
         })
-        .await
-        .map(|_| ())
+        .await;
+    applied(answer)
 }
 
 /// Removes `name`; NOT_FOUND if it does not exist.
 pub(crate) async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
     let header = client.inner.header(kind, name, next_request_id());
-    client
+    let answer = client
         .call(|channel, left| {
             let request = DeleteRequest {
                 header: header.clone(),
@@ -41,6 +41,6 @@ pub(crate) async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()
                     .await
             }
         })
-        .await
-        .map(|_| ())
+        .await;
+    applied(answer)
 }

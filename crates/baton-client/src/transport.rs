@@ -246,3 +246,28 @@ mod tests {
         assert!(!is_transient(&Status::deadline_exceeded("too late")));
     }
 }
+
+/// The outcome of a call whose answer carries nothing but success: ABORTED
+/// answers a retried request id that was applied before (its primitive has
+/// changed since, so the first answer cannot be given again), which for
+/// such a call is success.
+pub(crate) fn applied<T>(answer: Result<T>) -> Result<()> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Code::Aborted => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod applied_tests {
+    use super::*;
+
+    #[test]
+    fn aborted_means_applied_before_and_other_errors_stay() {
+        assert!(applied(Ok::<_, Error>(5)).is_ok());
+        assert!(applied::<()>(Err(Status::aborted("already applied").into())).is_ok());
+        let refused = applied::<()>(Err(Status::failed_precondition("no").into()));
+        assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);
+    }
+}
