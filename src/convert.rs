@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use baton_state::{
-    validate_id, CommandError, Primitive, PrimitiveKey, PrimitiveKind, PrimitiveSnapshot,
+    validate_id, validate_snapshot, CommandError, Primitive, PrimitiveKey, PrimitiveKind,
+    PrimitiveSnapshot,
 };
 use tokio::time::Instant;
 
@@ -150,7 +151,8 @@ fn malformed(reason: &str) -> CommandError {
     }
 }
 
-/// A latch Restore's snapshot.
+/// A latch Restore's snapshot, checked on its own (see
+/// [`validate_snapshot`]).
 pub fn latch_snapshot(
     snapshot: Option<latch_pb::Snapshot>,
 ) -> Result<PrimitiveSnapshot, CommandError> {
@@ -163,14 +165,16 @@ pub fn latch_snapshot(
         .and_then(|m| m.revision)
         .map(|r| r.num)
         .unwrap_or(0);
-    Ok(PrimitiveSnapshot {
+    let snapshot = PrimitiveSnapshot {
         leader: latch.leader,
         members: latch.participants,
         epoch,
-    })
+    };
+    validate_snapshot(&snapshot)?;
+    Ok(snapshot)
 }
 
-/// An election Restore's snapshot.
+/// An election Restore's snapshot, checked on its own.
 pub fn term_snapshot(
     snapshot: Option<election_pb::Snapshot>,
 ) -> Result<PrimitiveSnapshot, CommandError> {
@@ -178,11 +182,13 @@ pub fn term_snapshot(
         .ok_or_else(|| malformed("snapshot is missing"))?
         .term
         .ok_or_else(|| malformed("snapshot.term is missing"))?;
-    Ok(PrimitiveSnapshot {
+    let snapshot = PrimitiveSnapshot {
         leader: term.leader,
         members: term.candidates,
         epoch: term.id.map(|e| e.num).unwrap_or(0),
-    })
+    };
+    validate_snapshot(&snapshot)?;
+    Ok(snapshot)
 }
 
 /// The time by which to answer: the caller's `grpc-timeout` (default 5 s)

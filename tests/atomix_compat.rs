@@ -429,6 +429,63 @@ async fn bad_input_on_the_lifecycle_calls_is_invalid_argument_and_changes_nothin
             assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         }
     }
+    // Bad bodies from this anonymous caller are refused before its
+    // connection is named, so they open no session either.
+    let channel = connection(&cluster, leader).await;
+    let mut elections = LeaderElectionServiceClient::new(channel.clone());
+    let mut latches = LeaderLatchServiceClient::new(channel);
+    let mut refusals = Vec::new();
+    for candidate_id in [String::new(), "c".repeat(257)] {
+        let anoint = elections
+            .anoint(el::AnointRequest {
+                header: upstream_header("Election", "e"),
+                input: Some(el::AnointInput {
+                    candidate_id: candidate_id.clone(),
+                }),
+            })
+            .await
+            .expect_err("anoint of a bad candidate id");
+        let evict = elections
+            .evict(el::EvictRequest {
+                header: upstream_header("Election", "e"),
+                input: Some(el::EvictInput { candidate_id }),
+            })
+            .await
+            .expect_err("evict of a bad candidate id");
+        refusals.extend([("anoint", anoint), ("evict", evict)]);
+    }
+    let leader_not_first = latches
+        .restore(la::RestoreRequest {
+            header: upstream_header("LeaderLatch", "l"),
+            snapshot: Some(la::Snapshot {
+                latch: Some(la::Latch {
+                    meta: None,
+                    leader: "b".into(),
+                    participants: vec!["a".into(), "b".into()],
+                }),
+            }),
+        })
+        .await
+        .expect_err("restore of a latch whose leader is not first");
+    let epoch_too_large = elections
+        .restore(el::RestoreRequest {
+            header: upstream_header("Election", "e"),
+            snapshot: Some(el::Snapshot {
+                term: Some(el::Term {
+                    id: Some(baton::proto::atomix::primitive::meta::Epoch { num: 1 << 63 }),
+                    ..el::Term::default()
+                }),
+            }),
+        })
+        .await
+        .expect_err("restore of an epoch of 2^63");
+    refusals.extend([
+        ("latch restore", leader_not_first),
+        ("election restore", epoch_too_large),
+    ]);
+    for (what, status) in refusals {
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
     let after = cluster.status(leader).await.expect("status");
     assert_eq!(
         (after.sessions, after.primitives),

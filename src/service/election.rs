@@ -1,6 +1,6 @@
 //! `atomix.primitive.election.LeaderElectionService`.
 
-use baton_state::{Operation, PrimitiveKind};
+use baton_state::{validate_id, Operation, PrimitiveKind};
 use tonic::{Request, Response, Status};
 
 use super::{Context, EventStream};
@@ -46,11 +46,15 @@ impl ElectionApi {
     }
 }
 
-fn candidate<I: CandidateInput>(input: &Option<I>) -> String {
-    input
+/// The candidate an Anoint, Promote or Evict names, checked before anything
+/// else (bad input must not even name an anonymous caller's connection).
+fn candidate<I: CandidateInput>(input: &Option<I>) -> Result<String, ApiError> {
+    let candidate = input
         .as_ref()
         .map(|i| i.candidate_id().to_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    validate_id("candidate_id", &candidate)?;
+    Ok(candidate)
 }
 
 /// Inputs that name a candidate.
@@ -105,10 +109,11 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<AnointRequest>,
     ) -> Result<Response<AnointResponse>, Status> {
+        let candidate = candidate(&request.get_ref().input)?;
         let term = self
-            .change(request, |election, r| Operation::Anoint {
+            .change(request, |election, _| Operation::Anoint {
                 election,
-                candidate: candidate(&r.input),
+                candidate,
             })
             .await?;
         Ok(Response::new(AnointResponse {
@@ -121,10 +126,11 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
+        let candidate = candidate(&request.get_ref().input)?;
         let term = self
-            .change(request, |election, r| Operation::Promote {
+            .change(request, |election, _| Operation::Promote {
                 election,
-                candidate: candidate(&r.input),
+                candidate,
             })
             .await?;
         Ok(Response::new(PromoteResponse {
@@ -137,10 +143,11 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<EvictRequest>,
     ) -> Result<Response<EvictResponse>, Status> {
+        let candidate = candidate(&request.get_ref().input)?;
         let term = self
-            .change(request, |election, r| Operation::Evict {
+            .change(request, |election, _| Operation::Evict {
                 election,
-                candidate: candidate(&r.input),
+                candidate,
             })
             .await?;
         Ok(Response::new(EvictResponse {
@@ -222,14 +229,16 @@ impl LeaderElectionService for ElectionApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
+        // The snapshot first: bad input must not even name an anonymous
+        // caller's connection (which opens its session).
+        let snapshot = term_snapshot(request.get_ref().snapshot.clone()).map_err(ApiError::from)?;
         let caller = self
             .context
             .caller(&request, PrimitiveKind::Election)
             .await?;
-        let request = request.into_inner();
         let operation = Operation::Restore {
             key: caller.key.clone(),
-            snapshot: term_snapshot(request.snapshot).map_err(ApiError::from)?,
+            snapshot,
         };
         self.context.operate(&caller, operation, deadline).await?;
         Ok(Response::new(RestoreResponse {

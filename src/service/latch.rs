@@ -106,11 +106,14 @@ impl LeaderLatchService for LatchApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
+        // The snapshot first: bad input must not even name an anonymous
+        // caller's connection (which opens its session).
+        let snapshot =
+            latch_snapshot(request.get_ref().snapshot.clone()).map_err(ApiError::from)?;
         let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
-        let request = request.into_inner();
         let operation = Operation::Restore {
             key: caller.key.clone(),
-            snapshot: latch_snapshot(request.snapshot).map_err(ApiError::from)?,
+            snapshot,
         };
         self.context.operate(&caller, operation, deadline).await?;
         Ok(Response::new(RestoreResponse {
