@@ -18,6 +18,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
+use crate::error::OversizeLayer;
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
 use crate::metrics::{MetricSources, Metrics, RpcMetricsLayer};
@@ -286,6 +287,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let client_server = client_server
         .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(OversizeLayer)
         .http2_keepalive_interval(Some(CLIENT_PING_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
         .add_service(health_service)
@@ -302,10 +304,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             SessionServiceServer::new(SessionApi::new(context.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(AdminApi::new(context.clone())))
-        .add_service(PrimitiveServiceServer::new(PrimitiveApi::new(
-            context.clone(),
-        )))
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(context.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
+        .add_service(
+            PrimitiveServiceServer::new(PrimitiveApi::new(context.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             client_listener.map_ok(move |tcp| connections.track(tcp)),
             stopped(stop_rx.clone()),

@@ -9,7 +9,8 @@ use std::time::Duration;
 use baton::proto::atomix::primitive::election as el;
 use baton::proto::atomix::primitive::leader as la;
 use baton::proto::atomix::primitive::meta::{Epoch, ObjectMeta, Revision};
-use baton::proto::atomix::primitive::{PrimitiveId, RequestHeader, ResponseType};
+use baton::proto::atomix::primitive::primitive_service_client::PrimitiveServiceClient;
+use baton::proto::atomix::primitive::{CreateRequest, PrimitiveId, RequestHeader, ResponseType};
 use baton::proto::baton::v1::{CloseSessionRequest, KeepAliveRequest, OpenSessionRequest};
 use common::*;
 use tokio_stream::StreamExt;
@@ -357,6 +358,24 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
     }
+    // A message above the 1 MiB limit, on every client service: the limit
+    // is a resource bound (DESIGN §8), not an argument error.
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let status = latch
+        .latch(la::LatchRequest {
+            header: header_with(&huge, "LeaderLatch", "l"),
+            input: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let status = PrimitiveServiceClient::new(cluster.channel(node))
+        .create(CreateRequest {
+            header: header_with(&huge, "LeaderLatch", "l"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let mut election = cluster.election(node);
     let status = election
         .enter(el::EnterRequest {
