@@ -336,3 +336,64 @@ async fn a_saved_cluster_is_restored_into_a_new_one_with_every_write_and_epoch()
         .expect("anoint after restore");
     assert_eq!(next.epoch, terms.epoch + 1);
 }
+
+/// A backup is disk input: a crafted one may hold a session whose timeout
+/// no OpenSession could ask for. The nodes seeded from it must serve that
+/// client's Events stream (its lease capped, not overflowing) rather than
+/// panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_with_an_absurd_session_timeout_does_not_crash_a_node() {
+    use baton_state::{ClientRequest, Command, Operation, StateMachine};
+    use futures::StreamExt;
+    let _serial = serial().await;
+    let mut machine = StateMachine::default();
+    let now = 1_700_000_000_000;
+    machine.apply(
+        &Command::OpenSession {
+            client_id: "forever".into(),
+            timeout_ms: 60_000,
+        },
+        now,
+    );
+    let joined = machine.apply(
+        &Command::Client(ClientRequest {
+            client_id: "forever".into(),
+            request_id: 0,
+            operation: Operation::Join {
+                latch: "held".into(),
+            },
+        }),
+        now,
+    );
+    assert!(joined.result.is_ok());
+    let mut state = serde_json::to_value(&machine).expect("state");
+    let session = &mut state["sessions"]["forever"];
+    session["timeout_ms"] = u64::MAX.into();
+    session["expires_at_ms"] = u64::MAX.into();
+    let state = serde_json::to_vec(&state).expect("state");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("crafted.backup");
+    std::fs::write(&file, baton_store::backup::encode("crafted", 1, &state)).expect("write");
+
+    let mut cluster = Cluster::start_seeded(&file).await;
+    let leader = cluster.wait_for_leader().await;
+    for node in 1..=3 {
+        let mut stream = latch_events(&cluster, node, "forever", "held")
+            .await
+            .expect("Events of the crafted session's latch");
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a first message");
+        assert!(matches!(first, Some(Ok(_))), "node {node}: {first:?}");
+    }
+    // Renewals of that session (the nodes keep the streams' client alive)
+    // go on for a while, then every node still runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in 1..=3 {
+        assert!(cluster.exited(node).is_none(), "node {node} exited");
+        let log = cluster.log(node);
+        assert!(!log.contains("panicked"), "node {node} panicked:\n{log}");
+    }
+    let latch = get_latch(&cluster, leader, "held").await.expect("get");
+    assert_eq!(latch.members, ["forever"]);
+}
