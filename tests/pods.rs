@@ -12,6 +12,7 @@
 mod net;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -159,6 +160,15 @@ impl Pods {
     fn start(&mut self, ordinal: u64) {
         let volume = self.volumes.path().join(pod_name(ordinal));
         let mut command = Command::new("ip");
+        // SAFETY: prctl(2) is async-signal-safe. `ip netns exec` execs the
+        // node in place, which keeps the death signal: pods die with the
+        // test process even if it is killed before Drop runs.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         command
             .args(["netns", "exec", &self.topology.netns(ordinal + 1)])
             .arg(env!("CARGO_BIN_EXE_baton"))

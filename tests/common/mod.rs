@@ -630,21 +630,29 @@ impl DiskStall {
         } else {
             format!("{major}:{minor}")
         };
+        // Only into an existing v1 controller: on a cgroup v2 host, root's
+        // mkdir -p would make plain directories and leave them behind.
+        assert!(
+            PathBuf::from(BLKIO).join("cgroup.procs").exists(),
+            "a disk stall needs the cgroup v1 blkio controller at {BLKIO} and root"
+        );
         let cgroup = PathBuf::from(BLKIO).join(format!("baton-test-stall-{pid}"));
-        std::fs::create_dir_all(&cgroup).unwrap_or_else(|e| {
-            panic!("a disk stall needs the cgroup v1 blkio controller at {BLKIO} and root: {e}")
-        });
-        std::fs::write(
-            cgroup.join("blkio.throttle.write_bps_device"),
-            format!("{device} 1"),
-        )
-        .expect("throttle writes");
-        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).expect("move the process");
-        DiskStall {
+        std::fs::create_dir(&cgroup)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", cgroup.display()));
+        // From here on, a failure below still removes the group (Drop).
+        let stall = DiskStall {
             cgroup,
             device,
             pid,
-        }
+        };
+        std::fs::write(
+            stall.cgroup.join("blkio.throttle.write_bps_device"),
+            format!("{} 1", stall.device),
+        )
+        .expect("throttle writes");
+        std::fs::write(stall.cgroup.join("cgroup.procs"), pid.to_string())
+            .expect("move the process");
+        stall
     }
 }
 
