@@ -126,6 +126,23 @@ impl StateMachine {
         }
     }
 
+    /// Remembers the request id of a client that has no session to record
+    /// it in, in its tombstone: a late copy is then refused as stale, and
+    /// a session opened later starts above it. Only while there is room (or
+    /// the client has a tombstone already): an ended session's tombstone is
+    /// never pushed out for this, since a late copy of one of its requests
+    /// would bring a dead client back.
+    fn remember_without_session(&mut self, client_id: &str, request_id: u64) {
+        if request_id == 0 {
+            return;
+        }
+        if self.tombstones.contains_key(client_id)
+            || self.tombstones.len() < self.limits.max_sessions
+        {
+            self.bury(client_id, request_id);
+        }
+    }
+
     fn forget_oldest_tombstone(&mut self) {
         if let Some((_, id)) = self.tombstone_order.pop_first() {
             self.tombstones.remove(&id);
@@ -273,9 +290,8 @@ impl StateMachine {
                     outcome,
                 }),
                 // No session to remember it in (refused before it had one,
-                // or a Delete, which opens none): a tombstone refuses a late
-                // copy as stale, and a session opened later starts above it.
-                None => self.bury(&request.client_id, request.request_id),
+                // or a Delete, which opens none).
+                None => self.remember_without_session(&request.client_id, request.request_id),
             }
         }
         result
@@ -465,6 +481,9 @@ impl StateMachine {
         changed: &mut Changed,
     ) -> Result<Response, CommandError> {
         let Some(session) = self.sessions.get_mut(client_id) else {
+            // Nothing to close; but a late copy of this close must not
+            // close the client's next session either.
+            self.remember_without_session(client_id, request_id);
             return Ok(Response::SessionClosed { existed: false });
         };
         if session.is_stale(request_id) {

@@ -125,6 +125,20 @@ impl Model {
         }
     }
 
+    /// A request id of a client without a session, in its tombstone, while
+    /// that pushes no other tombstone out.
+    fn remember_without_session(&mut self, id: &str, request_id: u64) {
+        if request_id == 0 {
+            return;
+        }
+        if let Some((highest, _)) = self.tombstones.get(id) {
+            let highest = (*highest).max(request_id);
+            self.bury(id, highest);
+        } else if self.tombstones.len() < LIMITS.max_sessions {
+            self.bury(id, request_id);
+        }
+    }
+
     /// A new session's starting window: what its ended predecessor saw.
     fn reborn(&mut self, id: &str) -> u64 {
         self.tombstones.remove(id).map_or(0, |(highest, _)| highest)
@@ -204,6 +218,9 @@ impl Model {
                     }
                 }
                 let existed = self.sessions.contains_key(client_id);
+                if !existed {
+                    self.remember_without_session(client_id, *request_id);
+                }
                 if let Some(s) = self
                     .sessions
                     .get_mut(client_id)
@@ -274,13 +291,7 @@ impl Model {
                     result.as_ref().map(|_| version).map_err(|k| *k),
                 ),
                 // Nowhere to record it: a late copy must be refused as stale.
-                None => {
-                    let highest = self
-                        .tombstones
-                        .get(&r.client_id)
-                        .map_or(r.request_id, |(h, _)| (*h).max(r.request_id));
-                    self.bury(&r.client_id, highest);
-                }
+                None => self.remember_without_session(&r.client_id, r.request_id),
             }
         }
         result

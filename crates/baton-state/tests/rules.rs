@@ -1185,3 +1185,80 @@ fn a_delete_by_a_caller_without_a_session_is_not_applied_twice() {
     let _ = sm.apply(&delete_once, T0 + 3);
     assert_eq!(members(&sm, &key), ["b"]);
 }
+
+#[test]
+fn a_late_close_of_a_session_already_gone_cannot_close_the_next_one() {
+    let mut sm = StateMachine::default();
+    let l = PrimitiveKey::latch("l");
+    ok(
+        &mut sm,
+        op("x", 1, Operation::Join { latch: "l".into() }),
+        T0,
+    );
+    // The session expires; the client's close (id 2) is still in flight,
+    // and its retry finds nothing to close.
+    ok(&mut sm, Command::ExpireDue, T0 + DEFAULT_SESSION_TIMEOUT_MS);
+    let close = Command::CloseSession {
+        client_id: "x".into(),
+        request_id: 2,
+    };
+    ok(&mut sm, close.clone(), T0 + DEFAULT_SESSION_TIMEOUT_MS + 1);
+    // The client comes back and leads again; then the first copy lands.
+    let t = T0 + DEFAULT_SESSION_TIMEOUT_MS + 2;
+    ok(
+        &mut sm,
+        op("x", 3, Operation::Join { latch: "l".into() }),
+        t,
+    );
+    let _ = sm.apply(&close, t + 1);
+    assert_eq!(
+        members(&sm, &l),
+        ["x"],
+        "a late close ended the new session"
+    );
+    assert!(sm.session("x").is_some());
+}
+
+#[test]
+fn remembering_session_less_ids_never_pushes_out_an_ended_sessions_tombstone() {
+    let mut sm = StateMachine::new(Limits {
+        max_sessions: 1,
+        ..Limits::default()
+    });
+    ok(
+        &mut sm,
+        op("dead", 7, Operation::Join { latch: "l".into() }),
+        T0,
+    );
+    ok(
+        &mut sm,
+        Command::CloseSession {
+            client_id: "dead".into(),
+            request_id: 8,
+        },
+        T0,
+    );
+    ok(&mut sm, join("alive", "other"), T0);
+    // Clients without sessions refused at the session limit.
+    for i in 0..5 {
+        let join = op(
+            &format!("refused-{i}"),
+            1,
+            Operation::Join { latch: "l".into() },
+        );
+        assert!(sm.apply(&join, T0 + 1).result.is_err());
+    }
+    assert_eq!(sm.tombstone("dead").map(|t| t.highest_request_id), Some(8));
+    ok(
+        &mut sm,
+        Command::CloseSession {
+            client_id: "alive".into(),
+            request_id: 0,
+        },
+        T0 + 2,
+    );
+    // A late copy of the dead client's join does not bring it back.
+    let late = op("dead", 7, Operation::Join { latch: "l".into() });
+    assert!(sm.apply(&late, T0 + 3).result.is_err());
+    assert!(members(&sm, &PrimitiveKey::latch("l")).is_empty());
+}
