@@ -512,12 +512,34 @@ async fn a_leader_of_a_deleted_primitive_stops_leading() {
         .await
         .expect("acquire")
         .expect("a leads an empty latch");
+    // b waits behind a; the Delete takes its place in line too.
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.latch("doomed")
+                .acquire(Some(Duration::from_secs(30)))
+                .await
+        })
+    };
+    eventually(Duration::from_secs(5), "b is in line", || async {
+        let latch = b.latch("doomed").get().await.ok()?;
+        (latch.members.len() == 2).then_some(())
+    })
+    .await;
     b.latch("doomed").delete().await.expect("delete");
     let why = tokio::time::timeout(Duration::from_secs(10), leadership.lost())
         .await
         .expect("the leadership ends once the primitive is deleted");
     assert_eq!(why, Ended::Deleted);
     assert!(!leadership.is_leader());
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a waiter whose place was deleted is told so, not left waiting")
+        .expect("join");
+    assert_eq!(
+        waited.map(|led| led.is_some()).unwrap_err().code(),
+        tonic::Code::Aborted
+    );
     // Used again, the latch starts from epoch 1 with its new leader.
     let next = b
         .latch("doomed")

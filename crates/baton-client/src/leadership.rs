@@ -264,10 +264,20 @@ pub(crate) async fn lead_after(
         previous_epoch: None,
     };
     let mut view = join.await?;
+    // Whether `view` came from the feed, which opened before the join: it
+    // may show a state from before the join, even from before a Delete
+    // (when this client may have led the primitive's earlier life).
+    let mut from_feed = false;
     let me = client.client_id().to_owned();
     let deadline = wait.map(|w| Instant::now() + w);
     loop {
         if view.is_led_by(&me) && client.is_alive() {
+            if from_feed {
+                // Only the current state may start a leadership.
+                view = current(client, kind, name).await?;
+                from_feed = false;
+                continue;
+            }
             stop_unless_led.disarm();
             let leadership =
                 Leadership::start(client.clone(), name.to_owned(), &view, feed, release);
@@ -281,8 +291,24 @@ pub(crate) async fn lead_after(
             None => feed.recv().await,
         };
         match next {
+            // An epoch that went back: the primitive was deleted, before or
+            // after the join. The current state says whether this client
+            // still stands.
+            Some(Ok(newer)) if newer.epoch < feed.previous_epoch.unwrap_or(0) => {
+                view = current(client, kind, name).await?;
+                from_feed = false;
+                if !view.members.contains(&me) {
+                    return Err(tonic::Status::aborted(format!(
+                        "{name:?} was deleted while this client waited to lead it"
+                    ))
+                    .into());
+                }
+            }
             // Older epochs are from before the join.
-            Some(Ok(newer)) if newer.epoch >= view.epoch => view = newer,
+            Some(Ok(newer)) if newer.epoch >= view.epoch => {
+                view = newer;
+                from_feed = true;
+            }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e),
             None => {
@@ -290,6 +316,14 @@ pub(crate) async fn lead_after(
                 return Err(Error::SessionLost("the events feed stopped".into()));
             }
         }
+    }
+}
+
+/// `name`'s state now (a linearizable read).
+async fn current(client: &Client, kind: Kind, name: &str) -> Result<View> {
+    match kind {
+        Kind::Latch => client.latch(name.to_owned()).get().await,
+        Kind::Election => client.election(name.to_owned()).term().await,
     }
 }
 

@@ -30,8 +30,9 @@ impl Kind {
 /// The state of a latch or an election at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct View {
-    /// Leadership epoch: raised on every change of leader, never lowered.
-    /// The fencing token of the leader it names.
+    /// Leadership epoch: raised on every change of leader, never lowered
+    /// (but a deleted primitive, used again, starts again from 0). The
+    /// fencing token of the leader it names.
     pub epoch: u64,
     /// The leading client id, if any.
     pub leader: Option<String>,
