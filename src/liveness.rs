@@ -10,7 +10,7 @@
 //! AppendEntries from its leader for as long. No other leader can be elected
 //! sooner: followers refuse votes for the lease after their last heartbeat.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -57,10 +57,11 @@ pub struct Liveness {
     /// When this node was first seen leading in a term; a new leader has no
     /// quorum acknowledgement yet and gets `lost_after` to obtain one.
     leading_since: Mutex<Option<(u64, Instant)>>,
-    /// Set whenever this node, leading, is found without its quorum (and
-    /// so refuses writes, keep-alives included); taken by the leader's
-    /// duties, which must renew every session before expiring any.
-    quorum_lost: AtomicBool,
+    /// The longest time without a quorum acknowledgement seen while this
+    /// node, leading, was found without its quorum (and so refused writes,
+    /// keep-alives included), in ms; taken by the leader's duties, which
+    /// renew every session after a long one before expiring any.
+    quorum_lost_ms: AtomicU64,
 }
 
 impl Liveness {
@@ -70,7 +71,7 @@ impl Liveness {
             lost_after,
             contact: Mutex::new(None),
             leading_since: Mutex::new(None),
-            quorum_lost: AtomicBool::new(false),
+            quorum_lost_ms: AtomicU64::new(0),
         }
     }
 
@@ -95,14 +96,15 @@ impl Liveness {
             if metrics.state != ServerState::Leader {
                 return Err(LeaderLoss::NoLeader);
             }
-            let fresh = match metrics.millis_since_quorum_ack {
-                Some(ms) => Duration::from_millis(ms) <= self.lost_after,
-                None => self.leading_for(metrics.current_term) <= self.lost_after,
+            let without_ack = match metrics.millis_since_quorum_ack {
+                Some(ms) => Duration::from_millis(ms),
+                None => self.leading_for(metrics.current_term),
             };
-            return if fresh {
+            return if without_ack <= self.lost_after {
                 Ok(leader)
             } else {
-                self.quorum_lost.store(true, Ordering::Relaxed);
+                let ms = u64::try_from(without_ack.as_millis()).unwrap_or(u64::MAX);
+                self.quorum_lost_ms.fetch_max(ms, Ordering::Relaxed);
                 Err(LeaderLoss::LostQuorum)
             };
         }
@@ -113,10 +115,11 @@ impl Liveness {
         }
     }
 
-    /// Whether this node, leading, was found without its quorum since the
-    /// last call: clients may have been refused keep-alives meanwhile.
-    pub fn take_quorum_loss(&self) -> bool {
-        self.quorum_lost.swap(false, Ordering::Relaxed)
+    /// The longest time this node, leading, was seen without a quorum
+    /// acknowledgement (once past the leader lease) since the last call:
+    /// clients were refused keep-alives for about that long.
+    pub fn take_quorum_loss(&self) -> Duration {
+        Duration::from_millis(self.quorum_lost_ms.swap(0, Ordering::Relaxed))
     }
 
     fn leading_for(&self, term: u64) -> Duration {
@@ -128,5 +131,37 @@ impl Liveness {
                 Duration::ZERO
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leading(without_ack_ms: u64) -> RaftMetrics<NodeId, openraft::BasicNode> {
+        let mut metrics = RaftMetrics::new_initial(1);
+        metrics.state = ServerState::Leader;
+        metrics.current_leader = Some(1);
+        metrics.millis_since_quorum_ack = Some(without_ack_ms);
+        metrics
+    }
+
+    #[test]
+    fn a_quorum_loss_is_measured_by_its_longest_lapse_and_taken_once() {
+        let liveness = Liveness::new(Duration::from_millis(200));
+        assert_eq!(liveness.working_leader(&leading(150)), Ok(1));
+        assert_eq!(
+            liveness.take_quorum_loss(),
+            Duration::ZERO,
+            "within the lease"
+        );
+        for ms in [250, 900, 600] {
+            assert_eq!(
+                liveness.working_leader(&leading(ms)),
+                Err(LeaderLoss::LostQuorum)
+            );
+        }
+        assert_eq!(liveness.take_quorum_loss(), Duration::from_millis(900));
+        assert_eq!(liveness.take_quorum_loss(), Duration::ZERO);
     }
 }

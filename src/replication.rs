@@ -532,12 +532,18 @@ impl Replicator {
             // office, and it may regain its quorum without an election).
             let mut graced = false;
             while still_leader(&self) {
-                if graced && self.inner.liveness.take_quorum_loss() {
-                    tracing::info!(
-                        term,
-                        "quorum regained: renewing every session before any expires"
-                    );
-                    graced = false;
+                // Also records how long a quorum loss has lasted so far.
+                let _ = self.working_leader();
+                if graced {
+                    let lost = self.inner.liveness.take_quorum_loss();
+                    if lost >= REGRACE_AFTER_LOSS {
+                        tracing::info!(
+                            term,
+                            lost_ms = lost.as_millis() as u64,
+                            "quorum regained: renewing every session before any expires"
+                        );
+                        graced = false;
+                    }
                 }
                 if !graced {
                     // A loss from here on needs a grace after this one.
@@ -583,6 +589,13 @@ impl Replicator {
         }
     }
 }
+
+/// How long a leader must have been without its quorum for its sessions to
+/// be renewed once it has it again. A healthy client renews every sixth of
+/// its timeout (at least 1 s), so a shorter loss leaves it a third of its
+/// timeout to get a renewal through; and brief lapses (a slow disk) must
+/// not keep renewing dead clients' sessions, or they would never expire.
+const REGRACE_AFTER_LOSS: Duration = Duration::from_millis(baton_state::MIN_SESSION_TIMEOUT_MS / 2);
 
 /// Sleeps briefly before a retry; false if the deadline has passed.
 async fn pause_before_retry(deadline: Instant) -> bool {
