@@ -132,62 +132,24 @@ impl From<ApiError> for Status {
 
 /// tonic refuses a client message above the size limit with OUT_OF_RANGE
 /// before any handler runs; DESIGN §8 names RESOURCE_EXHAUSTED for message
-/// size. The client services never answer OUT_OF_RANGE themselves, so
-/// this layer turns every such answer (a trailers-only response, its status
-/// in the headers) into RESOURCE_EXHAUSTED.
-#[derive(Clone, Copy, Default)]
-pub struct OversizeLayer;
-
-impl<S> tower_layer::Layer<S> for OversizeLayer {
-    type Service = Oversize<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Oversize { inner }
+/// size. The client services never answer OUT_OF_RANGE themselves, so every
+/// such answer (a trailers-only response, its status in the headers) is
+/// turned into RESOURCE_EXHAUSTED: a response map for the client port's
+/// layers (`tower::util::MapResponseLayer`).
+pub fn oversize_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.to_str().ok() == Some(OUT_OF_RANGE));
+    if out_of_range {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from_static(RESOURCE_EXHAUSTED),
+        );
     }
+    response
 }
 
-/// The service [`OversizeLayer`] wraps around the client port.
-#[derive(Clone)]
-pub struct Oversize<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for Oversize<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    R: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let out_of_range = (Code::OutOfRange as i32).to_string();
-            let headers = response.headers_mut();
-            if headers
-                .get("grpc-status")
-                .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
-            {
-                let exhausted = (Code::ResourceExhausted as i32).to_string();
-                if let Ok(value) = http::HeaderValue::from_str(&exhausted) {
-                    headers.insert("grpc-status", value);
-                }
-            }
-            Ok(response)
-        })
-    }
-}
+/// `Code::OutOfRange` and `Code::ResourceExhausted` as `grpc-status` values.
+const OUT_OF_RANGE: &str = "11";
+const RESOURCE_EXHAUSTED: &str = "8";

@@ -18,7 +18,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
-use crate::error::OversizeLayer;
+use crate::error::oversize_as_resource_exhausted;
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
 use crate::metrics::{MetricSources, Metrics, RpcMetricsLayer};
@@ -287,7 +287,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let client_server = client_server
         .layer(RpcMetricsLayer::new(metrics.clone()))
-        .layer(OversizeLayer)
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_as_resource_exhausted,
+        ))
         .http2_keepalive_interval(Some(CLIENT_PING_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
         .add_service(health_service)

@@ -363,13 +363,7 @@ async fn a_latch_is_acquired_released_observed_and_deleted_through_the_library()
     use futures::StreamExt;
     let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
-    cluster.wait_for_leader().await;
-    let endpoints = cluster.endpoints();
-    let connect = |id: &'static str| Client::builder(&endpoints).client_id(id).connect();
-    let (a, b) = (
-        connect("a").await.expect("a"),
-        connect("b").await.expect("b"),
-    );
+    let (a, b) = clients_a_and_b(&cluster).await;
     let mut views = b.latch("jobs").observe();
 
     let first = a
@@ -499,13 +493,7 @@ async fn a_session_reopened_with_a_shorter_timeout_is_kept_alive_by_it() {
 async fn a_leader_of_a_deleted_primitive_stops_leading() {
     let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
-    cluster.wait_for_leader().await;
-    let endpoints = cluster.endpoints();
-    let connect = |id: &'static str| Client::builder(&endpoints).client_id(id).connect();
-    let (a, b) = (
-        connect("a").await.expect("a"),
-        connect("b").await.expect("b"),
-    );
+    let (a, b) = clients_a_and_b(&cluster).await;
     let leadership = a
         .latch("doomed")
         .acquire(Some(Duration::from_secs(5)))
@@ -548,4 +536,15 @@ async fn a_leader_of_a_deleted_primitive_stops_leading() {
         .expect("acquire")
         .expect("b leads the latch used again");
     assert_eq!(next.epoch(), 1);
+}
+
+/// Library clients "a" and "b", each with its own session, on all nodes.
+async fn clients_a_and_b(cluster: &Cluster) -> (Client, Client) {
+    cluster.wait_for_leader().await;
+    let endpoints = cluster.endpoints();
+    let connect = |id: &'static str| Client::builder(&endpoints).client_id(id).connect();
+    (
+        connect("a").await.expect("a"),
+        connect("b").await.expect("b"),
+    )
 }
