@@ -19,14 +19,12 @@ async fn scrape(addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_load_exports_its_metrics_and_they_move() {
     let _serial = serial().await;
-    let metrics_addrs = free_addrs(3);
-    let cluster = Cluster::start_each(|id| {
-        vec![
-            "--metrics-listen".to_owned(),
-            metrics_addrs[id as usize - 1].clone(),
-        ]
-    })
-    .await;
+    let cluster = Cluster::start_with_metrics().await;
+    let metrics_addrs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.metrics_addr.clone())
+        .collect();
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers_of(leader)[0];
     let follower_metrics = &metrics_addrs[follower as usize - 1];

@@ -152,13 +152,9 @@ fn listen_backlog(port: u16) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_port_listens_with_a_deep_accept_queue() {
     let _serial = serial().await;
-    let metrics = free_addrs(1).remove(0);
-    let cluster = Cluster::start_each(|id| match id {
-        1 => vec!["--metrics-listen".to_owned(), metrics.clone()],
-        _ => Vec::new(),
-    })
-    .await;
+    let cluster = Cluster::start_with_metrics().await;
     let node = cluster.nodes.iter().find(|n| n.id == 1).unwrap();
+    let metrics = node.metrics_addr.clone();
     for (what, port) in [
         ("client", port_of(&node.client_addr)),
         ("peer", port_of(&node.peer_addr)),

@@ -43,19 +43,13 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// `n` distinct free loopback addresses (host:port), e.g. for
-/// `--metrics-listen`.
-pub fn free_addrs(n: usize) -> Vec<String> {
-    free_ports(n)
-        .into_iter()
-        .map(|port| format!("127.0.0.1:{port}"))
-        .collect()
-}
-
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Reserved with the other two ports; served only by a cluster started
+    /// with [`Cluster::start_with_metrics`].
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     child: Option<Child>,
 }
@@ -74,36 +68,33 @@ pub struct Cluster {
 impl Cluster {
     /// Starts three nodes at once with empty data directories.
     pub async fn start(extra_args: &[&str]) -> Cluster {
-        Cluster::start_with(extra_args, |_| Vec::new()).await
+        Cluster::start_with(extra_args, |_| Vec::new(), false).await
     }
 
-    /// Like `start`, with arguments of each node's own.
-    pub async fn start_each(node_args: impl Fn(u64) -> Vec<String>) -> Cluster {
-        Cluster::start_with(&[], node_args).await
+    /// Like `start`, each node also serving `/metrics` on its
+    /// `metrics_addr` (chosen with its other ports, so none can collide).
+    pub async fn start_with_metrics() -> Cluster {
+        Cluster::start_with(&[], |_| Vec::new(), true).await
     }
 
     /// Like `start`, for nodes whose client port talks TLS with a
     /// certificate from `ca_pem`.
     pub async fn start_tls(extra_args: &[&str], ca_pem: Vec<u8>) -> Cluster {
-        Cluster::start_with_tls(extra_args, |_| Vec::new(), Some(ca_pem)).await
+        Cluster::start_full(extra_args, |_| Vec::new(), Some(ca_pem), None, false).await
     }
 
-    async fn start_with(extra_args: &[&str], node_args: impl Fn(u64) -> Vec<String>) -> Cluster {
-        Cluster::start_with_tls(extra_args, node_args, None).await
+    async fn start_with(
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        metrics: bool,
+    ) -> Cluster {
+        Cluster::start_full(extra_args, node_args, None, None, metrics).await
     }
 
     /// Like `start`, with each node's data directory first seeded from the
     /// backup `file` (`baton cluster snapshot restore`).
     pub async fn start_seeded(file: &std::path::Path) -> Cluster {
-        Cluster::start_full(&[], |_| Vec::new(), None, Some(file)).await
-    }
-
-    async fn start_with_tls(
-        extra_args: &[&str],
-        node_args: impl Fn(u64) -> Vec<String>,
-        client_tls_ca: Option<Vec<u8>>,
-    ) -> Cluster {
-        Cluster::start_full(extra_args, node_args, client_tls_ca, None).await
+        Cluster::start_full(&[], |_| Vec::new(), None, Some(file), false).await
     }
 
     async fn start_full(
@@ -111,18 +102,29 @@ impl Cluster {
         node_args: impl Fn(u64) -> Vec<String>,
         client_tls_ca: Option<Vec<u8>>,
         seed: Option<&std::path::Path>,
+        metrics: bool,
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(6);
+        let ports = free_ports(9);
+        let addr =
+            |id: u64, which: usize| format!("127.0.0.1:{}", ports[3 * (id as usize - 1) + which]);
         let nodes: Vec<Node> = (1..=3)
             .map(|id| Node {
                 id,
-                client_addr: format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]),
-                peer_addr: format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]),
+                client_addr: addr(id, 0),
+                peer_addr: addr(id, 1),
+                metrics_addr: addr(id, 2),
                 data_dir: dir.path().join(format!("node{id}")),
                 child: None,
             })
             .collect();
+        let node_args = |id: u64| {
+            let mut args = node_args(id);
+            if metrics {
+                args.extend(["--metrics-listen".to_owned(), addr(id, 2)]);
+            }
+            args
+        };
         let peers = nodes
             .iter()
             .map(|n| format!("{}={}", n.id, n.peer_addr))
@@ -162,12 +164,13 @@ impl Cluster {
             self.nodes.len() + 1,
             "joiners take the next id"
         );
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         let joined = self.endpoints().join(",");
         self.nodes.push(Node {
             id,
             client_addr: format!("127.0.0.1:{}", ports[0]),
             peer_addr: format!("127.0.0.1:{}", ports[1]),
+            metrics_addr: format!("127.0.0.1:{}", ports[2]),
             data_dir: self._dir.path().join(format!("node{id}")),
             child: None,
         });
