@@ -41,10 +41,14 @@ async fn the_first_events_message_includes_every_acknowledged_write() {
         let client = format!("a{round}");
         join(&cluster, leader, &client, &name).await.unwrap();
         cluster.resume(lagging);
-        let mut stream = latch_events(&cluster, lagging, "watcher", &name)
-            .await
-            .unwrap();
-        let first = stream.next().await.unwrap().unwrap();
+        // Just resumed, the follower may not have heard from its leader
+        // for the lease yet, and refuses (UNAVAILABLE) until it has.
+        let first = retry_unavailable(|| async {
+            let mut stream = latch_events(&cluster, lagging, "watcher", &name).await?;
+            stream.next().await.expect("a first message or an error")
+        })
+        .await
+        .unwrap();
         assert_eq!(
             participants(&first),
             [client],

@@ -683,18 +683,35 @@ pub async fn keep_alive(
     node: u64,
     client: &str,
 ) -> Result<baton::proto::baton::v1::KeepAliveResponse, Status> {
-    let mut sessions = c.sessions(node);
-    let mut tries = 0;
-    loop {
+    retry_unavailable(|| async {
         let request = baton::proto::baton::v1::KeepAliveRequest {
             client_id: client.into(),
         };
-        match sessions.keep_alive(request).await {
+        c.sessions(node)
+            .keep_alive(request)
+            .await
+            .map(|reply| reply.into_inner())
+    })
+    .await
+}
+
+/// `call` again, 25 ms later, while it answers UNAVAILABLE (up to 20
+/// times), as every client does: a follower that has not heard from its
+/// leader for the leader lease (200 ms) — just resumed, or starved of CPU
+/// on a loaded machine — refuses at once. Any other answer is returned.
+pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
             Err(status) if status.code() == tonic::Code::Unavailable && tries < 20 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            answer => return answer.map(|reply| reply.into_inner()),
+            answer => return answer,
         }
     }
 }
