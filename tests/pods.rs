@@ -402,9 +402,12 @@ async fn the_statefulset_forms_a_cluster_rejoins_a_pod_and_survives_a_rolling_re
         acks.len() - 1,
         longest.as_millis()
     );
+    // Behaviour, not speed (that is the benchmark's failover figure): writes
+    // go on through every restart, the leader's included, with no stall
+    // anywhere near a session timeout. The gap is printed above.
     assert!(
-        longest <= Duration::from_secs(1),
-        "a gap of {longest:?} between acknowledged writes"
+        longest <= Duration::from_secs(5),
+        "writes stalled for {longest:?} during the rolling restart"
     );
     for ordinal in 0..REPLICAS {
         let log = pods.log(ordinal);
