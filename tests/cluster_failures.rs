@@ -250,8 +250,10 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
 
     // Kept alive by explicit keep-alives for three timeouts: keeps its place.
     let started = Instant::now();
+    let mut stopped = started;
     while started.elapsed() < Duration::from_secs(3) {
         keep_alive(&cluster, node, "short").await.unwrap();
+        stopped = Instant::now();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
@@ -263,8 +265,8 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
         Some("short")
     );
 
-    // Then it stops: the next in line leads, with the epoch raised by one.
-    let stopped = Instant::now();
+    // Then it stops (its last renewal was confirmed at `stopped`): the next
+    // in line leads, with the epoch raised by one.
     let latch = eventually(
         Duration::from_secs(10),
         "the lapsed leader is replaced",
