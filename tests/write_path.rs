@@ -210,8 +210,28 @@ async fn fdatasyncs_during(
             .expect("strace must be installed (.ci/run installs it)");
         tracers.push((tracer, out));
     }
-    // strace writes nothing until a call is made; give it time to attach.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // strace writes nothing until a call is made: wait until every thread
+    // of every node shows a tracer (new threads are traced by -f).
+    let attached = |pid: &u32| {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        threads.flatten().all(|thread| {
+            std::fs::read_to_string(thread.path().join("status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !pids.iter().all(attached) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strace did not attach to every thread within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     work.await;
     let mut counts = Vec::new();
     for (mut tracer, out) in tracers {
