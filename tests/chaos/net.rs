@@ -89,7 +89,10 @@ impl Topology {
              Run it as root (CI does); it refuses to pass without its partitions."
         );
         remove_abandoned_namespaces();
-        let tag = format!("b{}", std::process::id() % 100_000);
+        // The whole pid, so that the clean-up above recognizes exactly its
+        // own runs: with pid_max at most 2^22 (7 digits) the longest name,
+        // a mesh link `b<pid>x<from><to>`, stays within 15 bytes (IFNAMSIZ).
+        let tag = format!("b{}", std::process::id());
         let topology = Topology {
             tag,
             nodes: nodes.to_vec(),
