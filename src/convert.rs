@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use baton_state::{
-    validate_id, validate_snapshot, CommandError, Primitive, PrimitiveKey, PrimitiveKind,
-    PrimitiveSnapshot,
+    validate_id, CommandError, Primitive, PrimitiveKey, PrimitiveKind, PrimitiveSnapshot,
 };
 use tokio::time::Instant;
 
@@ -151,8 +150,7 @@ fn malformed(reason: &str) -> CommandError {
     }
 }
 
-/// A latch Restore's snapshot, checked on its own (see
-/// [`validate_snapshot`]).
+/// A latch Restore's snapshot.
 pub fn latch_snapshot(
     snapshot: Option<latch_pb::Snapshot>,
 ) -> Result<PrimitiveSnapshot, CommandError> {
@@ -165,16 +163,14 @@ pub fn latch_snapshot(
         .and_then(|m| m.revision)
         .map(|r| r.num)
         .unwrap_or(0);
-    let snapshot = PrimitiveSnapshot {
+    Ok(PrimitiveSnapshot {
         leader: latch.leader,
         members: latch.participants,
         epoch,
-    };
-    validate_snapshot(&snapshot)?;
-    Ok(snapshot)
+    })
 }
 
-/// An election Restore's snapshot, checked on its own.
+/// An election Restore's snapshot.
 pub fn term_snapshot(
     snapshot: Option<election_pb::Snapshot>,
 ) -> Result<PrimitiveSnapshot, CommandError> {
@@ -182,13 +178,11 @@ pub fn term_snapshot(
         .ok_or_else(|| malformed("snapshot is missing"))?
         .term
         .ok_or_else(|| malformed("snapshot.term is missing"))?;
-    let snapshot = PrimitiveSnapshot {
+    Ok(PrimitiveSnapshot {
         leader: term.leader,
         members: term.candidates,
         epoch: term.id.map(|e| e.num).unwrap_or(0),
-    };
-    validate_snapshot(&snapshot)?;
-    Ok(snapshot)
+    })
 }
 
 /// The time by which to answer: the caller's `grpc-timeout` (default 5 s)

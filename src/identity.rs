@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::server::Connected;
 
-use crate::error::ApiError;
 use crate::keepalive::{Hold, SessionKeeper};
 use crate::replication::Replicator;
 
@@ -65,7 +64,6 @@ impl Connections {
         let slot = Arc::new(Slot {
             connections: self.shared.clone(),
             identity: OnceLock::new(),
-            established: tokio::sync::OnceCell::new(),
             hold: Mutex::new(None),
         });
         TrackedConnection {
@@ -115,8 +113,7 @@ impl Connections {
 struct Slot {
     connections: Arc<Shared>,
     identity: OnceLock<String>,
-    /// Set once the identity's session is open and held.
-    established: tokio::sync::OnceCell<()>,
+    /// This node's hold on the identity's session, once named.
     hold: Mutex<Option<Hold>>,
 }
 
@@ -129,15 +126,12 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
-    /// This connection's identity, named on first use; its session is opened
-    /// (default timeout) and kept alive by this node until the connection
-    /// closes.
-    pub async fn identity(
-        &self,
-        replicator: &Replicator,
-        sessions: &SessionKeeper,
-        deadline: Instant,
-    ) -> Result<String, ApiError> {
+    /// This connection's identity, named on first use and from then on
+    /// kept alive by this node until the connection closes. Naming it opens
+    /// no session: the identity's first accepted command does (the state
+    /// machine opens one, default timeout, for a caller without), or its
+    /// first Events stream; so a refused request changes nothing.
+    pub fn identity(&self, sessions: &SessionKeeper) -> String {
         let slot = &self.slot;
         let identity = slot
             .identity
@@ -147,14 +141,11 @@ impl ConnectionInfo {
                 format!("conn-{}-{:08x}-{n}", shared.node_id, shared.boot)
             })
             .clone();
-        slot.established
-            .get_or_try_init(|| async {
-                let hold = sessions.hold_connection(&identity);
-                *slot.hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold);
-                sessions.renew_now(replicator, &identity, deadline).await
-            })
-            .await?;
-        Ok(identity)
+        let mut hold = slot.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.is_none() {
+            *hold = Some(sessions.hold_connection(&identity));
+        }
+        identity
     }
 }
 

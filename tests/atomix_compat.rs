@@ -429,8 +429,8 @@ async fn bad_input_on_the_lifecycle_calls_is_invalid_argument_and_changes_nothin
             assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         }
     }
-    // Bad bodies from this anonymous caller are refused before its
-    // connection is named, so they open no session either.
+    // Refused bodies from this anonymous caller open no session either:
+    // naming its connection opens none, only an accepted command does.
     let channel = connection(&cluster, leader).await;
     let mut elections = LeaderElectionServiceClient::new(channel.clone());
     let mut latches = LeaderLatchServiceClient::new(channel);
@@ -486,6 +486,21 @@ async fn bad_input_on_the_lifecycle_calls_is_invalid_argument_and_changes_nothin
     for (what, status) in refusals {
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
     }
+    // A refusal that depends on the state opens nothing either.
+    let not_a_candidate = elections
+        .anoint(el::AnointRequest {
+            header: upstream_header("Election", "e"),
+            input: Some(el::AnointInput {
+                candidate_id: "nobody".into(),
+            }),
+        })
+        .await
+        .expect_err("anoint of a non-candidate");
+    assert_eq!(
+        not_a_candidate.code(),
+        Code::FailedPrecondition,
+        "{not_a_candidate:?}"
+    );
     let after = cluster.status(leader).await.expect("status");
     assert_eq!(
         (after.sessions, after.primitives),

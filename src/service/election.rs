@@ -1,6 +1,6 @@
 //! `atomix.primitive.election.LeaderElectionService`.
 
-use baton_state::{validate_id, Operation, PrimitiveKind};
+use baton_state::{Operation, PrimitiveKind};
 use tonic::{Request, Response, Status};
 
 use super::{Context, EventStream};
@@ -36,25 +36,18 @@ impl ElectionApi {
         operation: impl FnOnce(String, &T) -> Operation,
     ) -> Result<Term, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .context
-            .caller(&request, PrimitiveKind::Election)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Election)?;
         let operation = operation(caller.key.name.clone(), request.get_ref());
         let term = self.context.operate(&caller, operation, deadline).await?;
         Ok(term_to_proto(&term))
     }
 }
 
-/// The candidate an Anoint, Promote or Evict names, checked before anything
-/// else (bad input must not even name an anonymous caller's connection).
-fn candidate<I: CandidateInput>(input: &Option<I>) -> Result<String, ApiError> {
-    let candidate = input
+fn candidate<I: CandidateInput>(input: &Option<I>) -> String {
+    input
         .as_ref()
         .map(|i| i.candidate_id().to_owned())
-        .unwrap_or_default();
-    validate_id("candidate_id", &candidate)?;
-    Ok(candidate)
+        .unwrap_or_default()
 }
 
 /// Inputs that name a candidate.
@@ -109,11 +102,10 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<AnointRequest>,
     ) -> Result<Response<AnointResponse>, Status> {
-        let candidate = candidate(&request.get_ref().input)?;
         let term = self
-            .change(request, |election, _| Operation::Anoint {
+            .change(request, |election, r| Operation::Anoint {
                 election,
-                candidate,
+                candidate: candidate(&r.input),
             })
             .await?;
         Ok(Response::new(AnointResponse {
@@ -126,11 +118,10 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<PromoteRequest>,
     ) -> Result<Response<PromoteResponse>, Status> {
-        let candidate = candidate(&request.get_ref().input)?;
         let term = self
-            .change(request, |election, _| Operation::Promote {
+            .change(request, |election, r| Operation::Promote {
                 election,
-                candidate,
+                candidate: candidate(&r.input),
             })
             .await?;
         Ok(Response::new(PromoteResponse {
@@ -143,11 +134,10 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<EvictRequest>,
     ) -> Result<Response<EvictResponse>, Status> {
-        let candidate = candidate(&request.get_ref().input)?;
         let term = self
-            .change(request, |election, _| Operation::Evict {
+            .change(request, |election, r| Operation::Evict {
                 election,
-                candidate,
+                candidate: candidate(&r.input),
             })
             .await?;
         Ok(Response::new(EvictResponse {
@@ -161,10 +151,7 @@ impl LeaderElectionService for ElectionApi {
         request: Request<GetTermRequest>,
     ) -> Result<Response<GetTermResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .context
-            .caller(&request, PrimitiveKind::Election)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Election)?;
         let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetTermResponse {
             header: unary_header(),
@@ -180,10 +167,7 @@ impl LeaderElectionService for ElectionApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let caller = self
-            .context
-            .caller(&request, PrimitiveKind::Election)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Election)?;
         let stream = self.context.events(&caller, |initial, term| {
             let kind = if initial {
                 events_output::Type::None
@@ -211,10 +195,7 @@ impl LeaderElectionService for ElectionApi {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self
-            .context
-            .caller(&request, PrimitiveKind::Election)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Election)?;
         let term = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
@@ -229,16 +210,11 @@ impl LeaderElectionService for ElectionApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
-        // The snapshot first: bad input must not even name an anonymous
-        // caller's connection (which opens its session).
-        let snapshot = term_snapshot(request.get_ref().snapshot.clone()).map_err(ApiError::from)?;
-        let caller = self
-            .context
-            .caller(&request, PrimitiveKind::Election)
-            .await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Election)?;
+        let request = request.into_inner();
         let operation = Operation::Restore {
             key: caller.key.clone(),
-            snapshot,
+            snapshot: term_snapshot(request.snapshot).map_err(ApiError::from)?,
         };
         self.context.operate(&caller, operation, deadline).await?;
         Ok(Response::new(RestoreResponse {

@@ -32,7 +32,7 @@ impl LeaderLatchService for LatchApi {
         request: Request<LatchRequest>,
     ) -> Result<Response<LatchResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch)?;
         let operation = Operation::Join {
             latch: caller.key.name.clone(),
         };
@@ -47,7 +47,7 @@ impl LeaderLatchService for LatchApi {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch)?;
         let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(GetResponse {
             header: unary_header(),
@@ -63,7 +63,7 @@ impl LeaderLatchService for LatchApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch)?;
         let stream = self.context.events(&caller, |initial, latch| {
             let kind = if initial {
                 events_output::Type::None
@@ -91,7 +91,7 @@ impl LeaderLatchService for LatchApi {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotResponse>, Status> {
         let deadline = deadline(&request);
-        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch)?;
         let latch = self.context.read_primitive(&caller, deadline).await?;
         Ok(Response::new(SnapshotResponse {
             header: unary_header(),
@@ -106,14 +106,11 @@ impl LeaderLatchService for LatchApi {
         request: Request<RestoreRequest>,
     ) -> Result<Response<RestoreResponse>, Status> {
         let deadline = deadline(&request);
-        // The snapshot first: bad input must not even name an anonymous
-        // caller's connection (which opens its session).
-        let snapshot =
-            latch_snapshot(request.get_ref().snapshot.clone()).map_err(ApiError::from)?;
-        let caller = self.context.caller(&request, PrimitiveKind::Latch).await?;
+        let caller = self.context.caller(&request, PrimitiveKind::Latch)?;
+        let request = request.into_inner();
         let operation = Operation::Restore {
             key: caller.key.clone(),
-            snapshot,
+            snapshot: latch_snapshot(request.snapshot).map_err(ApiError::from)?,
         };
         self.context.operate(&caller, operation, deadline).await?;
         Ok(Response::new(RestoreResponse {

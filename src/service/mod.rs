@@ -23,7 +23,7 @@ pub use latch::LatchApi;
 pub use primitive::PrimitiveApi;
 pub use session::SessionApi;
 
-use crate::convert::{caller, deadline, Addressed, Caller};
+use crate::convert::{caller, Addressed, Caller};
 use crate::error::{ApiError, ReplicationError};
 use crate::identity::ConnectionInfo;
 use crate::keepalive::SessionKeeper;
@@ -101,9 +101,9 @@ impl Stream for WatchStream {
 impl Context {
     /// Who sends a request to a primitive of `kind`: its header's
     /// `client_id`, or, for a caller without one, the identity of its
-    /// connection (DESIGN §3), named and given a session on first use. The
-    /// rest of the header is checked first, so bad input opens nothing.
-    pub async fn caller<T: Addressed>(
+    /// connection (DESIGN §3), named on first use. The rest of the header
+    /// is checked first, so bad input names nothing.
+    pub fn caller<T: Addressed>(
         &self,
         request: &tonic::Request<T>,
         kind: PrimitiveKind,
@@ -118,9 +118,7 @@ impl Context {
         let mut named = header.cloned().unwrap_or_default();
         named.client_id = "-".into();
         let mut checked = caller(Some(&named), kind)?;
-        checked.client_id = connection
-            .identity(&self.replicator, &self.sessions, deadline(request))
-            .await?;
+        checked.client_id = connection.identity(&self.sessions);
         Ok(checked)
     }
 

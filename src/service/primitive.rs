@@ -26,7 +26,7 @@ impl PrimitiveApi {
 
     /// The caller and the primitive its header names; the type must be one
     /// of ours, since it is the only thing that tells the kind here.
-    async fn caller<T: Addressed>(&self, request: &Request<T>) -> Result<Caller, ApiError> {
+    fn caller<T: Addressed>(&self, request: &Request<T>) -> Result<Caller, ApiError> {
         let given = request
             .get_ref()
             .header()
@@ -40,7 +40,7 @@ impl PrimitiveApi {
                 given: given.to_owned(),
                 expected: "LeaderLatch or Election".to_owned(),
             })?;
-        self.context.caller(request, kind).await
+        self.context.caller(request, kind)
     }
 }
 
@@ -48,12 +48,12 @@ impl PrimitiveApi {
 impl PrimitiveService for PrimitiveApi {
     /// Nothing to create: a primitive exists from its first member on. The
     /// call checks the id and, for a caller without a client_id, names its
-    /// connection and opens its session.
+    /// connection.
     async fn create(
         &self,
         request: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
-        self.caller(&request).await?;
+        self.caller(&request)?;
         Ok(Response::new(CreateResponse {
             header: unary_header(),
         }))
@@ -64,7 +64,7 @@ impl PrimitiveService for PrimitiveApi {
         &self,
         request: Request<CloseRequest>,
     ) -> Result<Response<CloseResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request)?;
         let name = caller.key.name.clone();
         let operation = match caller.key.kind {
             PrimitiveKind::Latch => Operation::Leave { latch: name },
@@ -83,7 +83,7 @@ impl PrimitiveService for PrimitiveApi {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&request)?;
         let operation = Operation::Delete {
             key: caller.key.clone(),
         };

@@ -638,11 +638,7 @@ fn plan_members(
     Ok(members)
 }
 
-/// Checks a Restore's snapshot on its own (epoch below [`MAX_EPOCH`],
-/// valid and distinct member ids, the leader first): what the state machine
-/// refuses whatever the state, so a service can refuse it before anything
-/// else happens.
-pub fn validate_snapshot(snapshot: &PrimitiveSnapshot) -> Result<(), CommandError> {
+fn validate_snapshot(snapshot: &PrimitiveSnapshot) -> Result<(), CommandError> {
     if snapshot.epoch >= MAX_EPOCH {
         return Err(CommandError::EpochTooLarge {
             epoch: snapshot.epoch,
