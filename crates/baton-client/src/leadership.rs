@@ -203,11 +203,11 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
                 }
             }
             view = feed.recv(), if feed_open => match view {
-                Some(Ok(view)) if view.epoch < feed.previous_epoch.unwrap_or(0) => {
+                Some(Ok(Fed::Deleted)) => {
                     shared.end(Ended::Deleted);
                     return;
                 }
-                Some(Ok(view)) => {
+                Some(Ok(Fed::Next(view))) => {
                     // Older epochs are news from before this leadership.
                     let replaced = view.epoch > shared.epoch
                         || (view.epoch == shared.epoch && !view.is_led_by(&me));
@@ -261,7 +261,6 @@ pub(crate) async fn lead_after(
         views: spawn_feed(client.clone(), kind, name.to_owned(), stop.clone()),
         stop,
         last_epoch: None,
-        previous_epoch: None,
     };
     let mut view = join.await?;
     // Whether `view` came from the feed, which opened before the join: it
@@ -294,7 +293,7 @@ pub(crate) async fn lead_after(
             // An epoch that went back: the primitive was deleted, before or
             // after the join. The current state says whether this client
             // still stands.
-            Some(Ok(newer)) if newer.epoch < feed.previous_epoch.unwrap_or(0) => {
+            Some(Ok(Fed::Deleted)) => {
                 view = current(client, kind, name).await?;
                 from_feed = false;
                 if !view.members.contains(&me) {
@@ -305,11 +304,11 @@ pub(crate) async fn lead_after(
                 }
             }
             // Older epochs are from before the join.
-            Some(Ok(newer)) if newer.epoch >= view.epoch => {
+            Some(Ok(Fed::Next(newer))) if newer.epoch >= view.epoch => {
                 view = newer;
                 from_feed = true;
             }
-            Some(Ok(_)) => {}
+            Some(Ok(Fed::Next(_))) => {}
             Some(Err(e)) => return Err(e),
             None => {
                 client.inner.check_session()?;
@@ -333,19 +332,31 @@ pub(crate) struct Feed {
     views: mpsc::Receiver<Result<View>>,
     /// Stops the feed's task.
     stop: CancellationToken,
-    /// The epoch of the last view taken, and of the one before it.
+    /// The epoch of the last view taken.
     last_epoch: Option<u64>,
-    previous_epoch: Option<u64>,
+}
+
+/// A view taken from a [`Feed`].
+enum Fed {
+    /// The next state.
+    Next(View),
+    /// A state whose epoch is below the one before it: the primitive was
+    /// deleted since (only Delete lowers an epoch).
+    Deleted,
 }
 
 impl Feed {
-    /// The next view; a view with a lower epoch than the one before it
-    /// (`previous_epoch` after this call) shows the primitive deleted.
-    async fn recv(&mut self) -> Option<Result<View>> {
-        let next = self.views.recv().await;
-        if let Some(Ok(view)) = &next {
-            self.previous_epoch = self.last_epoch.replace(view.epoch);
-        }
-        next
+    async fn recv(&mut self) -> Option<Result<Fed>> {
+        let view = match self.views.recv().await? {
+            Ok(view) => view,
+            Err(error) => return Some(Err(error)),
+        };
+        let went_back = self.last_epoch.is_some_and(|last| view.epoch < last);
+        self.last_epoch = Some(view.epoch);
+        Some(Ok(if went_back {
+            Fed::Deleted
+        } else {
+            Fed::Next(view)
+        }))
     }
 }

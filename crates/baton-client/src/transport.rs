@@ -230,6 +230,18 @@ impl Endpoints {
     }
 }
 
+/// The outcome of a call whose answer carries nothing but success: ABORTED
+/// answers a retried request id that was applied before (its primitive has
+/// changed since, so the first answer cannot be given again), which for
+/// such a call is success.
+pub(crate) fn applied<T>(answer: Result<T>) -> Result<()> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Code::Aborted => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,23 +257,6 @@ mod tests {
         assert!(!is_transient(&Status::invalid_argument("bad name")));
         assert!(!is_transient(&Status::deadline_exceeded("too late")));
     }
-}
-
-/// The outcome of a call whose answer carries nothing but success: ABORTED
-/// answers a retried request id that was applied before (its primitive has
-/// changed since, so the first answer cannot be given again), which for
-/// such a call is success.
-pub(crate) fn applied<T>(answer: Result<T>) -> Result<()> {
-    match answer {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Code::Aborted => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod applied_tests {
-    use super::*;
 
     #[test]
     fn aborted_means_applied_before_and_other_errors_stay() {
