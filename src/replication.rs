@@ -532,22 +532,19 @@ impl Replicator {
             // office, and it may regain its quorum without an election).
             let mut graced = false;
             while still_leader(&self) {
-                // Also records how long a quorum loss has lasted so far.
+                // Checking also measures a quorum loss as it goes on; what
+                // was lost before a grace is attempted, that grace covers.
                 let _ = self.working_leader();
-                if graced {
-                    let lost = self.inner.liveness.take_quorum_loss();
-                    if lost >= REGRACE_AFTER_LOSS {
-                        tracing::info!(
-                            term,
-                            lost_ms = lost.as_millis() as u64,
-                            "quorum regained: renewing every session before any expires"
-                        );
-                        graced = false;
-                    }
+                let lost = self.inner.liveness.take_quorum_loss();
+                if graced && lost >= REGRACE_AFTER_LOSS {
+                    tracing::info!(
+                        term,
+                        lost_ms = lost.as_millis() as u64,
+                        "quorum regained: renewing every session before any expires"
+                    );
+                    graced = false;
                 }
                 if !graced {
-                    // A loss from here on needs a grace after this one.
-                    self.inner.liveness.take_quorum_loss();
                     match self.propose_as_leader(Command::LeaderGrace).await {
                         Ok(_) => {
                             graced = true;
