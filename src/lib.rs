@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod convert;
 pub mod error;
+pub mod forwarding;
 pub mod group_commit;
 pub mod health;
 pub mod identity;
@@ -34,4 +35,6 @@ pub mod peer;
 pub mod proto;
 pub mod replication;
 pub mod service;
+#[cfg(test)]
+mod stand_in_peer;
 pub mod statefulset;

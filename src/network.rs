@@ -18,7 +18,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
@@ -131,6 +131,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client: self.channels.client(&node.addr).map_err(|e| e.to_string()),
             commits: self.commits.clone(),
+            entries: EntryStreams::default(),
         }
     }
 }
@@ -196,6 +197,88 @@ pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, String>,
     commits: CommitClamp,
+    entries: EntryStreams,
+}
+
+/// AppendEntries to one peer over one stream: openraft replicates to a
+/// target one request at a time, so each reply answers the last request.
+/// That spares each its own HTTP/2 call (headers, a task on each side, a
+/// hop through the channel's buffer).
+#[derive(Default)]
+pub(crate) struct EntryStreams {
+    open: Option<EntryStream>,
+    /// The peer answered UNIMPLEMENTED (an older version): unary calls.
+    refused: bool,
+}
+
+struct EntryStream {
+    requests: mpsc::Sender<RaftPayload>,
+    /// Only ever used through `&mut` (`get_mut`, no locking): the Mutex
+    /// makes the connection `Sync`, as openraft requires.
+    replies: Mutex<tonic::Streaming<RaftPayload>>,
+}
+
+impl EntryStreams {
+    /// Sends one AppendEntries and waits for its reply, over the open
+    /// stream, a new one, or (to an older peer) a unary call. A failed
+    /// exchange closes the stream.
+    pub(crate) async fn send(
+        &mut self,
+        client: &mut RaftServiceClient<Channel>,
+        request: RaftPayload,
+    ) -> Result<RaftPayload, tonic::Status> {
+        if self.refused {
+            return client
+                .append_entries(request)
+                .await
+                .map(tonic::Response::into_inner);
+        }
+        let stream = match self.open.take() {
+            Some(stream) => stream,
+            None => {
+                let (requests, outbound) = mpsc::channel(1);
+                let opened = client
+                    .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+                    .await;
+                match opened {
+                    Ok(replies) => EntryStream {
+                        requests,
+                        replies: Mutex::new(replies.into_inner()),
+                    },
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        self.refused = true;
+                        return client
+                            .append_entries(request)
+                            .await
+                            .map(tonic::Response::into_inner);
+                    }
+                    Err(status) => return Err(status),
+                }
+            }
+        };
+        // Taken out while in use: a caller that gives up mid-exchange (its
+        // timeout) leaves no stream whose next reply answers an old request.
+        let mut stream = stream;
+        let reply = stream.exchange(request).await?;
+        self.open = Some(stream);
+        Ok(reply)
+    }
+}
+
+impl EntryStream {
+    async fn exchange(&mut self, request: RaftPayload) -> Result<RaftPayload, tonic::Status> {
+        if self.requests.send(request).await.is_err() {
+            return Err(tonic::Status::unavailable("AppendEntries stream closed"));
+        }
+        let replies = self
+            .replies
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match replies.message().await? {
+            Some(reply) => Ok(reply),
+            None => Err(tonic::Status::unavailable("AppendEntries stream ended")),
+        }
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
@@ -225,12 +308,14 @@ impl PeerConnection {
             .as_mut()
             .map_err(|e| RPCError::Unreachable(Unreachable::from(AnyError::error(e.clone()))))?;
         let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let entries = &mut self.entries;
         let call = async {
             match method {
-                PeerMethod::AppendEntries => client.append_entries(payload).await,
+                PeerMethod::AppendEntries => return entries.send(client, payload).await,
                 PeerMethod::Vote => client.vote(payload).await,
                 PeerMethod::InstallSnapshot => client.install_snapshot(payload).await,
             }
+            .map(tonic::Response::into_inner)
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
             Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
@@ -238,7 +323,7 @@ impl PeerConnection {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)))
             }
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -270,5 +355,67 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
         self.call(PeerMethod::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::stand_in_peer::{serve, StandIn};
+
+    async fn client_of(stand_in: &Arc<StandIn>) -> RaftServiceClient<Channel> {
+        let addr = serve(stand_in.clone()).await.to_string();
+        PeerChannels::default().client(&addr).expect("a client")
+    }
+
+    fn payload(byte: u8) -> RaftPayload {
+        RaftPayload {
+            payload: vec![byte],
+        }
+    }
+
+    #[tokio::test]
+    async fn append_entries_to_one_peer_share_one_stream() {
+        let peer = Arc::new(StandIn::default());
+        let mut client = client_of(&peer).await;
+        let mut entries = EntryStreams::default();
+        for byte in 0..5 {
+            let reply = entries.send(&mut client, payload(byte)).await;
+            assert_eq!(reply.ok(), Some(payload(byte)));
+        }
+        assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_unary_append_entries() {
+        let peer = Arc::new(StandIn {
+            without_streams: true,
+            ..StandIn::default()
+        });
+        let mut client = client_of(&peer).await;
+        let mut entries = EntryStreams::default();
+        for byte in 0..3 {
+            let reply = entries.send(&mut client, payload(byte)).await;
+            assert_eq!(reply.ok(), Some(payload(byte)));
+        }
+        assert_eq!(peer.unary_calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_exchange_closes_the_stream_and_the_next_opens_another() {
+        let peer = Arc::new(StandIn::default());
+        peer.streams_to_break.store(1, Ordering::SeqCst);
+        let mut client = client_of(&peer).await;
+        let mut entries = EntryStreams::default();
+        assert!(entries.send(&mut client, payload(1)).await.is_err());
+        assert_eq!(
+            entries.send(&mut client, payload(2)).await.ok(),
+            Some(payload(2))
+        );
+        assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 2);
     }
 }

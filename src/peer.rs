@@ -6,12 +6,16 @@ use baton_store::TypeConfig;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{decode, encode};
 use crate::proto::baton::v1::raft_service_server::RaftService;
 use crate::proto::baton::v1::{
     NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    TaggedPayload,
 };
 use crate::replication::{ProposeRejection, ProposeReply, Replicator};
 
@@ -31,10 +35,48 @@ fn bad_payload(error: serde_json::Error) -> Status {
     Status::invalid_argument(format!("undecodable peer message: {error}"))
 }
 
+fn encoded<T: serde::Serialize>(value: &T) -> Result<RaftPayload, Status> {
+    encode(value).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    encode(value)
-        .map(Response::new)
-        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+    encoded(value).map(Response::new)
+}
+
+/// Hands one AppendEntries to the local Raft node and encodes its answer.
+async fn append_entries(
+    replicator: &Replicator,
+    payload: &RaftPayload,
+) -> Result<RaftPayload, Status> {
+    let rpc: AppendEntriesRequest<TypeConfig> = decode(payload).map_err(bad_payload)?;
+    let leader = rpc.vote.leader_id().voted_for();
+    let response = replicator.raft().append_entries(rpc).await;
+    // Accepted from the current leader (a higher vote means the sender
+    // is stale): this node is in contact with its leader.
+    if let (Ok(accepted), Some(leader)) = (&response, leader) {
+        if !matches!(accepted, AppendEntriesResponse::HigherVote(_)) {
+            replicator.liveness().heard_from(leader);
+        }
+    }
+    encoded(&response)
+}
+
+type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+type TaggedStream = Pin<Box<dyn Stream<Item = Result<TaggedPayload, Status>> + Send>>;
+
+/// Forwarded writes one follower's stream may have in progress at once;
+/// past that the leader reads no more of it until some finish.
+const FORWARDED_IN_FLIGHT: usize = 4096;
+
+/// Proposes a forwarded command; one that cannot be decoded (a follower of
+/// another version) is refused with nothing applied.
+async fn proposed(replicator: &Replicator, payload: &RaftPayload) -> ProposeReply {
+    match decode::<Command>(payload) {
+        Ok(command) => replicator.propose_as_leader(command).await,
+        Err(error) => Err(ProposeRejection::Unknown(format!(
+            "undecodable forwarded command: {error}"
+        ))),
+    }
 }
 
 #[tonic::async_trait]
@@ -43,18 +85,32 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> =
-            decode(request.get_ref()).map_err(bad_payload)?;
-        let leader = rpc.vote.leader_id().voted_for();
-        let response = self.replicator.raft().append_entries(rpc).await;
-        // Accepted from the current leader (a higher vote means the sender
-        // is stale): this node is in contact with its leader.
-        if let (Ok(accepted), Some(leader)) = (&response, leader) {
-            if !matches!(accepted, AppendEntriesResponse::HigherVote(_)) {
-                self.replicator.liveness().heard_from(leader);
-            }
-        }
-        reply(&response)
+        append_entries(&self.replicator, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendEntriesStreamStream = PayloadStream;
+
+    /// Answers each request before reading the next, in the order sent;
+    /// the stream ends at the first failure.
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<PayloadStream>, Status> {
+        let replicator = self.replicator.clone();
+        let replies = request
+            .into_inner()
+            .then(move |request| {
+                let replicator = replicator.clone();
+                async move { append_entries(&replicator, &request?).await }
+            })
+            .scan(false, |failed, reply| {
+                let next = (!*failed).then_some(reply);
+                *failed = next.as_ref().is_some_and(Result::is_err);
+                futures::future::ready(next)
+            });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -81,8 +137,34 @@ impl RaftService for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let command: Command = decode(request.get_ref()).map_err(bad_payload)?;
-        let outcome: ProposeReply = self.replicator.propose_as_leader(command).await;
-        reply(&outcome)
+        reply(&self.replicator.propose_as_leader(command).await)
+    }
+
+    type ProposeStreamStream = TaggedStream;
+
+    /// Takes forwarded writes as they come, up to [`FORWARDED_IN_FLIGHT`]
+    /// at once, and answers each as it finishes.
+    async fn propose_stream(
+        &self,
+        request: Request<Streaming<TaggedPayload>>,
+    ) -> Result<Response<TaggedStream>, Status> {
+        let replicator = self.replicator.clone();
+        let replies = request
+            .into_inner()
+            .take_while(|request| futures::future::ready(request.is_ok()))
+            .filter_map(|request| futures::future::ready(request.ok()))
+            .map(move |TaggedPayload { id, payload }| {
+                let replicator = replicator.clone();
+                async move {
+                    let outcome = proposed(&replicator, &RaftPayload { payload }).await;
+                    Ok(TaggedPayload {
+                        id,
+                        payload: encoded(&outcome)?.payload,
+                    })
+                }
+            })
+            .buffer_unordered(FORWARDED_IN_FLIGHT);
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn read_index(

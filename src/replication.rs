@@ -19,10 +19,11 @@ use tokio::time::Instant;
 
 use crate::clock::EntryStamps;
 use crate::error::{LeaderHint, ReplicationError};
+use crate::forwarding::{ForwardFailure, Forwarder};
 use crate::group_commit::GroupCommit;
 use crate::liveness::{leads, leads_in, LeaderLoss, Liveness};
-use crate::network::{decode, encode, never_sent, PeerChannels};
-use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, ReadIndexRequest};
+use crate::network::{decode, encode, PeerChannels};
+use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest};
 
 /// What a state-machine command answered once applied.
 pub type CommandResult = Result<Response, CommandError>;
@@ -63,6 +64,7 @@ struct Inner {
     raft: Raft<TypeConfig>,
     state: StateHandle,
     channels: PeerChannels,
+    forwarder: Forwarder,
     client_addr: String,
     client_addrs: Mutex<HashMap<NodeId, String>>,
     stamps: Arc<EntryStamps>,
@@ -104,6 +106,7 @@ impl Replicator {
                 id,
                 raft,
                 state,
+                forwarder: Forwarder::new(channels.clone()),
                 channels,
                 client_addr,
                 client_addrs: Mutex::new(HashMap::new()),
@@ -396,21 +399,15 @@ impl Replicator {
             return Err(ProposeRejection::NotLeader);
         };
         self.inner.forwarded.inc();
-        let mut client = self
-            .inner
-            .channels
-            .client(&addr)
-            .map_err(|e| ProposeRejection::Unknown(e.to_string()))?;
         let payload =
             encode(command).map_err(|e| ProposeRejection::Unknown(format!("encode: {e}")))?;
-        match client.propose(payload).await {
-            Ok(reply) => decode::<ProposeReply>(reply.get_ref())
+        match self.inner.forwarder.forward(&addr, payload.payload).await {
+            Ok(payload) => decode::<ProposeReply>(&RaftPayload { payload })
                 .map_err(|e| ProposeRejection::Unknown(format!("bad reply from leader: {e}")))?,
             // The leader was never reached: as good as not leader.
-            Err(status) if never_sent(&status) => Err(ProposeRejection::NotLeader),
-            Err(status) => Err(ProposeRejection::Unknown(format!(
-                "forwarding to leader {leader} failed: {}",
-                status.message()
+            Err(ForwardFailure::NotSent(_)) => Err(ProposeRejection::NotLeader),
+            Err(ForwardFailure::Lost(reason)) => Err(ProposeRejection::Unknown(format!(
+                "forwarding to leader {leader} failed: {reason}"
             ))),
         }
     }
