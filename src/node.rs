@@ -231,9 +231,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let peer_listener = bind(config.peer_listen).await?;
     let client_listener = bind(config.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
 
     // Raft RPCs time out by design (heartbeats wait at most one interval),
     // and every timeout resets an HTTP/2 stream; h2's rapid-reset guard
@@ -248,7 +245,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let peer_server = peer_server
         .http2_max_pending_accept_reset_streams(Some(100_000))
         .add_service(
-            RaftServiceServer::new(PeerService::new(replicator.clone()))
+            RaftServiceServer::new(PeerService::new(replicator.clone(), stop_rx.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
@@ -392,6 +389,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     stopped_raft.map_err(|e| NodeError::Raft(e.to_string()))?;
     Ok(())
+}
+
+/// Resolves once the node is told to stop (`stop` turns true).
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// How often the node checks that its Raft core still runs.

@@ -9,9 +9,11 @@ use openraft::raft::{
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{decode, encode};
+use crate::node::stopped;
 use crate::proto::baton::v1::raft_service_server::RaftService;
 use crate::proto::baton::v1::{
     NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
@@ -22,12 +24,17 @@ use crate::replication::{ProposeRejection, ProposeReply, Replicator};
 /// Serves [`RaftService`] for one node.
 pub struct PeerService {
     replicator: Replicator,
+    /// Turns true when the node stops: the peer streams then take no more
+    /// requests and end once those in progress are answered, so that the
+    /// server's graceful shutdown is not left waiting on streams the peers
+    /// would keep open.
+    stop: watch::Receiver<bool>,
 }
 
 impl PeerService {
-    /// A peer service in front of `replicator`'s Raft node.
-    pub fn new(replicator: Replicator) -> Self {
-        PeerService { replicator }
+    /// A peer service in front of `replicator`'s Raft node, until `stop`.
+    pub fn new(replicator: Replicator, stop: watch::Receiver<bool>) -> Self {
+        PeerService { replicator, stop }
     }
 }
 
@@ -101,6 +108,7 @@ impl RaftService for PeerService {
         let replicator = self.replicator.clone();
         let replies = request
             .into_inner()
+            .take_until(stopped(self.stop.clone()))
             .then(move |request| {
                 let replicator = replicator.clone();
                 async move { append_entries(&replicator, &request?).await }
@@ -151,6 +159,7 @@ impl RaftService for PeerService {
         let replicator = self.replicator.clone();
         let replies = request
             .into_inner()
+            .take_until(stopped(self.stop.clone()))
             .take_while(|request| futures::future::ready(request.is_ok()))
             .filter_map(|request| futures::future::ready(request.ok()))
             .map(move |TaggedPayload { id, payload }| {

@@ -241,8 +241,22 @@ impl Cluster {
         }
     }
 
-    /// SIGTERM: a graceful shutdown; waits for the process to exit.
+    /// SIGTERM: a graceful shutdown; waits for the process to exit, and
+    /// fails if the node had to give up waiting for a server of its own to
+    /// finish (it waits 5 s, then logs that: connections kept open, e.g.
+    /// a peer's stream, held it up).
     pub fn stop(&mut self, id: u64) {
+        let logged_before = self.log(id).len();
+        self.terminate(id);
+        let logged = self.log(id);
+        let during_stop = logged.get(logged_before..).unwrap_or_default();
+        assert!(
+            !during_stop.contains("did not stop within"),
+            "node {id}'s graceful shutdown waited for a server that did not stop: {during_stop}"
+        );
+    }
+
+    fn terminate(&mut self, id: u64) {
         let node = &mut self.nodes[(id - 1) as usize];
         if let Some(mut child) = node.child.take() {
             // SAFETY: kill(2) on a child we spawned, with a valid signal.
