@@ -311,10 +311,21 @@ impl LocalCluster {
 
     /// The resident set size of each running member, in bytes.
     pub fn rss_bytes(&self) -> Vec<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// Each running member's peak resident set size so far (VmHWM), in
+    /// bytes.
+    pub fn peak_rss_bytes(&self) -> Vec<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    fn status_bytes(&self, field: &str) -> Vec<u64> {
         self.members
             .iter()
             .filter_map(|m| m.child.as_ref())
-            .filter_map(|child| rss_of(child.id()))
+            .filter_map(|child| status_kib(child.id(), field))
+            .map(|kib| kib * 1024)
             .collect()
     }
 }
@@ -331,9 +342,9 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn rss_of(pid: u32) -> Option<u64> {
+/// A `kB` field of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

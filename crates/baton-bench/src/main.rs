@@ -219,17 +219,22 @@ async fn scale(
 ) -> Result<(), String> {
     let mut cluster = LocalCluster::start(System::Baton(baton_bin, baton_args)).await?;
     let report = workload::scale(&mut cluster, items, clients).await?;
-    println!(
-        "{} primitives + sessions loaded in {:.1} s ({} UNAVAILABLE retried); RSS per node: {}; full restart to a linearizable read: {} ms",
-        report.items,
-        report.load.as_secs_f64(),
-        report.retries,
-        report
-            .rss_bytes
+    let megabytes = |bytes: &[u64]| {
+        bytes
             .iter()
             .map(|b| format!("{:.0} MB", *b as f64 / 1e6))
             .collect::<Vec<_>>()
-            .join(", "),
+            .join(", ")
+    };
+    println!(
+        "{} primitives + sessions loaded in {:.1} s ({} UNAVAILABLE retried); RSS per node {} s after the load: {} (at its end: {}; peak: {}); full restart to a linearizable read: {} ms",
+        report.items,
+        report.load.as_secs_f64(),
+        report.retries,
+        workload::SETTLE.as_secs(),
+        megabytes(&report.rss_bytes),
+        megabytes(&report.rss_at_end_bytes),
+        megabytes(&report.peak_rss_bytes),
         report.restart_to_read.as_millis()
     );
     Ok(())
