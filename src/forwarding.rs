@@ -5,7 +5,7 @@
 //! each side, a hop through the channel's buffer). A leader that does not
 //! know the stream (an older version) gets unary `Propose` calls.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -29,14 +29,21 @@ pub enum ForwardFailure {
     Lost(String),
 }
 
-/// This node's streams to the leader (one at a time: a new leader's
-/// replaces the last).
+/// This node's way to the leader: one stream at a time (a new leader's
+/// replaces the last), or unary calls to a leader that refused the stream.
 #[derive(Clone)]
 pub struct Forwarder {
     channels: PeerChannels,
-    link: Arc<Mutex<Option<Arc<Link>>>>,
-    /// Leaders (by peer address) that answered the stream UNIMPLEMENTED.
-    unary_only: Arc<Mutex<HashSet<String>>>,
+    route: Arc<Mutex<Option<Route>>>,
+}
+
+enum Route {
+    Stream(Arc<Link>),
+    /// The leader at this address answered the stream UNIMPLEMENTED (an
+    /// older version). Forgotten when writes go to another leader, so a
+    /// node upgraded since (its restart moved leadership away) is offered
+    /// the stream again.
+    Unary(String),
 }
 
 /// One stream to a leader. Dropping the last handle ends the request
@@ -61,8 +68,7 @@ impl Forwarder {
     pub fn new(channels: PeerChannels) -> Self {
         Forwarder {
             channels,
-            link: Arc::default(),
-            unary_only: Arc::default(),
+            route: Arc::default(),
         }
     }
 
@@ -73,15 +79,13 @@ impl Forwarder {
             .channels
             .client(addr)
             .map_err(|e| ForwardFailure::NotSent(e.to_string()))?;
-        if self.is_unary_only(addr) {
-            return unary(&mut client, payload).await;
-        }
-        let link = match self.current(addr) {
-            Some(link) => link,
+        let link = match self.route_to(addr) {
+            Some(Route::Stream(link)) => link,
+            Some(Route::Unary(_)) => return unary(&mut client, payload).await,
             None => match self.open(addr, &mut client).await {
                 Ok(link) => link,
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
-                    lock(&self.unary_only).insert(addr.to_owned());
+                    *lock(&self.route) = Some(Route::Unary(addr.to_owned()));
                     return unary(&mut client, payload).await;
                 }
                 Err(status) => return Err(ForwardFailure::NotSent(status.message().to_owned())),
@@ -90,18 +94,19 @@ impl Forwarder {
         link.exchange(payload).await
     }
 
-    fn is_unary_only(&self, addr: &str) -> bool {
-        lock(&self.unary_only).contains(addr)
+    /// The way to `addr` if there is one (a stream still open, or the
+    /// leader there refused streams).
+    fn route_to(&self, addr: &str) -> Option<Route> {
+        match lock(&self.route).as_ref()? {
+            Route::Stream(link) if link.addr == addr && link.is_open() => {
+                Some(Route::Stream(link.clone()))
+            }
+            Route::Unary(to) if to == addr => Some(Route::Unary(to.clone())),
+            _ => None,
+        }
     }
 
-    fn current(&self, addr: &str) -> Option<Arc<Link>> {
-        lock(&self.link)
-            .as_ref()
-            .filter(|link| link.addr == addr && lock(&link.waiting).ended.is_none())
-            .cloned()
-    }
-
-    /// Opens a stream to `addr` and makes it the current one (unless a
+    /// Opens a stream to `addr` and makes it the way there (unless a
     /// concurrent caller's got there first: then that one is used).
     async fn open(
         &self,
@@ -118,20 +123,24 @@ impl Forwarder {
             requests,
             waiting: Arc::default(),
         });
-        let mut current = lock(&self.link);
-        if let Some(existing) = current.as_ref() {
-            if existing.addr == addr && lock(&existing.waiting).ended.is_none() {
+        let mut route = lock(&self.route);
+        if let Some(Route::Stream(existing)) = route.as_ref() {
+            if existing.addr == addr && existing.is_open() {
                 return Ok(existing.clone());
             }
         }
-        *current = Some(link.clone());
-        drop(current);
+        *route = Some(Route::Stream(link.clone()));
+        drop(route);
         tokio::spawn(dispatch(link.waiting.clone(), replies));
         Ok(link)
     }
 }
 
 impl Link {
+    fn is_open(&self) -> bool {
+        lock(&self.waiting).ended.is_none()
+    }
+
     async fn exchange(&self, payload: Vec<u8>) -> Result<Vec<u8>, ForwardFailure> {
         let (reply_to, reply) = oneshot::channel();
         let id = {
@@ -254,20 +263,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_leader_without_the_stream_gets_unary_calls() {
+    async fn a_leader_without_the_stream_gets_unary_calls_until_another_leads() {
         let older = StandIn {
             without_streams: true,
             ..StandIn::default()
         };
-        let (leader, addr, forwarder) = stand_in(older).await;
+        let (old_leader, old_addr, forwarder) = stand_in(older).await;
         for i in 0..3u8 {
-            assert_eq!(
-                forwarder.forward(&addr, vec![0, i]).await.ok(),
-                Some(vec![0, i])
-            );
+            let reply = forwarder.forward(&old_addr, vec![0, i]).await;
+            assert_eq!(reply.ok(), Some(vec![0, i]));
         }
-        assert_eq!(leader.unary_calls.load(Ordering::SeqCst), 3);
-        assert!(forwarder.is_unary_only(&addr));
+        assert_eq!(old_leader.unary_calls.load(Ordering::SeqCst), 3);
+        assert_eq!(old_leader.streams_refused.load(Ordering::SeqCst), 1);
+        // Leadership moves on and comes back (the node may have been
+        // upgraded meanwhile): the stream is offered again.
+        let new_leader = Arc::new(StandIn::default());
+        let new_addr = serve(new_leader.clone()).await.to_string();
+        let reply = forwarder.forward(&new_addr, vec![0, 9]).await;
+        assert_eq!(reply.ok(), Some(vec![0, 9]));
+        assert_eq!(new_leader.streams_opened.load(Ordering::SeqCst), 1);
+        let reply = forwarder.forward(&old_addr, vec![0, 4]).await;
+        assert_eq!(reply.ok(), Some(vec![0, 4]));
+        assert_eq!(old_leader.streams_refused.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -306,7 +323,9 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(20), slow)
             .await
             .is_err());
-        let link = forwarder.current(&addr).expect("the stream stays open");
+        let Some(Route::Stream(link)) = forwarder.route_to(&addr) else {
+            panic!("the stream stays open");
+        };
         assert!(lock(&link.waiting).replies.is_empty());
         // The late reply is dropped; the next write gets its own.
         assert_eq!(

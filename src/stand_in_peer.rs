@@ -29,6 +29,8 @@ pub struct StandIn {
     pub streams_to_break: AtomicUsize,
     /// Streams opened (either kind).
     pub streams_opened: AtomicUsize,
+    /// Streams refused UNIMPLEMENTED (either kind).
+    pub streams_refused: AtomicUsize,
     /// Unary AppendEntries and Propose calls.
     pub unary_calls: AtomicUsize,
 }
@@ -92,6 +94,7 @@ impl RaftService for StandIn {
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
         if self.without_streams {
+            self.streams_refused.fetch_add(1, Ordering::SeqCst);
             return Err(Status::unimplemented("an older node"));
         }
         self.streams_opened.fetch_add(1, Ordering::SeqCst);
@@ -128,6 +131,7 @@ impl RaftService for StandIn {
         request: Request<Streaming<TaggedPayload>>,
     ) -> Result<Response<Self::ProposeStreamStream>, Status> {
         if self.without_streams {
+            self.streams_refused.fetch_add(1, Ordering::SeqCst);
             return Err(Status::unimplemented("an older node"));
         }
         self.streams_opened.fetch_add(1, Ordering::SeqCst);
