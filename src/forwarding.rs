@@ -1,9 +1,13 @@
 //! Writes a follower forwards to its leader, many on one peer stream
 //! (`ProposeStream`): each request carries an id, each reply the id it
-//! answers, in the order the leader applies them. One stream per leader
+//! answers, as the leader finishes them. One stream per leader
 //! spares every forwarded write its own HTTP/2 call (headers, a task on
 //! each side, a hop through the channel's buffer). A leader that does not
 //! know the stream (an older version) gets unary `Propose` calls.
+//! A write queued on a stream is sent even if its caller has given up
+//! meanwhile; the caller was told its outcome is unknown, and a client's
+//! request id keeps a late copy from being applied after its next request
+//! (the exactly-once window).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +42,7 @@ pub struct Forwarder {
 }
 
 enum Route {
+    /// The stream open to a leader.
     Stream(Arc<Link>),
     /// The leader at this address answered the stream UNIMPLEMENTED (an
     /// older version). Forgotten when writes go to another leader, so a
