@@ -58,24 +58,37 @@ async fn echo_later(request: TaggedPayload) -> Result<TaggedPayload, Status> {
     Ok(request)
 }
 
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
 impl StandIn {
-    fn breaks_this_stream(&self) -> bool {
-        self.streams_to_break
+    /// A stream method's start: the requests to serve, or its whole answer
+    /// (refused as by an older node, or a stream to break).
+    fn opened<T: Send + 'static>(
+        &self,
+        request: Request<Streaming<T>>,
+    ) -> Result<Streaming<T>, Result<Response<Boxed<T>>, Status>> {
+        if self.without_streams {
+            self.streams_refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Err(Status::unimplemented("an older node")));
+        }
+        self.streams_opened.fetch_add(1, Ordering::SeqCst);
+        let requests = request.into_inner();
+        let breaks = self
+            .streams_to_break
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
                 left.checked_sub(1)
             })
-            .is_ok()
+            .is_ok();
+        if breaks {
+            // Reads one request and ends with an error instead of a reply.
+            let broken = requests
+                .take(1)
+                .map(|_| Err(Status::internal("a broken stream")));
+            return Err(Ok(Response::new(Box::pin(broken))));
+        }
+        Ok(requests)
     }
 }
-
-/// Reads one request and ends the stream with an error instead of a reply.
-fn broken<T: Send + 'static>(requests: Streaming<T>) -> impl Stream<Item = Result<T, Status>> {
-    requests
-        .take(1)
-        .map(|_| Err(Status::internal("a broken stream")))
-}
-
-type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftService for StandIn {
@@ -93,15 +106,10 @@ impl RaftService for StandIn {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
-        if self.without_streams {
-            self.streams_refused.fetch_add(1, Ordering::SeqCst);
-            return Err(Status::unimplemented("an older node"));
-        }
-        self.streams_opened.fetch_add(1, Ordering::SeqCst);
-        let requests = request.into_inner();
-        if self.breaks_this_stream() {
-            return Ok(Response::new(Box::pin(broken(requests))));
-        }
+        let requests = match self.opened(request) {
+            Ok(requests) => requests,
+            Err(answer) => return answer,
+        };
         Ok(Response::new(Box::pin(requests)))
     }
 
@@ -130,15 +138,10 @@ impl RaftService for StandIn {
         &self,
         request: Request<Streaming<TaggedPayload>>,
     ) -> Result<Response<Self::ProposeStreamStream>, Status> {
-        if self.without_streams {
-            self.streams_refused.fetch_add(1, Ordering::SeqCst);
-            return Err(Status::unimplemented("an older node"));
-        }
-        self.streams_opened.fetch_add(1, Ordering::SeqCst);
-        let requests = request.into_inner();
-        if self.breaks_this_stream() {
-            return Ok(Response::new(Box::pin(broken(requests))));
-        }
+        let requests = match self.opened(request) {
+            Ok(requests) => requests,
+            Err(answer) => return answer,
+        };
         let replies = requests
             .map(|request| async move { echo_later(request?).await })
             .buffer_unordered(64);
