@@ -290,10 +290,17 @@ pub(crate) async fn lead_after(
             None => feed.recv().await,
         };
         match next {
-            // An epoch that went back: the primitive was deleted, before or
-            // after the join. The current state says whether this client
-            // still stands.
-            Some(Ok(Fed::Deleted)) => {
+            Some(Ok(Fed::Next(newer))) if newer.epoch >= view.epoch => {
+                view = newer;
+                from_feed = true;
+            }
+            // An epoch that went back, or a view older than the join's
+            // answer: either from before the join (the feed may open
+            // first), or the primitive was deleted, before or after the
+            // join — a feed that opened only after the Delete starts below
+            // the join's epoch and never hears of it. The current state
+            // says whether this client still stands.
+            Some(Ok(Fed::Deleted | Fed::Next(_))) => {
                 view = current(client, kind, name).await?;
                 from_feed = false;
                 if !view.members.contains(&me) {
@@ -303,12 +310,6 @@ pub(crate) async fn lead_after(
                     .into());
                 }
             }
-            // Older epochs are from before the join.
-            Some(Ok(Fed::Next(newer))) if newer.epoch >= view.epoch => {
-                view = newer;
-                from_feed = true;
-            }
-            Some(Ok(Fed::Next(_))) => {}
             Some(Err(e)) => return Err(e),
             None => {
                 client.inner.check_session()?;
