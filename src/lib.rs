@@ -20,6 +20,7 @@
 
 pub mod clock;
 pub mod convert;
+pub mod elector;
 pub mod error;
 pub mod forwarding;
 pub mod group_commit;

@@ -85,6 +85,14 @@ impl Liveness {
         *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Some((leader, Instant::now()));
     }
 
+    /// When this node last accepted an AppendEntries from any leader.
+    pub fn last_contact(&self) -> Option<Instant> {
+        self.contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(_, at)| at)
+    }
+
     /// The leader this node can work with now, judged from openraft's
     /// latest metrics.
     pub fn working_leader(

@@ -151,6 +151,8 @@ fn raft_config(config: &NodeConfig) -> Result<Config, NodeError> {
         election_timeout_min: election,
         election_timeout_max: election * 2,
         install_snapshot_timeout: 5_000,
+        // Elections are started by `elector`, after a pre-vote.
+        enable_elect: false,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: config.keep_log_entries,
         ..Config::default()
@@ -334,6 +336,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         replicator.start_rejoining();
         tokio::spawn(replicator.clone().finish_rejoining());
     }
+    let elector = tokio::spawn(crate::elector::run(
+        replicator.clone(),
+        Duration::from_millis(raft.config().election_timeout_max),
+        Duration::from_millis(raft.config().election_timeout_min),
+    ));
     let duties = tokio::spawn(replicator.clone().run_leader_duties());
     let releaser = tokio::spawn(commits.release(raft.clone()));
     let snapshots = tokio::spawn(snapshot_by_commands(
@@ -369,6 +376,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     closer.abort();
     leader_watcher.abort();
     duties.abort();
+    elector.abort();
     releaser.abort();
     snapshots.abort();
     health.abort();

@@ -16,8 +16,8 @@ use crate::network::{decode, encode};
 use crate::node::stopped;
 use crate::proto::baton::v1::raft_service_server::RaftService;
 use crate::proto::baton::v1::{
-    NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    TaggedPayload,
+    NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse, TaggedPayload,
 };
 use crate::replication::{ProposeRejection, ProposeReply, Replicator};
 
@@ -50,11 +50,31 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status
     encoded(value).map(Response::new)
 }
 
+/// Debug builds' test hook: while the file named by
+/// `BATON_TEST_PEER_DEAF_FILE` exists, the node refuses the Raft messages
+/// it is sent (AppendEntries, votes, pre-votes) as if cut off from its
+/// peers, while its own calls to them still go out.
+#[cfg(debug_assertions)]
+fn deaf_in_tests() -> Result<(), Status> {
+    match std::env::var_os("BATON_TEST_PEER_DEAF_FILE") {
+        Some(file) if std::path::Path::new(&file).exists() => {
+            Err(Status::unavailable("deaf (test hook)"))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn deaf_in_tests() -> Result<(), Status> {
+    Ok(())
+}
+
 /// Hands one AppendEntries to the local Raft node and encodes its answer.
 async fn append_entries(
     replicator: &Replicator,
     payload: &RaftPayload,
 ) -> Result<RaftPayload, Status> {
+    deaf_in_tests()?;
     let rpc: AppendEntriesRequest<TypeConfig> = decode(payload).map_err(bad_payload)?;
     let leader = rpc.vote.leader_id().voted_for();
     let response = replicator.raft().append_entries(rpc).await;
@@ -127,6 +147,7 @@ impl RaftService for PeerService {
                 "rejoining after a data wipe: not voting until caught up",
             ));
         }
+        deaf_in_tests()?;
         let rpc: VoteRequest<u64> = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.replicator.raft().vote(rpc).await)
     }
@@ -174,6 +195,16 @@ impl RaftService for PeerService {
             })
             .buffer_unordered(FORWARDED_IN_FLIGHT);
         Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn pre_vote(
+        &self,
+        _request: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteResponse>, Status> {
+        deaf_in_tests()?;
+        Ok(Response::new(PreVoteResponse {
+            granted: self.replicator.grants_pre_vote(),
+        }))
     }
 
     async fn read_index(

@@ -16,6 +16,7 @@ use openraft::{Raft, ServerState};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use crate::clock::EntryStamps;
 use crate::error::{LeaderHint, ReplicationError};
@@ -23,6 +24,7 @@ use crate::forwarding::{ForwardFailure, Forwarder};
 use crate::group_commit::GroupCommit;
 use crate::liveness::{leads, leads_in, LeaderLoss, Liveness};
 use crate::network::{decode, encode, PeerChannels};
+use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
 use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest};
 
 /// What a state-machine command answered once applied.
@@ -209,6 +211,25 @@ impl Replicator {
     /// Contact with the leader, as tracked for this node.
     pub fn liveness(&self) -> &Liveness {
         &self.inner.liveness
+    }
+
+    /// Whether this node would vote for a candidate now (pre-vote): it does
+    /// not lead, is not rejoining, and has heard from no leader for the
+    /// leader lease (after which openraft's followers take votes too).
+    pub fn grants_pre_vote(&self) -> bool {
+        if leads(&self.inner.raft.metrics().borrow()) || self.is_rejoining() {
+            return false;
+        }
+        let lease = self.inner.liveness.lost_after();
+        self.inner
+            .liveness
+            .last_contact()
+            .is_none_or(|at| at.elapsed() >= lease)
+    }
+
+    /// A client of peer `id`'s peer service.
+    pub fn peer_client(&self, id: NodeId) -> Option<RaftServiceClient<Channel>> {
+        self.inner.channels.client(&self.peer_addr(id)?).ok()
     }
 
     /// The leader this node can work with right now, or why there is none.

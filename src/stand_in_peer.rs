@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::baton::v1::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::baton::v1::{
-    NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    TaggedPayload,
+    NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse, TaggedPayload,
 };
 
 /// What the stand-in does and has seen.
@@ -146,6 +146,13 @@ impl RaftService for StandIn {
             .map(|request| async move { echo_later(request?).await })
             .buffer_unordered(64);
         Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn pre_vote(
+        &self,
+        _request: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteResponse>, Status> {
+        Err(Status::unimplemented("not part of the stand-in"))
     }
 
     async fn read_index(

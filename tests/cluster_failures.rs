@@ -563,3 +563,34 @@ async fn an_outage_that_keeps_its_leader_expires_no_session() {
         .await
         .expect("the session lives on");
 }
+
+/// Pre-vote (`src/elector.rs`): a follower that hears nothing from its
+/// peers for many election timeouts does not raise the term, so when it
+/// hears them again the leader stays (openraft 0.9 alone: the follower
+/// campaigned every timeout, and its higher term deposed the leader).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_cut_off_for_a_while_does_not_depose_its_leader_when_it_comes_back() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let term = cluster.status(leader).await.expect("leader status").term;
+    let follower = cluster.followers_of(leader)[0];
+    cluster.deafen(follower, true);
+    // Many election timeouts (100-200 ms by default).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.deafen(follower, false);
+    let back = cluster.wait_for_leader().await;
+    // Give a deposition time to happen.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = cluster.status(leader).await.expect("leader status");
+    assert_eq!(
+        (back, status.role.as_str(), status.term),
+        (leader, "leader", term),
+        "the leader was deposed by a follower that came back"
+    );
+    let follower_status = cluster.status(follower).await.expect("follower status");
+    assert_eq!(
+        follower_status.term, term,
+        "the cut-off follower raised the term"
+    );
+}

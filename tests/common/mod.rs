@@ -198,6 +198,7 @@ impl Cluster {
         let mut extra = self.extra_args.clone();
         extra.extend(self.node_args[(id - 1) as usize].iter().cloned());
         let skew_file = self.skew_file(id);
+        let deaf_file = self.deaf_file(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -224,6 +225,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(&extra)
             .env("BATON_TEST_CLOCK_SKEW_FILE", &skew_file)
+            .env("BATON_TEST_PEER_DEAF_FILE", &deaf_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -275,6 +277,22 @@ impl Cluster {
     /// test hook, `BATON_TEST_CLOCK_SKEW_FILE`).
     fn skew_file(&self, id: u64) -> PathBuf {
         self._dir.path().join(format!("node{id}.skew"))
+    }
+
+    /// The file whose presence makes node `id` refuse the Raft messages it
+    /// is sent (debug builds' test hook, `BATON_TEST_PEER_DEAF_FILE`).
+    fn deaf_file(&self, id: u64) -> PathBuf {
+        self._dir.path().join(format!("node{id}.deaf"))
+    }
+
+    /// Node `id` hears nothing from its peers (while `deaf`), as if cut off
+    /// from them; its own calls to them still go out.
+    pub fn deafen(&self, id: u64, deaf: bool) {
+        if deaf {
+            std::fs::write(self.deaf_file(id), b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(self.deaf_file(id));
+        }
     }
 
     /// Steps node `id`'s wall clock by `offset_ms`, as NTP would.
