@@ -77,26 +77,39 @@ impl Forwarder {
         }
     }
 
-    /// Sends `payload` (an encoded command) to the leader at `addr` and
-    /// returns the encoded reply.
-    pub async fn forward(&self, addr: &str, payload: Vec<u8>) -> Result<Vec<u8>, ForwardFailure> {
-        let mut client = self
-            .channels
-            .client(addr)
-            .map_err(|e| ForwardFailure::NotSent(e.to_string()))?;
+    /// Sends `request` (an encoded command) to the leader at `addr` and
+    /// returns its encoded reply.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        request: RaftPayload,
+    ) -> Result<RaftPayload, ForwardFailure> {
         let link = match self.route_to(addr) {
             Some(Route::Stream(link)) => link,
-            Some(Route::Unary(_)) => return unary(&mut client, payload).await,
-            None => match self.open(addr, &mut client).await {
-                Ok(link) => link,
-                Err(status) if status.code() == tonic::Code::Unimplemented => {
-                    *lock(&self.route) = Some(Route::Unary(addr.to_owned()));
-                    return unary(&mut client, payload).await;
+            Some(Route::Unary(_)) => return unary(self.client(addr)?, request).await,
+            None => {
+                let mut client = self.client(addr)?;
+                match self.open(addr, &mut client).await {
+                    Ok(link) => link,
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        *lock(&self.route) = Some(Route::Unary(addr.to_owned()));
+                        return unary(client, request).await;
+                    }
+                    Err(status) => {
+                        return Err(ForwardFailure::NotSent(status.message().to_owned()))
+                    }
                 }
-                Err(status) => return Err(ForwardFailure::NotSent(status.message().to_owned())),
-            },
+            }
         };
-        link.exchange(payload).await
+        let payload = link.exchange(request.payload).await?;
+        Ok(RaftPayload { payload })
+    }
+
+    /// A client of the leader at `addr`, to open a stream or call it unary.
+    fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, ForwardFailure> {
+        self.channels
+            .client(addr)
+            .map_err(|e| ForwardFailure::NotSent(e.to_string()))
     }
 
     /// The way to `addr` if there is one (a stream still open, or the
@@ -216,11 +229,11 @@ impl Drop for Registered<'_> {
 }
 
 async fn unary(
-    client: &mut RaftServiceClient<Channel>,
-    payload: Vec<u8>,
-) -> Result<Vec<u8>, ForwardFailure> {
-    match client.propose(RaftPayload { payload }).await {
-        Ok(reply) => Ok(reply.into_inner().payload),
+    mut client: RaftServiceClient<Channel>,
+    request: RaftPayload,
+) -> Result<RaftPayload, ForwardFailure> {
+    match client.propose(request).await {
+        Ok(reply) => Ok(reply.into_inner()),
         // The leader was never reached.
         Err(status) if never_sent(&status) => {
             Err(ForwardFailure::NotSent(status.message().to_owned()))
@@ -243,6 +256,10 @@ mod tests {
     use super::*;
     use crate::stand_in_peer::{serve, StandIn};
 
+    fn payload(bytes: Vec<u8>) -> RaftPayload {
+        RaftPayload { payload: bytes }
+    }
+
     async fn stand_in(stand_in: StandIn) -> (Arc<StandIn>, String, Forwarder) {
         let stand_in = Arc::new(stand_in);
         let addr = serve(stand_in.clone()).await.to_string();
@@ -252,16 +269,19 @@ mod tests {
     #[tokio::test]
     async fn forwarded_writes_share_one_stream_and_each_gets_its_own_reply() {
         let (leader, addr, forwarder) = stand_in(StandIn::default()).await;
-        assert_eq!(forwarder.forward(&addr, vec![0]).await.ok(), Some(vec![0]));
+        assert_eq!(
+            forwarder.forward(&addr, payload(vec![0])).await.ok(),
+            Some(payload(vec![0]))
+        );
         // The first sent wait longest: their replies come back last.
         let writes = (0..32u8).map(|i| {
             let forwarder = forwarder.clone();
             let addr = addr.clone();
-            async move { forwarder.forward(&addr, vec![64 - 2 * i, i]).await }
+            async move { forwarder.forward(&addr, payload(vec![64 - 2 * i, i])).await }
         });
         let replies = futures::future::join_all(writes).await;
         for (i, reply) in (0..32u8).zip(replies) {
-            assert_eq!(reply.ok(), Some(vec![64 - 2 * i, i]));
+            assert_eq!(reply.ok(), Some(payload(vec![64 - 2 * i, i])));
         }
         assert_eq!(leader.streams_opened.load(Ordering::SeqCst), 1);
         assert_eq!(leader.unary_calls.load(Ordering::SeqCst), 0);
@@ -275,8 +295,8 @@ mod tests {
         };
         let (old_leader, old_addr, forwarder) = stand_in(older).await;
         for i in 0..3u8 {
-            let reply = forwarder.forward(&old_addr, vec![0, i]).await;
-            assert_eq!(reply.ok(), Some(vec![0, i]));
+            let reply = forwarder.forward(&old_addr, payload(vec![0, i])).await;
+            assert_eq!(reply.ok(), Some(payload(vec![0, i])));
         }
         assert_eq!(old_leader.unary_calls.load(Ordering::SeqCst), 3);
         assert_eq!(old_leader.streams_refused.load(Ordering::SeqCst), 1);
@@ -284,11 +304,11 @@ mod tests {
         // upgraded meanwhile): the stream is offered again.
         let new_leader = Arc::new(StandIn::default());
         let new_addr = serve(new_leader.clone()).await.to_string();
-        let reply = forwarder.forward(&new_addr, vec![0, 9]).await;
-        assert_eq!(reply.ok(), Some(vec![0, 9]));
+        let reply = forwarder.forward(&new_addr, payload(vec![0, 9])).await;
+        assert_eq!(reply.ok(), Some(payload(vec![0, 9])));
         assert_eq!(new_leader.streams_opened.load(Ordering::SeqCst), 1);
-        let reply = forwarder.forward(&old_addr, vec![0, 4]).await;
-        assert_eq!(reply.ok(), Some(vec![0, 4]));
+        let reply = forwarder.forward(&old_addr, payload(vec![0, 4])).await;
+        assert_eq!(reply.ok(), Some(payload(vec![0, 4])));
         assert_eq!(old_leader.streams_refused.load(Ordering::SeqCst), 2);
     }
 
@@ -299,12 +319,12 @@ mod tests {
         let (leader, addr, forwarder) = stand_in(breaking).await;
         // Sent, then the stream failed: it may have been applied.
         assert!(matches!(
-            forwarder.forward(&addr, vec![0, 1]).await,
+            forwarder.forward(&addr, payload(vec![0, 1])).await,
             Err(ForwardFailure::Lost(_))
         ));
         assert_eq!(
-            forwarder.forward(&addr, vec![0, 2]).await.ok(),
-            Some(vec![0, 2])
+            forwarder.forward(&addr, payload(vec![0, 2])).await.ok(),
+            Some(payload(vec![0, 2]))
         );
         assert_eq!(leader.streams_opened.load(Ordering::SeqCst), 2);
     }
@@ -316,7 +336,7 @@ mod tests {
         drop(listener);
         let forwarder = Forwarder::new(PeerChannels::default());
         assert!(matches!(
-            forwarder.forward(&addr, vec![0]).await,
+            forwarder.forward(&addr, payload(vec![0])).await,
             Err(ForwardFailure::NotSent(_))
         ));
     }
@@ -324,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_caller_gives_up_leaves_nothing_waiting() {
         let (_leader, addr, forwarder) = stand_in(StandIn::default()).await;
-        let slow = forwarder.forward(&addr, vec![200]);
+        let slow = forwarder.forward(&addr, payload(vec![200]));
         assert!(tokio::time::timeout(Duration::from_millis(20), slow)
             .await
             .is_err());
@@ -334,8 +354,8 @@ mod tests {
         assert!(lock(&link.waiting).replies.is_empty());
         // The late reply is dropped; the next write gets its own.
         assert_eq!(
-            forwarder.forward(&addr, vec![0, 7]).await.ok(),
-            Some(vec![0, 7])
+            forwarder.forward(&addr, payload(vec![0, 7])).await.ok(),
+            Some(payload(vec![0, 7]))
         );
     }
 }

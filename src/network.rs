@@ -227,38 +227,30 @@ impl EntryStreams {
         client: &mut RaftServiceClient<Channel>,
         request: RaftPayload,
     ) -> Result<RaftPayload, tonic::Status> {
-        if self.refused {
+        if self.open.is_none() && !self.refused {
+            let (requests, outbound) = mpsc::channel(1);
+            let opened = client
+                .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+                .await;
+            match opened {
+                Ok(replies) => {
+                    self.open = Some(EntryStream {
+                        requests,
+                        replies: Mutex::new(replies.into_inner()),
+                    })
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => self.refused = true,
+                Err(status) => return Err(status),
+            }
+        }
+        // Taken out while in use: a caller that gives up mid-exchange (its
+        // timeout) leaves no stream whose next reply answers an old request.
+        let Some(mut stream) = self.open.take() else {
             return client
                 .append_entries(request)
                 .await
                 .map(tonic::Response::into_inner);
-        }
-        let stream = match self.open.take() {
-            Some(stream) => stream,
-            None => {
-                let (requests, outbound) = mpsc::channel(1);
-                let opened = client
-                    .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
-                    .await;
-                match opened {
-                    Ok(replies) => EntryStream {
-                        requests,
-                        replies: Mutex::new(replies.into_inner()),
-                    },
-                    Err(status) if status.code() == tonic::Code::Unimplemented => {
-                        self.refused = true;
-                        return client
-                            .append_entries(request)
-                            .await
-                            .map(tonic::Response::into_inner);
-                    }
-                    Err(status) => return Err(status),
-                }
-            }
         };
-        // Taken out while in use: a caller that gives up mid-exchange (its
-        // timeout) leaves no stream whose next reply answers an old request.
-        let mut stream = stream;
         let reply = stream.exchange(request).await?;
         self.open = Some(stream);
         Ok(reply)

@@ -95,8 +95,10 @@ type TaggedStream = Pin<Box<dyn Stream<Item = Result<TaggedPayload, Status>> + S
 /// past that the leader reads no more of it until some finish.
 const FORWARDED_IN_FLIGHT: usize = 4096;
 
-/// Proposes a forwarded command; one that cannot be decoded (a follower of
-/// another version) is refused with nothing applied.
+/// Proposes a command forwarded on a stream; one that cannot be decoded (a
+/// follower of another version) is refused with nothing applied, in its
+/// reply: a status would end the stream for every write on it (the unary
+/// `Propose` answers INVALID_ARGUMENT instead).
 async fn proposed(replicator: &Replicator, payload: &RaftPayload) -> ProposeReply {
     match decode::<Command>(payload) {
         Ok(command) => replicator.propose_as_leader(command).await,
@@ -120,7 +122,8 @@ impl RaftService for PeerService {
     type AppendEntriesStreamStream = PayloadStream;
 
     /// Answers each request before reading the next, in the order sent;
-    /// the stream ends at the first failure.
+    /// the stream ends at the first failure (tonic sends an error as the
+    /// stream's closing status).
     async fn append_entries_stream(
         &self,
         request: Request<Streaming<RaftPayload>>,
@@ -132,11 +135,6 @@ impl RaftService for PeerService {
             .then(move |request| {
                 let replicator = replicator.clone();
                 async move { append_entries(&replicator, &request?).await }
-            })
-            .scan(false, |failed, reply| {
-                let next = (!*failed).then_some(reply);
-                *failed = next.as_ref().is_some_and(Result::is_err);
-                futures::future::ready(next)
             });
         Ok(Response::new(Box::pin(replies)))
     }
@@ -181,11 +179,10 @@ impl RaftService for PeerService {
         let replies = request
             .into_inner()
             .take_until(stopped(self.stop.clone()))
-            .take_while(|request| futures::future::ready(request.is_ok()))
-            .filter_map(|request| futures::future::ready(request.ok()))
-            .map(move |TaggedPayload { id, payload }| {
+            .map(move |request| {
                 let replicator = replicator.clone();
                 async move {
+                    let TaggedPayload { id, payload } = request?;
                     let outcome = proposed(&replicator, &RaftPayload { payload }).await;
                     Ok(TaggedPayload {
                         id,

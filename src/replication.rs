@@ -25,7 +25,7 @@ use crate::group_commit::GroupCommit;
 use crate::liveness::{leads, leads_in, LeaderLoss, Liveness};
 use crate::network::{decode, encode, PeerChannels};
 use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
-use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, RaftPayload, ReadIndexRequest};
+use crate::proto::baton::v1::{NodeInfoRequest, NodeInfoResponse, ReadIndexRequest};
 
 /// What a state-machine command answered once applied.
 pub type CommandResult = Result<Response, CommandError>;
@@ -291,7 +291,7 @@ impl Replicator {
     /// What peer `id` says of itself (at most 500 ms); caches its client
     /// address.
     pub async fn node_info_of(&self, id: NodeId) -> Option<NodeInfoResponse> {
-        let mut client = self.inner.channels.client(&self.peer_addr(id)?).ok()?;
+        let mut client = self.peer_client(id)?;
         let info = tokio::time::timeout(
             Duration::from_millis(500),
             client.node_info(NodeInfoRequest {}),
@@ -422,8 +422,8 @@ impl Replicator {
         self.inner.forwarded.inc();
         let payload =
             encode(command).map_err(|e| ProposeRejection::Unknown(format!("encode: {e}")))?;
-        match self.inner.forwarder.forward(&addr, payload.payload).await {
-            Ok(payload) => decode::<ProposeReply>(&RaftPayload { payload })
+        match self.inner.forwarder.forward(&addr, payload).await {
+            Ok(reply) => decode::<ProposeReply>(&reply)
                 .map_err(|e| ProposeRejection::Unknown(format!("bad reply from leader: {e}")))?,
             // The leader was never reached: as good as not leader.
             Err(ForwardFailure::NotSent(_)) => Err(ProposeRejection::NotLeader),
