@@ -22,17 +22,10 @@ pub fn wall_clock_ms() -> u64 {
     now.saturating_add_signed(test_skew_ms())
 }
 
-#[cfg(debug_assertions)]
 fn test_skew_ms() -> i64 {
-    std::env::var_os("BATON_TEST_CLOCK_SKEW_FILE")
-        .and_then(|path| std::fs::read_to_string(path).ok())
+    crate::test_hooks::read("BATON_TEST_CLOCK_SKEW_FILE")
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0)
-}
-
-#[cfg(not(debug_assertions))]
-fn test_skew_ms() -> i64 {
-    0
 }
 
 /// Where one term's clock started.

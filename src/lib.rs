@@ -39,3 +39,4 @@ pub mod service;
 #[cfg(test)]
 mod stand_in_peer;
 pub mod statefulset;
+mod test_hooks;

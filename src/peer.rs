@@ -54,19 +54,11 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status
 /// `BATON_TEST_PEER_DEAF_FILE` exists, the node refuses the Raft messages
 /// it is sent (AppendEntries, votes, pre-votes) as if cut off from its
 /// peers, while its own calls to them still go out.
-#[cfg(debug_assertions)]
 fn deaf_in_tests() -> Result<(), Status> {
-    match std::env::var_os("BATON_TEST_PEER_DEAF_FILE") {
-        Some(file) if std::path::Path::new(&file).exists() => {
-            Err(Status::unavailable("deaf (test hook)"))
-        }
-        _ => Ok(()),
+    match crate::test_hooks::read("BATON_TEST_PEER_DEAF_FILE") {
+        Some(_) => Err(Status::unavailable("deaf (test hook)")),
+        None => Ok(()),
     }
-}
-
-#[cfg(not(debug_assertions))]
-fn deaf_in_tests() -> Result<(), Status> {
-    Ok(())
 }
 
 /// Hands one AppendEntries to the local Raft node and encodes its answer.

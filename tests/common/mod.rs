@@ -68,38 +68,29 @@ pub struct Cluster {
 impl Cluster {
     /// Starts three nodes at once with empty data directories.
     pub async fn start(extra_args: &[&str]) -> Cluster {
-        Cluster::start_with(extra_args, |_| Vec::new(), false).await
+        Cluster::start_full(extra_args, None, None, false).await
     }
 
     /// Like `start`, each node also serving `/metrics` on its
     /// `metrics_addr` (chosen with its other ports, so none can collide).
     pub async fn start_with_metrics() -> Cluster {
-        Cluster::start_with(&[], |_| Vec::new(), true).await
+        Cluster::start_full(&[], None, None, true).await
     }
 
     /// Like `start`, for nodes whose client port talks TLS with a
     /// certificate from `ca_pem`.
     pub async fn start_tls(extra_args: &[&str], ca_pem: Vec<u8>) -> Cluster {
-        Cluster::start_full(extra_args, |_| Vec::new(), Some(ca_pem), None, false).await
-    }
-
-    async fn start_with(
-        extra_args: &[&str],
-        node_args: impl Fn(u64) -> Vec<String>,
-        metrics: bool,
-    ) -> Cluster {
-        Cluster::start_full(extra_args, node_args, None, None, metrics).await
+        Cluster::start_full(extra_args, Some(ca_pem), None, false).await
     }
 
     /// Like `start`, with each node's data directory first seeded from the
     /// backup `file` (`baton cluster snapshot restore`).
     pub async fn start_seeded(file: &std::path::Path) -> Cluster {
-        Cluster::start_full(&[], |_| Vec::new(), None, Some(file), false).await
+        Cluster::start_full(&[], None, Some(file), false).await
     }
 
     async fn start_full(
         extra_args: &[&str],
-        node_args: impl Fn(u64) -> Vec<String>,
         client_tls_ca: Option<Vec<u8>>,
         seed: Option<&std::path::Path>,
         metrics: bool,
@@ -119,11 +110,11 @@ impl Cluster {
             })
             .collect();
         let node_args = |id: u64| {
-            let mut args = node_args(id);
             if metrics {
-                args.extend(["--metrics-listen".to_owned(), addr(id, 2)]);
+                vec!["--metrics-listen".to_owned(), addr(id, 2)]
+            } else {
+                Vec::new()
             }
-            args
         };
         let peers = nodes
             .iter()
