@@ -4,7 +4,8 @@
 //! The log store makes every append and vote durable (sled flush, then
 //! fdatasync: see `durable.rs`) before openraft is told so. The state
 //! machine keeps the deterministic [`baton_state::StateMachine`] in memory
-//! and persists it as Raft snapshots; after a restart it loads the latest
+//! and persists it as Raft snapshots, files beside sled's that sled names
+//! (`snapshot_files.rs`); after a restart it loads the latest
 //! snapshot and openraft re-applies the committed log behind it. This crate
 //! knows nothing of gRPC: the server reads state through [`StateHandle`]
 //! and watches one primitive's changes through [`KeyChanges`].
@@ -17,6 +18,7 @@ mod durable;
 mod feeds;
 mod flushed;
 mod log_store;
+mod snapshot_files;
 mod state_store;
 mod types;
 
@@ -28,6 +30,7 @@ pub mod probe;
 pub use feeds::{KeyChange, KeyChanges};
 pub use flushed::FlushedLog;
 pub use log_store::LogStore;
+pub use snapshot_files::SnapshotFile;
 pub use state_store::{StateHandle, StateMachineStore, StoredSnapshot};
 pub use types::{CommandOutcome, LogCommand, NodeId, TypeConfig};
 
@@ -75,6 +78,6 @@ pub fn open(
     let db = sled_config(dir).open()?;
     let durable = durable::Durable::open(dir, &db)?;
     let log = LogStore::new(&db, durable.clone())?;
-    let state = StateMachineStore::new(&db, durable, log.flushed_log(), limits)?;
+    let state = StateMachineStore::new(dir, &db, durable, log.flushed_log(), limits)?;
     Ok((log, state))
 }

@@ -1,10 +1,11 @@
 //! The Raft state machine: the deterministic [`StateMachine`] in memory,
-//! persisted as Raft snapshots in sled.
+//! persisted as Raft snapshots (files named in sled: `snapshot_files.rs`).
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use baton_state::{ChangeEvent, Limits, PrimitiveKey, StateMachine};
 use openraft::storage::RaftStateMachine;
@@ -17,22 +18,25 @@ use serde::{Deserialize, Serialize};
 use crate::durable::Durable;
 use crate::feeds::{ChangeFeeds, KeyChanges};
 use crate::flushed::FlushedLog;
+use crate::snapshot_files::{SnapshotFile, SnapshotFiles};
 use crate::types::{CommandOutcome, NodeId, TypeConfig};
 use crate::OpenError;
 
-/// Snapshot metadata (JSON) and the serialized state machine (raw bytes),
-/// written together in one sled batch. Kept apart so that checking which
-/// snapshot is stored does not decode the state, and the state is not
-/// re-encoded as a JSON array of numbers.
+/// Snapshot metadata (JSON) and the name of the file holding the serialized
+/// state machine, written together in one sled batch.
 const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_FILE: &[u8] = b"file";
+/// Earlier layouts, converted to a file when found at startup: the state
+/// as a sled value beside the metadata, and before that the whole
+/// `StoredSnapshot` as JSON under one key.
 const SNAPSHOT_DATA: &[u8] = b"data";
-/// The layout before: the whole `StoredSnapshot` as JSON under one key.
 const LEGACY_SNAPSHOT: &[u8] = b"current";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Meta = SnapshotMeta<NodeId, BasicNode>;
 
-/// A Raft snapshot as stored on disk and as shipped to a follower: openraft's
-/// metadata plus the serialized [`StateMachine`] (JSON).
+/// A Raft snapshot read back whole: openraft's metadata plus the serialized
+/// [`StateMachine`] (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredSnapshot {
     /// Last log id and membership covered by the snapshot.
@@ -130,14 +134,30 @@ impl StateHandle {
     /// at equal indexes.
     pub fn digest(&self) -> (Option<u64>, String) {
         let guard = self.read_guard();
-        let bytes = serde_json::to_vec(&guard.machine).unwrap_or_default();
-        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        // Hashed as it is encoded: a large state is never held twice.
+        let mut hash = Fnv1a(0xcbf2_9ce4_8422_2325);
+        // Writing into a hash cannot fail, and the state always encodes.
+        let _ = serde_json::to_writer(&mut hash, &guard.machine);
         (
             guard.last_applied.map(|id| id.index),
-            format!("{hash:016x}"),
+            format!("{:016x}", hash.0),
         )
+    }
+}
+
+/// FNV-1a over everything written into it.
+struct Fnv1a(u64);
+
+impl io::Write for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -150,6 +170,10 @@ pub struct StateMachineStore {
     /// Entries are applied only once flushed here (`flushed.rs`).
     flushed: FlushedLog,
     snapshots: sled::Tree,
+    files: SnapshotFiles,
+    /// The file a snapshot from the leader is being received into, if any:
+    /// openraft abandons it when another one starts.
+    receiving: Arc<Mutex<Option<String>>>,
     snapshot_counter: Arc<AtomicU64>,
     /// Serializes snapshot writes: openraft may finish building a snapshot
     /// of an older state while it installs a newer one from the leader.
@@ -158,13 +182,26 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub(crate) fn new(
+        dir: &Path,
         db: &sled::Db,
         durable: Durable,
         flushed: FlushedLog,
         limits: Limits,
     ) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
-        let applied = match read_stored(&snapshots)? {
+        let files = SnapshotFiles::open(dir)?;
+        let stored = read_stored(&snapshots, &files)?;
+        if let Some(stored) = &stored {
+            if snapshots.get(SNAPSHOT_FILE)?.is_none() {
+                convert_to_file(&snapshots, &files, &durable, stored)?;
+            }
+        }
+        let current = match snapshots.get(SNAPSHOT_FILE)? {
+            Some(name) => Some(file_name(&name)?),
+            None => None,
+        };
+        files.remove_all_but(current.as_deref())?;
+        let applied = match stored {
             Some(stored) => AppliedState {
                 machine: stored.state()?,
                 last_applied: stored.meta.last_log_id,
@@ -193,6 +230,8 @@ impl StateMachineStore {
             durable,
             flushed,
             snapshots,
+            files,
+            receiving: Arc::default(),
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -205,52 +244,88 @@ impl StateMachineStore {
 
     /// The snapshot currently stored on disk, if any.
     pub fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, OpenError> {
-        read_stored(&self.snapshots)
+        read_stored(&self.snapshots, &self.files)
     }
 
-    /// The metadata of the snapshot stored on disk, if any.
-    fn stored_meta(&self) -> Result<Option<SnapshotMeta<NodeId, BasicNode>>, OpenError> {
-        match self.snapshots.get(SNAPSHOT_META)? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(read_stored(&self.snapshots)?.map(|s| s.meta)),
+    /// The metadata and file name of the snapshot stored on disk, if any.
+    fn stored_file(&self) -> Result<Option<(Meta, String)>, OpenError> {
+        match (
+            self.snapshots.get(SNAPSHOT_META)?,
+            self.snapshots.get(SNAPSHOT_FILE)?,
+        ) {
+            (Some(meta), Some(name)) => {
+                Ok(Some((serde_json::from_slice(&meta)?, file_name(&name)?)))
+            }
+            _ => Ok(None),
         }
     }
 
-    /// Stores `snapshot` unless the stored one already covers as much of
-    /// the log: an older snapshot must never replace a newer one, whose
-    /// log may already be purged.
-    async fn persist(&self, snapshot: &StoredSnapshot) -> StorageResult<()> {
+    /// Makes the snapshot in file `name` the stored one, unless the stored
+    /// one already covers as much of the log (an older snapshot must never
+    /// replace a newer one, whose log may already be purged); the file that
+    /// loses is removed. The file is synced before sled names it.
+    async fn persist(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        name: &str,
+    ) -> StorageResult<()> {
         let _serialized = self.persist_lock.lock().await;
-        let signature = Some(snapshot.meta.signature());
+        let signature = || Some(meta.signature());
         let stored = self
-            .stored_meta()
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        if stored.is_some_and(|meta| meta.last_log_id >= snapshot.meta.last_log_id) {
-            return Ok(());
+            .stored_file()
+            .map_err(|e| StorageIOError::read_snapshot(signature(), &e))?;
+        if let Some((stored_meta, _)) = &stored {
+            if stored_meta.last_log_id >= meta.last_log_id {
+                self.files.remove_or_warn(name);
+                return Ok(());
+            }
         }
-        let meta = serde_json::to_vec(&snapshot.meta)
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        let files = self.files.clone();
+        let synced = name.to_owned();
+        tokio::task::spawn_blocking(move || files.sync(&synced))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        let encoded_meta = serde_json::to_vec(meta)
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META, meta);
-        batch.insert(SNAPSHOT_DATA, snapshot.data.as_slice());
-        batch.remove(LEGACY_SNAPSHOT);
+        batch.insert(SNAPSHOT_META, encoded_meta);
+        batch.insert(SNAPSHOT_FILE, name.as_bytes());
         self.snapshots
             .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
         self.durable
             .flush()
             .await
-            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+            .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        if let Some((_, replaced)) = stored {
+            if replaced != name {
+                self.files.remove_or_warn(&replaced);
+            }
+        }
         Ok(())
     }
 }
 
-/// The snapshot stored in `tree`, in either layout.
-fn read_stored(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, OpenError> {
-    if let (Some(meta), Some(data)) = (tree.get(SNAPSHOT_META)?, tree.get(SNAPSHOT_DATA)?) {
+/// The snapshot stored in `tree`, in any layout.
+fn read_stored(
+    tree: &sled::Tree,
+    files: &SnapshotFiles,
+) -> Result<Option<StoredSnapshot>, OpenError> {
+    if let Some(meta) = tree.get(SNAPSHOT_META)? {
+        let data = match (tree.get(SNAPSHOT_FILE)?, tree.get(SNAPSHOT_DATA)?) {
+            (Some(name), _) => {
+                let name = file_name(&name)?;
+                files
+                    .read(&name)
+                    .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {name}: {e}")))?
+            }
+            (None, Some(data)) => data.to_vec(),
+            (None, None) => return Ok(None),
+        };
         return Ok(Some(StoredSnapshot {
             meta: serde_json::from_slice(&meta)?,
-            data: data.to_vec(),
+            data,
         }));
     }
     match tree.get(LEGACY_SNAPSHOT)? {
@@ -259,41 +334,98 @@ fn read_stored(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, OpenError> {
     }
 }
 
-/// Builds a snapshot from a copy of the state taken, in log order, when
-/// openraft asked for a builder.
+/// The snapshot file name stored in sled: digits only, so that it can only
+/// name a file in the snapshot directory.
+fn file_name(stored: &[u8]) -> Result<String, OpenError> {
+    match std::str::from_utf8(stored) {
+        Ok(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(name.to_owned())
+        }
+        _ => Err(OpenError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("stored snapshot file name {stored:?} is not a number"),
+        ))),
+    }
+}
+
+/// Moves a snapshot stored in an earlier layout into a file.
+fn convert_to_file(
+    tree: &sled::Tree,
+    files: &SnapshotFiles,
+    durable: &Durable,
+    stored: &StoredSnapshot,
+) -> Result<(), OpenError> {
+    let name = files.new_name();
+    std::fs::write(files.path(&name), &stored.data)?;
+    files.sync(&name)?;
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAPSHOT_META, serde_json::to_vec(&stored.meta)?);
+    batch.insert(SNAPSHOT_FILE, name.as_bytes());
+    batch.remove(SNAPSHOT_DATA);
+    batch.remove(LEGACY_SNAPSHOT);
+    tree.apply_batch(batch)?;
+    durable.flush_blocking()?;
+    tracing::info!(file = %name, "moved the stored snapshot into a file");
+    Ok(())
+}
+
+/// Runs `f`, which blocks, from async code: in place on a multi-threaded
+/// runtime (its worker's other tasks move to another thread), as it is on
+/// a single-threaded one.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// Builds a snapshot whose file was written, in log order, when openraft
+/// asked for a builder.
 pub struct SnapshotBuilder {
     store: StateMachineStore,
-    machine: StateMachine,
+    /// The file the state was written into.
+    name: String,
+    /// Whether it could be written.
+    written: Option<io::Result<()>>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        // Encoding a large state takes a while: off the async workers, so
-        // heartbeats and client requests keep flowing meanwhile.
-        let machine = std::mem::take(&mut self.machine);
-        let data = tokio::task::spawn_blocking(move || serde_json::to_vec(&machine))
-            .await
-            .map_err(|e| StorageIOError::read_state_machine(&e))?
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let name = self.name.clone();
+        let written = self
+            .written
+            .take()
+            .unwrap_or_else(|| Err(io::Error::other("this builder built its snapshot already")));
+        if let Err(error) = written {
+            self.store.files.remove_or_warn(&name);
+            return Err(StorageIOError::read_state_machine(&error).into());
+        }
         let counter = self.store.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{counter}", id.leader_id, id.index),
             None => format!("empty-{counter}"),
         };
-        let stored = StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: self.last_applied,
-                last_membership: self.membership.clone(),
-                snapshot_id,
-            },
-            data,
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
         };
-        self.store.persist(&stored).await?;
+        // Opened before it is stored: if a newer snapshot wins, the file
+        // is removed, but this one is still what openraft asked for.
+        let file = self
+            .store
+            .files
+            .open_file(&name)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.store.persist(&meta, &name).await?;
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(file),
         })
     }
 }
@@ -358,35 +490,90 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let guard = self.handle.read_guard();
+        // The state is encoded straight into the file, not copied first:
+        // a copy cost as much time (entries wait either way) and doubled the
+        // node's memory. Reads go on meanwhile; entries are applied after.
+        let name = self.files.new_name();
+        let (written, last_applied, membership) = blocking(|| {
+            let guard = self.handle.read_guard();
+            let written = self.files.write_json(&name, &guard.machine);
+            (written, guard.last_applied, guard.membership.clone())
+        });
         SnapshotBuilder {
             store: self.clone(),
-            machine: guard.machine.clone(),
-            last_applied: guard.last_applied,
-            membership: guard.membership.clone(),
+            name,
+            written: Some(written),
+            last_applied,
+            membership,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotFile>> {
+        let file = self
+            .files
+            .create_file()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let abandoned = std::mem::replace(
+            &mut *self
+                .receiving
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            self.files.name_of(&file),
+        );
+        if let Some(abandoned) = abandoned {
+            self.files.remove_or_warn(&abandoned);
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> StorageResult<()> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
+        let signature = Some(meta.signature());
+        let own = self.files.name_of(&snapshot);
+        {
+            let mut receiving = self
+                .receiving
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if own.is_some() && *receiving == own {
+                *receiving = None;
+            }
+        }
+        let data = snapshot
+            .read_all()
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        drop(snapshot);
+        let machine = match serde_json::from_slice::<StateMachine>(&data) {
+            Ok(machine) => machine,
+            Err(error) => {
+                if let Some(own) = &own {
+                    self.files.remove_or_warn(own);
+                }
+                return Err(StorageIOError::read_snapshot(signature, &error).into());
+            }
         };
-        let machine = stored
-            .state()
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.persist(&stored).await?;
+        let bytes = data.len();
+        let name = match own {
+            Some(own) => {
+                drop(data);
+                own
+            }
+            None => {
+                let name = self.files.new_name();
+                std::fs::write(self.files.path(&name), &data)
+                    .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+                name
+            }
+        };
+        self.persist(meta, &name).await?;
         tracing::info!(
             index = meta.last_log_id.map(|id| id.index),
-            bytes = stored.data.len(),
+            bytes,
             "installed a snapshot from the leader"
         );
         let events = {
@@ -418,12 +605,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let stored = self
-            .stored_snapshot()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+        // Held so that the file is not replaced between naming and opening.
+        let _serialized = self.persist_lock.lock().await;
+        let Some((meta, name)) = self
+            .stored_file()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        else {
+            return Ok(None);
+        };
+        let file = self
+            .files
+            .open_file(&name)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
         }))
     }
 }

@@ -1,7 +1,5 @@
 //! The openraft type configuration: what a log entry carries.
 
-use std::io::Cursor;
-
 use baton_state::{Command, CommandError, Response};
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +15,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

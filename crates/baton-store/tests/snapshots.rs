@@ -1,11 +1,12 @@
 //! Snapshot persistence rules that openraft leaves to the storage.
 
-use std::io::Cursor;
+use std::path::Path;
 
-use baton_state::{ClientRequest, Command, Limits, Operation};
+use baton_state::{ClientRequest, Command, Limits, Operation, PrimitiveKey, StateMachine};
 use baton_store::{LogCommand, TypeConfig};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(1, 1), index)
@@ -44,7 +45,7 @@ async fn an_older_snapshot_build_never_replaces_a_newer_installed_snapshot() {
         .apply((1..=10).map(|i| join_entry(i, &format!("c{i}"))))
         .await
         .unwrap();
-    let newer = leader
+    let mut newer = leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
@@ -56,9 +57,11 @@ async fn an_older_snapshot_build_never_replaces_a_newer_installed_snapshot() {
         last_membership: StoredMembership::default(),
         snapshot_id: newer.meta.snapshot_id.clone(),
     };
-    sm.install_snapshot(&meta, Box::new(Cursor::new(newer.snapshot.into_inner())))
-        .await
-        .unwrap();
+    let mut data = Vec::new();
+    newer.snapshot.read_to_end(&mut data).await.unwrap();
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    receiving.write_all(&data).await.unwrap();
+    sm.install_snapshot(&meta, receiving).await.unwrap();
 
     // Now the stale build finishes.
     old_builder.build_snapshot().await.unwrap();
@@ -66,4 +69,153 @@ async fn an_older_snapshot_build_never_replaces_a_newer_installed_snapshot() {
     assert_eq!(stored.meta.last_log_id, Some(log_id(10)));
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id, Some(log_id(10)));
+}
+
+/// The files in a data directory's snapshot directory.
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn members(sm: &baton_store::StateMachineStore, latch: &str) -> Vec<String> {
+    sm.handle()
+        .read(|machine, _| machine.primitive(&PrimitiveKey::latch(latch)).members)
+}
+
+/// Each snapshot replaces the file of the one before; what a crash left
+/// (a file no snapshot names) is gone after a restart, and the node starts
+/// from the snapshot it stored.
+#[tokio::test]
+async fn only_the_stored_snapshot_keeps_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
+        for i in 1..=3 {
+            sm.apply([join_entry(i, &format!("c{i}"))]).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            assert_eq!(snapshot_files(dir.path()).len(), 1, "after snapshot {i}");
+        }
+        std::fs::write(
+            dir.path().join("snapshots").join("99999999999999999999"),
+            b"{",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("snapshots").join("half-written"), b"{").unwrap();
+    }
+    let kept = snapshot_files(dir.path());
+    assert_eq!(kept.len(), 3);
+
+    let (_log, sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
+    let left = snapshot_files(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(kept.contains(&left[0]));
+    assert_eq!(members(&sm, "l"), ["c1", "c2", "c3"]);
+    assert_eq!(sm.handle().applied_index(), Some(3));
+}
+
+/// A transfer openraft abandons (another one began) leaves no file behind.
+#[tokio::test]
+async fn an_abandoned_transfer_leaves_no_file() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_l, mut leader) = baton_store::open(leader_dir.path(), Limits::default()).unwrap();
+    leader.apply([join_entry(1, "a")]).await.unwrap();
+    let mut built = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    built.snapshot.read_to_end(&mut data).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
+    let mut abandoned = sm.begin_receiving_snapshot().await.unwrap();
+    abandoned.write_all(&data[..data.len() / 2]).await.unwrap();
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    receiving.write_all(&data).await.unwrap();
+    drop(abandoned);
+    sm.install_snapshot(&built.meta, receiving).await.unwrap();
+
+    assert_eq!(snapshot_files(dir.path()).len(), 1);
+    assert_eq!(members(&sm, "l"), ["a"]);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+}
+
+/// A snapshot the leader sends that does not decode is refused, leaves no
+/// file, and the state and stored snapshot stay as they were.
+#[tokio::test]
+async fn a_snapshot_that_does_not_decode_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
+    sm.apply([join_entry(1, "a")]).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let before = snapshot_files(dir.path());
+
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    receiving.write_all(b"{\"limits\":").await.unwrap();
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(5)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "broken".into(),
+    };
+    assert!(sm.install_snapshot(&meta, receiving).await.is_err());
+
+    assert_eq!(snapshot_files(dir.path()), before);
+    assert_eq!(members(&sm, "l"), ["a"]);
+    let stored = sm.stored_snapshot().unwrap().unwrap();
+    assert_eq!(stored.meta.last_log_id, Some(log_id(1)));
+}
+
+/// A data directory written by an earlier version kept the state as a sled
+/// value beside the metadata; it opens with that state, moved into a file.
+#[tokio::test]
+async fn a_snapshot_stored_by_an_earlier_version_is_moved_into_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut machine = StateMachine::new(Limits::default());
+    let join = |client: &str| {
+        Command::Client(ClientRequest {
+            client_id: client.into(),
+            request_id: 0,
+            operation: Operation::Join { latch: "l".into() },
+        })
+    };
+    machine.apply(&join("x"), 1_000);
+    machine.apply(&join("y"), 1_001);
+    let meta = SnapshotMeta::<u64, openraft::BasicNode> {
+        last_log_id: Some(log_id(7)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "old".into(),
+    };
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("snapshot").unwrap();
+        tree.insert(b"meta", serde_json::to_vec(&meta).unwrap())
+            .unwrap();
+        tree.insert(b"data", serde_json::to_vec(&machine).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    for _ in 0..2 {
+        let (_log, mut sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
+        assert_eq!(members(&sm, "l"), ["x", "y"]);
+        assert_eq!(sm.handle().applied_index(), Some(7));
+        assert_eq!(snapshot_files(dir.path()).len(), 1);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+    }
 }
