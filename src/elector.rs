@@ -5,7 +5,9 @@
 //! without writes. Here openraft's own election timer is off
 //! (`Config::enable_elect`), and a node campaigns only once a majority of
 //! the voters, itself included, say they would vote (`PreVote`): none of
-//! them leads or has heard from a leader for the leader lease. Votes stay
+//! them leads or has heard from a leader for the leader lease, and none has
+//! a log ahead of the candidate's (openraft's vote would refuse it for that,
+//! after the candidate had raised its term for nothing). Votes stay
 //! openraft's; this only decides when to ask for them.
 
 use std::time::Duration;
@@ -14,8 +16,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 
+use baton_store::NodeId;
+use openraft::{CommittedLeaderId, LogId};
+
 use crate::liveness::leads;
-use crate::proto::baton::v1::PreVoteRequest;
+use crate::proto::baton::v1::{LogPosition, PreVoteRequest};
 use crate::replication::Replicator;
 
 /// Runs this node's elections until the task is aborted. `lease` is the
@@ -76,12 +81,19 @@ async fn majority_would_vote(replicator: &Replicator, patience: Duration) -> boo
     if yes >= needed {
         return true;
     }
+    let Some(last_log) = replicator.last_log_id() else {
+        return false;
+    };
+    let last_log = last_log.map(position_of);
     let mut answers: FuturesUnordered<_> = voters
         .into_iter()
         .filter(|id| *id != me)
         .filter_map(|id| replicator.peer_client(id))
         .map(|mut client| async move {
-            let ask = client.pre_vote(PreVoteRequest { candidate: me });
+            let ask = client.pre_vote(PreVoteRequest {
+                candidate: me,
+                last_log,
+            });
             match tokio::time::timeout(patience, ask).await {
                 Ok(Ok(answer)) => answer.into_inner().granted,
                 Ok(Err(status)) => status.code() == tonic::Code::Unimplemented,
@@ -98,4 +110,49 @@ async fn majority_would_vote(replicator: &Replicator, patience: Duration) -> boo
         }
     }
     false
+}
+
+/// `id` as the pre-vote carries it.
+pub(crate) fn position_of(id: LogId<NodeId>) -> LogPosition {
+    LogPosition {
+        term: id.leader_id.term,
+        node_id: id.leader_id.node_id,
+        index: id.index,
+    }
+}
+
+/// The log id a pre-vote carries.
+pub(crate) fn log_id_of(position: &LogPosition) -> LogId<NodeId> {
+    LogId::new(
+        CommittedLeaderId::new(position.term, position.node_id),
+        position.index,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_position_carries_the_log_id_unchanged() {
+        let id = LogId::new(CommittedLeaderId::new(7, 3), 1_234);
+        assert_eq!(log_id_of(&position_of(id)), id);
+    }
+
+    /// The comparison a voter makes is openraft's: a later term is ahead
+    /// whatever its index.
+    #[test]
+    fn a_later_term_is_ahead_of_a_longer_log() {
+        let longer = log_id_of(&LogPosition {
+            term: 2,
+            node_id: 1,
+            index: 900,
+        });
+        let later = log_id_of(&LogPosition {
+            term: 3,
+            node_id: 2,
+            index: 10,
+        });
+        assert!(later > longer);
+    }
 }

@@ -207,6 +207,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let flushed = log_store.flushed_log();
     let commits = CommitClamp::new(flushed.clone());
     let flush_seconds = log_store.flush_seconds();
+    let log_reader = log_store.clone();
     let state = state_store.handle();
     let channels = PeerChannels::new(config.peer_tls.as_ref().map(|tls| {
         ClientTlsConfig::new()
@@ -226,6 +227,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config.id,
         raft.clone(),
         state,
+        log_reader,
         channels.clone(),
         config.advertise.clone(),
     );

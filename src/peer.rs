@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::elector::log_id_of;
 use crate::network::{decode, encode};
 use crate::node::stopped;
 use crate::proto::baton::v1::raft_service_server::RaftService;
@@ -188,11 +189,12 @@ impl RaftService for PeerService {
 
     async fn pre_vote(
         &self,
-        _request: Request<PreVoteRequest>,
+        request: Request<PreVoteRequest>,
     ) -> Result<Response<PreVoteResponse>, Status> {
         deaf_in_tests()?;
+        let candidate_log = request.get_ref().last_log.as_ref().map(log_id_of);
         Ok(Response::new(PreVoteResponse {
-            granted: self.replicator.grants_pre_vote(),
+            granted: self.replicator.grants_pre_vote(candidate_log),
         }))
     }
 

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_state::{Command, CommandError, Response};
-use baton_store::{NodeId, StateHandle, TypeConfig};
+use baton_store::{LogStore, NodeId, StateHandle, TypeConfig};
 use openraft::error::RaftError;
-use openraft::{Raft, ServerState};
+use openraft::{LogId, Raft, ServerState};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -65,6 +65,8 @@ struct Inner {
     id: NodeId,
     raft: Raft<TypeConfig>,
     state: StateHandle,
+    /// A reader of the log openraft writes (for the pre-vote).
+    log: LogStore,
     channels: PeerChannels,
     forwarder: Forwarder,
     client_addr: String,
@@ -94,6 +96,7 @@ impl Replicator {
         id: NodeId,
         raft: Raft<TypeConfig>,
         state: StateHandle,
+        log: LogStore,
         channels: PeerChannels,
         client_addr: String,
     ) -> Self {
@@ -108,6 +111,7 @@ impl Replicator {
                 id,
                 raft,
                 state,
+                log,
                 forwarder: Forwarder::new(channels.clone()),
                 channels,
                 client_addr,
@@ -213,18 +217,40 @@ impl Replicator {
         &self.inner.liveness
     }
 
-    /// Whether this node would vote for a candidate now (pre-vote): it does
-    /// not lead, is not rejoining, and has heard from no leader for the
-    /// leader lease (after which openraft's followers take votes too).
-    pub fn grants_pre_vote(&self) -> bool {
+    /// Whether this node would vote for a candidate whose last log id is
+    /// `candidate_log` now (pre-vote): it does not lead, is not rejoining,
+    /// has heard from no leader for the leader lease (after which openraft's
+    /// followers take votes too), and its log is not ahead of the
+    /// candidate's (`None`: a candidate that did not say).
+    pub fn grants_pre_vote(&self, candidate_log: Option<LogId<NodeId>>) -> bool {
         if leads(&self.inner.raft.metrics().borrow()) || self.is_rejoining() {
             return false;
         }
         let lease = self.inner.liveness.lost_after();
-        self.inner
+        let leaderless = self
+            .inner
             .liveness
             .last_contact()
-            .is_none_or(|at| at.elapsed() >= lease)
+            .is_none_or(|at| at.elapsed() >= lease);
+        let Some(candidate_log) = candidate_log else {
+            return leaderless;
+        };
+        leaderless
+            && self
+                .last_log_id()
+                .is_some_and(|own| Some(candidate_log) >= own)
+    }
+
+    /// The id of this node's last log entry, as openraft's vote compares it
+    /// (`None` if the log cannot be read).
+    pub fn last_log_id(&self) -> Option<Option<LogId<NodeId>>> {
+        match self.inner.log.last_log_id() {
+            Ok(last) => Some(last),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the last log id");
+                None
+            }
+        }
     }
 
     /// A client of peer `id`'s peer service.

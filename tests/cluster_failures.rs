@@ -594,3 +594,64 @@ async fn a_follower_cut_off_for_a_while_does_not_depose_its_leader_when_it_comes
         "the cut-off follower raised the term"
     );
 }
+
+/// Pre-vote with logs: a voter left without a leader says yes only to a
+/// candidate whose log is at least as far as its own, as openraft's vote
+/// would (before, a candidate whose log was behind passed the pre-vote,
+/// raised its term and was refused the vote). A candidate of an earlier
+/// version, which does not say where its log is, still gets a yes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaderless_voter_refuses_a_pre_vote_to_a_candidate_whose_log_is_behind() {
+    use baton::proto::baton::v1::raft_service_client::RaftServiceClient;
+    use baton::proto::baton::v1::{LogPosition, PreVoteRequest};
+
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    acknowledged_joins(&cluster, leader, "pre-vote", "w", 3).await;
+    let voter = cluster.followers_of(leader)[0];
+    for other in [1, 2, 3].into_iter().filter(|id| *id != voter) {
+        cluster.stop(other);
+    }
+    let mut peer = RaftServiceClient::connect(format!("http://{}", cluster.node(voter).peer_addr))
+        .await
+        .expect("peer service");
+    let candidate = if voter == 1 { 2 } else { 1 };
+    let pre_vote = move |last_log: Option<LogPosition>| PreVoteRequest {
+        candidate,
+        last_log,
+    };
+    let ahead = LogPosition {
+        term: 1_000,
+        node_id: candidate,
+        index: 1_000_000,
+    };
+    let behind = LogPosition {
+        term: 0,
+        node_id: 0,
+        index: 0,
+    };
+    // Once the voter has heard from no leader for the lease.
+    eventually(
+        Duration::from_secs(10),
+        "a yes for a candidate ahead",
+        || {
+            let mut peer = peer.clone();
+            async move {
+                let granted = peer.pre_vote(pre_vote(Some(ahead))).await.ok()?;
+                granted.into_inner().granted.then_some(())
+            }
+        },
+    )
+    .await;
+    let answer = peer
+        .pre_vote(pre_vote(Some(behind)))
+        .await
+        .expect("pre-vote");
+    assert!(!answer.into_inner().granted, "a candidate behind got a yes");
+    let answer = peer.pre_vote(pre_vote(None)).await.expect("pre-vote");
+    assert!(
+        answer.into_inner().granted,
+        "a candidate that did not say got a no"
+    );
+}

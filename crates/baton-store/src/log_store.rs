@@ -107,7 +107,9 @@ impl LogStore {
         })
     }
 
-    fn last_log_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
+    /// The id of the last entry in the log (the last purged one if the log
+    /// is empty), as openraft's vote compares logs.
+    pub fn last_log_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
         let last = self
             .entries
             .last()
