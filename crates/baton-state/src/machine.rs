@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use imbl::{OrdMap, OrdSet};
+
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Applied, ChangeEvent, ClientRequest, Command, Operation, Response};
@@ -16,23 +18,26 @@ use crate::session::{Outcome, RecordedRequest, Session};
 ///
 /// It reads no clock and does no I/O: "now" is the timestamp of the entry
 /// being applied, so every replica that applies the same log reaches the
-/// same state. Serialize it to take a whole-state snapshot.
+/// same state. Serialize it to take a whole-state snapshot. Its maps are
+/// persistent (`imbl`): a clone shares them and costs nothing, and a change
+/// to either copy copies only the nodes it touches, so a snapshot can be
+/// encoded from a clone while entries go on being applied to the original.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
     limits: Limits,
     now_ms: u64,
     #[serde(with = "entries")]
-    primitives: BTreeMap<PrimitiveKey, Primitive>,
-    sessions: BTreeMap<String, Session>,
+    primitives: OrdMap<PrimitiveKey, Primitive>,
+    sessions: OrdMap<String, Session>,
     /// Ended sessions' highest request ids (DESIGN §3): a late copy of a
     /// request the client sent before its session was closed or expired
     /// must not bring it back. At most `limits.max_sessions` of them, each
     /// kept for [`TOMBSTONE_TTL_MS`] of log time.
     #[serde(default)]
-    tombstones: BTreeMap<String, Tombstone>,
+    tombstones: OrdMap<String, Tombstone>,
     /// The tombstones by age, oldest first, to forget them in order.
     #[serde(default)]
-    tombstone_order: BTreeSet<(u64, String)>,
+    tombstone_order: OrdSet<(u64, String)>,
     /// The highest version a deleted primitive reached. A primitive used
     /// again counts its versions on from here, so a request recorded
     /// against its earlier life never matches its new one (exactly-once
@@ -71,10 +76,10 @@ impl StateMachine {
         StateMachine {
             limits,
             now_ms: 0,
-            primitives: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-            tombstones: BTreeMap::new(),
-            tombstone_order: BTreeSet::new(),
+            primitives: OrdMap::new(),
+            sessions: OrdMap::new(),
+            tombstones: OrdMap::new(),
+            tombstone_order: OrdSet::new(),
             deleted_versions: 0,
         }
     }
@@ -144,7 +149,7 @@ impl StateMachine {
     }
 
     fn forget_oldest_tombstone(&mut self) {
-        if let Some((_, id)) = self.tombstone_order.pop_first() {
+        if let Some((_, id)) = self.tombstone_order.remove_min() {
             self.tombstones.remove(&id);
         }
     }
@@ -152,7 +157,7 @@ impl StateMachine {
     fn prune_tombstones(&mut self) {
         while self
             .tombstone_order
-            .first()
+            .get_min()
             .is_some_and(|(at, _)| at.saturating_add(TOMBSTONE_TTL_MS) <= self.now_ms)
         {
             self.forget_oldest_tombstone();
@@ -247,7 +252,12 @@ impl StateMachine {
             }
             Command::LeaderGrace => {
                 let now = self.now_ms;
-                self.sessions.values_mut().for_each(|s| s.renew(now));
+                let ids: Vec<String> = self.sessions.keys().cloned().collect();
+                for id in ids {
+                    if let Some(session) = self.sessions.get_mut(&id) {
+                        session.renew(now);
+                    }
+                }
                 Ok(Response::GraceApplied {
                     sessions: self.sessions.len(),
                 })
@@ -666,21 +676,20 @@ fn validate_snapshot(snapshot: &PrimitiveSnapshot) -> Result<(), CommandError> {
 /// Serializes a map with structured keys as a sequence of pairs, so the
 /// snapshot encodes in formats whose map keys must be strings (JSON).
 mod entries {
-    use std::collections::BTreeMap;
-
+    use imbl::OrdMap;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
+    pub fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        map: &OrdMap<K, V>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(map.iter())
     }
 
-    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
     where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
         D: Deserializer<'de>,
     {
         Ok(Vec::<(K, V)>::deserialize(deserializer)?

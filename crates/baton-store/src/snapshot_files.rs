@@ -1,12 +1,13 @@
 //! Raft snapshots as files beside sled's database.
 //!
-//! A snapshot used to be built as a copy of the whole state, encoded into
-//! one buffer and stored as a sled value (sled copies it again): at 100,000
-//! sessions and primitives that was ~170 MB on top of the ~200 MB the node
-//! holds, every 10,000 commands. Now the state is encoded straight into a
-//! file, and only its name and openraft's metadata go into sled; openraft
-//! reads and writes snapshot data through [`SnapshotFile`], so sending one to
-//! a follower or receiving one never holds it in memory either.
+//! A snapshot used to be built as a deep copy of the whole state, encoded
+//! into one buffer and stored as a sled value (sled copies it again): at
+//! 100,000 sessions and primitives that was ~170 MB on top of the ~200 MB
+//! the node holds, every 10,000 commands. Now the copy shares the state's
+//! persistent maps, it is encoded straight into a file, and only the file's
+//! name and openraft's metadata go into sled; openraft reads and writes
+//! snapshot data through [`SnapshotFile`], so sending one to a follower or
+//! receiving one never holds it in memory either.
 //!
 //! Files are named by a number that only grows (`00000000000000000042`)
 //! and are never rewritten: a file is complete and synced before sled

@@ -369,37 +369,32 @@ fn convert_to_file(
     Ok(())
 }
 
-/// Runs `f`, which blocks, from async code: in place on a multi-threaded
-/// runtime (its worker's other tasks move to another thread), as it is on
-/// a single-threaded one.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
-}
-
-/// Builds a snapshot whose file was written, in log order, when openraft
-/// asked for a builder.
+/// Builds a snapshot from a copy of the state taken, in log order, when
+/// openraft asked for a builder.
 pub struct SnapshotBuilder {
     store: StateMachineStore,
-    /// The file the state was written into.
-    name: String,
-    /// Whether it could be written.
-    written: Option<io::Result<()>>,
+    /// The copy, until it is encoded.
+    machine: Option<StateMachine>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let name = self.name.clone();
-        let written = self
-            .written
-            .take()
-            .unwrap_or_else(|| Err(io::Error::other("this builder built its snapshot already")));
+        let machine = self.machine.take().ok_or_else(|| {
+            StorageIOError::read_state_machine(&io::Error::other(
+                "this builder built its snapshot already",
+            ))
+        })?;
+        let files = self.store.files.clone();
+        let name = files.new_name();
+        let encoding = name.clone();
+        // Encoding a large state takes a while: off the async workers, so
+        // heartbeats and client requests keep flowing meanwhile.
+        let written = tokio::task::spawn_blocking(move || files.write_json(&encoding, &machine))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|written| written);
         if let Err(error) = written {
             self.store.files.remove_or_warn(&name);
             return Err(StorageIOError::read_state_machine(&error).into());
@@ -490,21 +485,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The state is encoded straight into the file, not copied first:
-        // a copy cost as much time (entries wait either way) and doubled the
-        // node's memory. Reads go on meanwhile; entries are applied after.
-        let name = self.files.new_name();
-        let (written, last_applied, membership) = blocking(|| {
-            let guard = self.handle.read_guard();
-            let written = self.files.write_json(&name, &guard.machine);
-            (written, guard.last_applied, guard.membership.clone())
-        });
+        // A copy of the state shares its maps with the live one (they are
+        // persistent maps): taking it costs nothing, and entries go on being
+        // applied while it is encoded (what they change is copied then).
+        let guard = self.handle.read_guard();
         SnapshotBuilder {
             store: self.clone(),
-            name,
-            written: Some(written),
-            last_applied,
-            membership,
+            machine: Some(guard.machine.clone()),
+            last_applied: guard.last_applied,
+            membership: guard.membership.clone(),
         }
     }
 
