@@ -114,10 +114,12 @@ impl AdminService for AdminApi {
             .linearizable_barrier(deadline(&request))
             .await
             .map_err(|e| Status::from(ApiError::from(e)))?;
-        let (index, state) = replicator
-            .state()
-            .read(|machine, applied| (applied.unwrap_or(0), serde_json::to_vec(machine)));
-        let state = state.map_err(|e| Status::internal(format!("encoding the state: {e}")))?;
+        let (index, machine) = replicator.state().copy();
+        let state = tokio::task::spawn_blocking(move || serde_json::to_vec(&machine))
+            .await
+            .map_err(|e| Status::internal(format!("encoding the state: {e}")))?
+            .map_err(|e| Status::internal(format!("encoding the state: {e}")))?;
+        let index = index.unwrap_or(0);
         let (voters, _) = membership::members(replicator);
         let mut nodes: Vec<String> = voters
             .iter()

@@ -98,6 +98,14 @@ impl StateHandle {
         f(&guard.machine, guard.last_applied.map(|id| id.index))
     }
 
+    /// A copy of the applied state with the index of the last applied
+    /// entry. Cheap: it shares the state's maps, so encoding it (a backup,
+    /// a digest) holds no lock while entries go on being applied.
+    pub fn copy(&self) -> (Option<u64>, StateMachine) {
+        let guard = self.read_guard();
+        (guard.last_applied.map(|id| id.index), guard.machine.clone())
+    }
+
     /// Index of the last applied entry.
     pub fn applied_index(&self) -> Option<u64> {
         self.read_guard().last_applied.map(|id| id.index)
@@ -133,15 +141,12 @@ impl StateHandle {
     /// applied index it belongs to. Converged replicas report equal digests
     /// at equal indexes.
     pub fn digest(&self) -> (Option<u64>, String) {
-        let guard = self.read_guard();
+        let (applied, machine) = self.copy();
         // Hashed as it is encoded: a large state is never held twice.
         let mut hash = Fnv1a(0xcbf2_9ce4_8422_2325);
         // Writing into a hash cannot fail, and the state always encodes.
-        let _ = serde_json::to_writer(&mut hash, &guard.machine);
-        (
-            guard.last_applied.map(|id| id.index),
-            format!("{:016x}", hash.0),
-        )
+        let _ = serde_json::to_writer(&mut hash, &machine);
+        (applied, format!("{:016x}", hash.0))
     }
 }
 
