@@ -59,21 +59,43 @@ impl SnapshotFiles {
     }
 
     /// A name no file has had.
-    pub(crate) fn new_name(&self) -> String {
+    fn new_name(&self) -> String {
         format!("{:020}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Where the file called `name` is.
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
+    fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    /// Writes `value` as JSON into a new file called `name` (not yet synced).
-    pub(crate) fn write_json<T: serde::Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
-        let file = File::create(self.path(name))?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        serde_json::to_writer(&mut writer, value)?;
-        writer.flush()
+    /// Writes `value` as JSON into a new file (not yet synced) and returns
+    /// its name; a file that could not be written whole is removed.
+    pub(crate) fn write_json<T: serde::Serialize>(&self, value: &T) -> io::Result<String> {
+        self.write_new(|writer| Ok(serde_json::to_writer(writer, value)?))
+    }
+
+    /// Writes `bytes` into a new file (not yet synced) and returns its name.
+    pub(crate) fn write_bytes(&self, bytes: &[u8]) -> io::Result<String> {
+        self.write_new(|writer| writer.write_all(bytes))
+    }
+
+    fn write_new(
+        &self,
+        write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+    ) -> io::Result<String> {
+        let name = self.new_name();
+        let written = File::create(self.path(&name)).and_then(|file| {
+            let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+            write(&mut writer)?;
+            writer.flush()
+        });
+        match written {
+            Ok(()) => Ok(name),
+            Err(error) => {
+                self.remove_or_warn(&name);
+                Err(error)
+            }
+        }
     }
 
     /// Makes the file called `name`, and its entry in the directory, durable.
@@ -85,10 +107,11 @@ impl SnapshotFiles {
     /// The whole content of the file called `name`.
     pub(crate) fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         std::fs::read(self.path(name))
+            .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {name}: {e}")))
     }
 
     /// Removes the file called `name`; one that is already gone is fine.
-    pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
+    fn remove(&self, name: &str) -> io::Result<()> {
         match std::fs::remove_file(self.path(name)) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),
@@ -149,9 +172,28 @@ impl SnapshotFiles {
     }
 }
 
-/// The number a snapshot file is named by.
+/// The number a snapshot file is named by (digits only, so that a name
+/// can only be a file in the snapshot directory).
 fn number_of(name: &str) -> Option<u64> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     name.parse().ok()
+}
+
+/// A snapshot file name as stored (in sled), checked to be one this
+/// directory gives out.
+pub(crate) fn stored_name(stored: &[u8]) -> io::Result<String> {
+    match std::str::from_utf8(stored)
+        .ok()
+        .filter(|name| number_of(name).is_some())
+    {
+        Some(name) => Ok(name.to_owned()),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("stored snapshot file name {stored:?} is not a number"),
+        )),
+    }
 }
 
 /// openraft's snapshot data: one file in the snapshot directory, read when

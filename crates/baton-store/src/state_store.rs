@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable::Durable;
 use crate::feeds::{ChangeFeeds, KeyChanges};
 use crate::flushed::FlushedLog;
-use crate::snapshot_files::{SnapshotFile, SnapshotFiles};
+use crate::snapshot_files::{stored_name, SnapshotFile, SnapshotFiles};
 use crate::types::{CommandOutcome, NodeId, TypeConfig};
 use crate::OpenError;
 
@@ -43,13 +43,6 @@ pub struct StoredSnapshot {
     pub meta: SnapshotMeta<NodeId, BasicNode>,
     /// The state machine, serialized with serde_json.
     pub data: Vec<u8>,
-}
-
-impl StoredSnapshot {
-    /// Decodes the state machine held in this snapshot.
-    pub fn state(&self) -> Result<StateMachine, serde_json::Error> {
-        serde_json::from_slice(&self.data)
-    }
 }
 
 struct AppliedState {
@@ -195,22 +188,19 @@ impl StateMachineStore {
     ) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
         let files = SnapshotFiles::open(dir)?;
-        let stored = read_stored(&snapshots, &files)?;
-        if let Some(stored) = &stored {
-            if snapshots.get(SNAPSHOT_FILE)?.is_none() {
-                convert_to_file(&snapshots, &files, &durable, stored)?;
-            }
-        }
-        let current = match snapshots.get(SNAPSHOT_FILE)? {
-            Some(name) => Some(file_name(&name)?),
-            None => None,
+        let stored = match stored_file(&snapshots)? {
+            Some((meta, name)) => Some((meta, name.clone(), files.read(&name)?)),
+            None => match read_earlier_layout(&snapshots)? {
+                Some(earlier) => Some(convert_to_file(&snapshots, &files, &durable, earlier)?),
+                None => None,
+            },
         };
-        files.remove_all_but(current.as_deref())?;
+        files.remove_all_but(stored.as_ref().map(|(_, name, _)| name.as_str()))?;
         let applied = match stored {
-            Some(stored) => AppliedState {
-                machine: stored.state()?,
-                last_applied: stored.meta.last_log_id,
-                membership: stored.meta.last_membership,
+            Some((meta, _, data)) => AppliedState {
+                machine: serde_json::from_slice(&data)?,
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership,
             },
             // A data directory seeded from a backup starts from that state
             // with an empty log; the cluster it forms builds on it.
@@ -249,19 +239,12 @@ impl StateMachineStore {
 
     /// The snapshot currently stored on disk, if any.
     pub fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, OpenError> {
-        read_stored(&self.snapshots, &self.files)
-    }
-
-    /// The metadata and file name of the snapshot stored on disk, if any.
-    fn stored_file(&self) -> Result<Option<(Meta, String)>, OpenError> {
-        match (
-            self.snapshots.get(SNAPSHOT_META)?,
-            self.snapshots.get(SNAPSHOT_FILE)?,
-        ) {
-            (Some(meta), Some(name)) => {
-                Ok(Some((serde_json::from_slice(&meta)?, file_name(&name)?)))
-            }
-            _ => Ok(None),
+        match stored_file(&self.snapshots)? {
+            Some((meta, name)) => Ok(Some(StoredSnapshot {
+                meta,
+                data: self.files.read(&name)?,
+            })),
+            None => Ok(None),
         }
     }
 
@@ -276,8 +259,7 @@ impl StateMachineStore {
     ) -> StorageResult<()> {
         let _serialized = self.persist_lock.lock().await;
         let signature = || Some(meta.signature());
-        let stored = self
-            .stored_file()
+        let stored = stored_file(&self.snapshots)
             .map_err(|e| StorageIOError::read_snapshot(signature(), &e))?;
         if let Some((stored_meta, _)) = &stored {
             if stored_meta.last_log_id >= meta.last_log_id {
@@ -312,25 +294,21 @@ impl StateMachineStore {
     }
 }
 
-/// The snapshot stored in `tree`, in any layout.
-fn read_stored(
-    tree: &sled::Tree,
-    files: &SnapshotFiles,
-) -> Result<Option<StoredSnapshot>, OpenError> {
-    if let Some(meta) = tree.get(SNAPSHOT_META)? {
-        let data = match (tree.get(SNAPSHOT_FILE)?, tree.get(SNAPSHOT_DATA)?) {
-            (Some(name), _) => {
-                let name = file_name(&name)?;
-                files
-                    .read(&name)
-                    .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {name}: {e}")))?
-            }
-            (None, Some(data)) => data.to_vec(),
-            (None, None) => return Ok(None),
-        };
+/// The metadata and file name of the snapshot stored in `tree`, if any.
+fn stored_file(tree: &sled::Tree) -> Result<Option<(Meta, String)>, OpenError> {
+    match (tree.get(SNAPSHOT_META)?, tree.get(SNAPSHOT_FILE)?) {
+        (Some(meta), Some(name)) => Ok(Some((serde_json::from_slice(&meta)?, stored_name(&name)?))),
+        _ => Ok(None),
+    }
+}
+
+/// A snapshot stored in `tree` by an earlier version, in either of its
+/// layouts.
+fn read_earlier_layout(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, OpenError> {
+    if let (Some(meta), Some(data)) = (tree.get(SNAPSHOT_META)?, tree.get(SNAPSHOT_DATA)?) {
         return Ok(Some(StoredSnapshot {
             meta: serde_json::from_slice(&meta)?,
-            data,
+            data: data.to_vec(),
         }));
     }
     match tree.get(LEGACY_SNAPSHOT)? {
@@ -339,71 +317,48 @@ fn read_stored(
     }
 }
 
-/// The snapshot file name stored in sled: digits only, so that it can only
-/// name a file in the snapshot directory.
-fn file_name(stored: &[u8]) -> Result<String, OpenError> {
-    match std::str::from_utf8(stored) {
-        Ok(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) => {
-            Ok(name.to_owned())
-        }
-        _ => Err(OpenError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("stored snapshot file name {stored:?} is not a number"),
-        ))),
-    }
-}
-
-/// Moves a snapshot stored in an earlier layout into a file.
+/// Moves a snapshot stored in an earlier layout into a file; returns its
+/// metadata, the file's name and the state.
 fn convert_to_file(
     tree: &sled::Tree,
     files: &SnapshotFiles,
     durable: &Durable,
-    stored: &StoredSnapshot,
-) -> Result<(), OpenError> {
-    let name = files.new_name();
-    std::fs::write(files.path(&name), &stored.data)?;
+    earlier: StoredSnapshot,
+) -> Result<(Meta, String, Vec<u8>), OpenError> {
+    let name = files.write_bytes(&earlier.data)?;
     files.sync(&name)?;
     let mut batch = sled::Batch::default();
-    batch.insert(SNAPSHOT_META, serde_json::to_vec(&stored.meta)?);
+    batch.insert(SNAPSHOT_META, serde_json::to_vec(&earlier.meta)?);
     batch.insert(SNAPSHOT_FILE, name.as_bytes());
     batch.remove(SNAPSHOT_DATA);
     batch.remove(LEGACY_SNAPSHOT);
     tree.apply_batch(batch)?;
     durable.flush_blocking()?;
     tracing::info!(file = %name, "moved the stored snapshot into a file");
-    Ok(())
+    Ok((earlier.meta, name, earlier.data))
 }
 
 /// Builds a snapshot from a copy of the state taken, in log order, when
 /// openraft asked for a builder.
 pub struct SnapshotBuilder {
     store: StateMachineStore,
-    /// The copy, until it is encoded.
-    machine: Option<StateMachine>,
+    machine: StateMachine,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let machine = self.machine.take().ok_or_else(|| {
-            StorageIOError::read_state_machine(&io::Error::other(
-                "this builder built its snapshot already",
-            ))
-        })?;
+        // Another copy that shares the maps: encoding it on a blocking
+        // thread, off the async workers, lets heartbeats and client
+        // requests flow meanwhile.
+        let machine = self.machine.clone();
         let files = self.store.files.clone();
-        let name = files.new_name();
-        let encoding = name.clone();
-        // Encoding a large state takes a while: off the async workers, so
-        // heartbeats and client requests keep flowing meanwhile.
-        let written = tokio::task::spawn_blocking(move || files.write_json(&encoding, &machine))
+        let name = tokio::task::spawn_blocking(move || files.write_json(&machine))
             .await
             .map_err(io::Error::other)
-            .and_then(|written| written);
-        if let Err(error) = written {
-            self.store.files.remove_or_warn(&name);
-            return Err(StorageIOError::read_state_machine(&error).into());
-        }
+            .and_then(|written| written)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let counter = self.store.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{counter}", id.leader_id, id.index),
@@ -496,7 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let guard = self.handle.read_guard();
         SnapshotBuilder {
             store: self.clone(),
-            machine: Some(guard.machine.clone()),
+            machine: guard.machine.clone(),
             last_applied: guard.last_applied,
             membership: guard.membership.clone(),
         }
@@ -533,7 +488,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .receiving
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if own.is_some() && *receiving == own {
+            if *receiving == own {
                 *receiving = None;
             }
         }
@@ -553,17 +508,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let bytes = data.len();
         let name = match own {
-            Some(own) => {
-                drop(data);
-                own
-            }
-            None => {
-                let name = self.files.new_name();
-                std::fs::write(self.files.path(&name), &data)
-                    .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-                name
-            }
+            Some(own) => own,
+            None => self
+                .files
+                .write_bytes(&data)
+                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?,
         };
+        drop(data);
         self.persist(meta, &name).await?;
         tracing::info!(
             index = meta.last_log_id.map(|id| id.index),
@@ -601,9 +552,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         // Held so that the file is not replaced between naming and opening.
         let _serialized = self.persist_lock.lock().await;
-        let Some((meta, name)) = self
-            .stored_file()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        let Some((meta, name)) =
+            stored_file(&self.snapshots).map_err(|e| StorageIOError::read_snapshot(None, &e))?
         else {
             return Ok(None);
         };
