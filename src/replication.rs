@@ -232,13 +232,10 @@ impl Replicator {
             .liveness
             .last_contact()
             .is_none_or(|at| at.elapsed() >= lease);
-        let Some(candidate_log) = candidate_log else {
-            return leaderless;
-        };
         leaderless
-            && self
-                .last_log_id()
-                .is_some_and(|own| Some(candidate_log) >= own)
+            && candidate_log.is_none_or(|candidate| {
+                self.last_log_id().is_some_and(|own| Some(candidate) >= own)
+            })
     }
 
     /// The id of this node's last log entry, as openraft's vote compares it

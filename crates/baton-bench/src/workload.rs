@@ -488,9 +488,9 @@ pub struct ScaleReport {
     /// Resident set size of each node [`SETTLE`] after the load, in bytes:
     /// what holding the items costs.
     pub rss_bytes: Vec<u64>,
-    /// Resident set size of each node the moment the load ended, in bytes:
-    /// a snapshot being built then (a copy of the state and its encoding)
-    /// shows here, as allocator memory not yet returned.
+    /// Resident set size of each node the moment the load ended, in bytes
+    /// (until session 11 a snapshot being built then, a deep copy of the
+    /// state and its encoding, showed here).
     pub rss_at_end_bytes: Vec<u64>,
     /// Each node's peak resident set size during the load (VmHWM), in
     /// bytes.
@@ -501,9 +501,9 @@ pub struct ScaleReport {
 }
 
 /// How long the scale workload lets the nodes idle after the load before
-/// it reads their RSS: snapshots still being built when the load ends, and
-/// memory the allocator has not yet returned, are gone by then (RSS falls
-/// by up to ~200 MB within 2 s at 100 k items; it was flat after that).
+/// it reads their RSS: memory the allocator has not yet returned is gone
+/// by then (before snapshots shared the state, RSS fell by up to ~200 MB
+/// within 2 s at 100 k items; it was flat after that).
 pub const SETTLE: Duration = Duration::from_secs(3);
 
 /// Baton only: `items` clients each open a 5-minute session and join a
