@@ -538,6 +538,81 @@ async fn a_leader_of_a_deleted_primitive_stops_leading() {
     assert_eq!(next.epoch(), 1);
 }
 
+/// A leadership's watch may open only after the primitive was deleted (its
+/// Events stream is opened in the background while the join runs): then
+/// its first state is the deleted primitive's, at a lower epoch than the
+/// leadership's, and it must end the leadership, not pass for news from
+/// before it. Otherwise a stops leading only when the primitive, used
+/// again, passes its old epoch, and until then two clients lead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leadership_whose_watch_opens_after_a_delete_ends() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let (a, b) = clients_a_and_b(&cluster).await;
+    // Raise the election's epoch first, so that the epochs of its next
+    // life stay below a's for a while.
+    for _ in 0..3 {
+        b.election("reused").enter().await.expect("b enters");
+        b.election("reused").withdraw().await.expect("b withdraws");
+    }
+    cluster.delay_events(Duration::from_millis(1_500));
+    let leadership = a
+        .election("reused")
+        .campaign_for(Some(Duration::from_secs(5)))
+        .await
+        .expect("campaign")
+        .expect("a leads an election nobody else stands in");
+    b.election("reused").delete().await.expect("delete");
+    cluster.delay_events(Duration::ZERO);
+    let next = b
+        .election("reused")
+        .campaign_for(Some(Duration::from_secs(5)))
+        .await
+        .expect("campaign")
+        .expect("b leads the election used again");
+    assert!(next.epoch() < leadership.epoch(), "the new life starts low");
+    let why = tokio::time::timeout(Duration::from_secs(10), leadership.lost())
+        .await
+        .expect("the leadership ends once its watch sees the deleted election");
+    assert_eq!(why, Ended::Deleted);
+    assert!(!leadership.is_leader());
+    assert!(next.is_leader());
+}
+
+/// A candidate waiting for its turn that is evicted has no turn coming: its
+/// campaign ends with ABORTED instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicted_candidate_stops_waiting_to_lead() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let (a, b) = clients_a_and_b(&cluster).await;
+    let leadership = a
+        .election("crowded")
+        .campaign_for(Some(Duration::from_secs(5)))
+        .await
+        .expect("campaign")
+        .expect("a leads an election nobody else stands in");
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.election("crowded").campaign_for(None).await })
+    };
+    eventually(Duration::from_secs(5), "b stands", || async {
+        let term = a.election("crowded").term().await.ok()?;
+        (term.members.len() == 2).then_some(())
+    })
+    .await;
+    a.election("crowded").evict("b").await.expect("evict b");
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("an evicted candidate is told so, not left waiting")
+        .expect("join");
+    assert_eq!(
+        waited.map(|led| led.is_some()).unwrap_err().code(),
+        tonic::Code::Aborted
+    );
+    assert!(leadership.is_leader());
+}
+
 /// Library clients "a" and "b", each with its own session, on all nodes.
 async fn clients_a_and_b(cluster: &Cluster) -> (Client, Client) {
     cluster.wait_for_leader().await;

@@ -206,6 +206,7 @@ impl Context {
         caller: &Caller,
         tx: &mpsc::Sender<WatchUpdate>,
     ) -> Result<(), Status> {
+        delay_for_tests().await;
         let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
         let replicator = &self.replicator;
         self.sessions
@@ -301,6 +302,17 @@ impl Context {
         self.sessions
             .lease_end(&caller.client_id)
             .unwrap_or_else(Instant::now)
+    }
+}
+
+/// Debug builds' test hook: a stream waits the milliseconds written in the
+/// file named by `BATON_TEST_EVENTS_DELAY_FILE` before its first read, so a
+/// test can make a stream open after a change it would otherwise see.
+async fn delay_for_tests() {
+    let delay = crate::test_hooks::read("BATON_TEST_EVENTS_DELAY_FILE")
+        .and_then(|ms| ms.trim().parse::<u64>().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
 

@@ -190,6 +190,7 @@ impl Cluster {
         extra.extend(self.node_args[(id - 1) as usize].iter().cloned());
         let skew_file = self.skew_file(id);
         let deaf_file = self.deaf_file(id);
+        let events_delay_file = self.events_delay_file(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -217,6 +218,7 @@ impl Cluster {
             .args(&extra)
             .env("BATON_TEST_CLOCK_SKEW_FILE", &skew_file)
             .env("BATON_TEST_PEER_DEAF_FILE", &deaf_file)
+            .env("BATON_TEST_EVENTS_DELAY_FILE", &events_delay_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -274,6 +276,21 @@ impl Cluster {
     /// is sent (debug builds' test hook, `BATON_TEST_PEER_DEAF_FILE`).
     fn deaf_file(&self, id: u64) -> PathBuf {
         self._dir.path().join(format!("node{id}.deaf"))
+    }
+
+    /// The file holding how long node `id`'s Events streams wait before
+    /// their first read (debug builds' test hook,
+    /// `BATON_TEST_EVENTS_DELAY_FILE`).
+    fn events_delay_file(&self, id: u64) -> PathBuf {
+        self._dir.path().join(format!("node{id}.events-delay"))
+    }
+
+    /// Every node's Events streams opened from now on wait `delay` before
+    /// they read the state they start with (zero: no wait).
+    pub fn delay_events(&self, delay: Duration) {
+        for id in 1..=self.nodes.len() as u64 {
+            std::fs::write(self.events_delay_file(id), delay.as_millis().to_string()).unwrap();
+        }
     }
 
     /// Node `id` hears nothing from its peers (while `deaf`), as if cut off

@@ -28,6 +28,7 @@ pub(crate) enum Release {
 #[derive(Debug)]
 struct Shared {
     client: Client,
+    kind: Kind,
     name: String,
     epoch: u64,
     leader_since: Option<SystemTime>,
@@ -58,8 +59,10 @@ impl Shared {
 ///
 /// [`Leadership::is_leader`] turns false, and [`Leadership::lost`]
 /// resolves, at the first of: an event showing another leader or a newer
-/// epoch, an event showing the primitive deleted (its epoch went back), the
-/// session ending, or the client-side lease running out (the send
+/// epoch, an event showing the primitive deleted (an epoch below this one
+/// that a linearizable read confirms: such an event may also be a state
+/// from before the leadership, when the feed opened first), the session
+/// ending, or the client-side lease running out (the send
 /// time of the last confirmed keep-alive + session timeout × (1 − margin)).
 /// The lease alone makes a paused or cut-off client stop before the cluster
 /// can expire its session and name the next leader.
@@ -76,6 +79,7 @@ impl Leadership {
     /// `feed` (already subscribed) for later changes.
     pub(crate) fn start(
         client: Client,
+        kind: Kind,
         name: String,
         view: &View,
         feed: Feed,
@@ -83,6 +87,7 @@ impl Leadership {
     ) -> Leadership {
         let shared = Arc::new(Shared {
             client,
+            kind,
             name,
             epoch: view.epoch,
             leader_since: view.leader_since,
@@ -202,17 +207,10 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
                     return;
                 }
             }
-            view = feed.recv(), if feed_open => match view {
-                Some(Ok(Fed::Deleted)) => {
-                    shared.end(Ended::Deleted);
-                    return;
-                }
-                Some(Ok(Fed::Next(view))) => {
-                    // Older epochs are news from before this leadership.
-                    let replaced = view.epoch > shared.epoch
-                        || (view.epoch == shared.epoch && !view.is_led_by(&me));
-                    if replaced {
-                        shared.end(Ended::Replaced);
+            fed = feed.recv(), if feed_open => match fed {
+                Some(Ok(fed)) => {
+                    if let Some(why) = still_leading(&shared, &me, fed).await {
+                        shared.end(why);
                         return;
                     }
                 }
@@ -225,6 +223,35 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
                 None => feed_open = false,
             }
         }
+    }
+}
+
+/// Whether a view from the feed leaves the leadership standing: `None` if
+/// it does, else why it ended.
+///
+/// A newer epoch, or this epoch led by someone else, ends it at once. An
+/// older epoch, or one lower than the view before it, is ambiguous: the
+/// feed opens in the background while the join runs, so its first states
+/// may come from before this leadership; but they may also come from after
+/// a Delete (whose epochs start again), when the feed opened only after it
+/// and never saw it happen. The current state (a linearizable read) tells.
+async fn still_leading(shared: &Shared, me: &str, fed: Fed) -> Option<Ended> {
+    let (view, went_back) = match fed {
+        Fed::Next(view) => (view, false),
+        Fed::Deleted(view) => (view, true),
+    };
+    if !went_back && view.epoch >= shared.epoch {
+        let replaced = view.epoch > shared.epoch || !view.is_led_by(me);
+        return replaced.then_some(Ended::Replaced);
+    }
+    match current(&shared.client, shared.kind, &shared.name).await {
+        Ok(now) if now.epoch == shared.epoch && now.is_led_by(me) => None,
+        Ok(now) if now.epoch < shared.epoch => Some(Ended::Deleted),
+        Ok(_) => Some(Ended::Replaced),
+        // Unable to tell: a leader that cannot show it still leads stops.
+        Err(e) => Some(Ended::SessionLost(format!(
+            "could not confirm the leadership after a change: {e}"
+        ))),
     }
 }
 
@@ -270,16 +297,25 @@ pub(crate) async fn lead_after(
     let me = client.client_id().to_owned();
     let deadline = wait.map(|w| Instant::now() + w);
     loop {
-        if view.is_led_by(&me) && client.is_alive() {
-            if from_feed {
-                // Only the current state may start a leadership.
-                view = current(client, kind, name).await?;
-                from_feed = false;
-                continue;
-            }
+        let stands = view.members.contains(&me);
+        let leads = view.is_led_by(&me) && client.is_alive();
+        if from_feed && (leads || !stands) {
+            // Only the current state may start a leadership or end the
+            // wait: the feed's may be from before the join.
+            view = current(client, kind, name).await?;
+            from_feed = false;
+            continue;
+        }
+        if !stands {
+            return Err(tonic::Status::aborted(format!(
+                "this client no longer stands in {name:?} (evicted, or the primitive deleted)"
+            ))
+            .into());
+        }
+        if leads {
             stop_unless_led.disarm();
             let leadership =
-                Leadership::start(client.clone(), name.to_owned(), &view, feed, release);
+                Leadership::start(client.clone(), kind, name.to_owned(), &view, feed, release);
             return Ok(Some(leadership));
         }
         let next = match deadline {
@@ -300,15 +336,9 @@ pub(crate) async fn lead_after(
             // join — a feed that opened only after the Delete starts below
             // the join's epoch and never hears of it. The current state
             // says whether this client still stands.
-            Some(Ok(Fed::Deleted | Fed::Next(_))) => {
+            Some(Ok(Fed::Deleted(_) | Fed::Next(_))) => {
                 view = current(client, kind, name).await?;
                 from_feed = false;
-                if !view.members.contains(&me) {
-                    return Err(tonic::Status::aborted(format!(
-                        "{name:?} was deleted while this client waited to lead it"
-                    ))
-                    .into());
-                }
             }
             Some(Err(e)) => return Err(e),
             None => {
@@ -343,7 +373,7 @@ enum Fed {
     Next(View),
     /// A state whose epoch is below the one before it: the primitive was
     /// deleted since (only Delete lowers an epoch).
-    Deleted,
+    Deleted(View),
 }
 
 impl Feed {
@@ -355,7 +385,7 @@ impl Feed {
         let went_back = self.last_epoch.is_some_and(|last| view.epoch < last);
         self.last_epoch = Some(view.epoch);
         Some(Ok(if went_back {
-            Fed::Deleted
+            Fed::Deleted(view)
         } else {
             Fed::Next(view)
         }))
