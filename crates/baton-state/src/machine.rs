@@ -59,6 +59,12 @@ pub struct Tombstone {
     pub highest_request_id: u64,
     /// Log time at which the session ended.
     pub ended_at_ms: u64,
+    /// The latest request of this client while it had no session (a
+    /// Delete, which opens none, or a first request refused), with what
+    /// became of it: a retry of exactly that request is answered as a
+    /// session's window would answer it, not as stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered: Option<RecordedRequest>,
 }
 
 impl Default for StateMachine {
@@ -106,7 +112,12 @@ impl StateMachine {
         session
     }
 
-    fn bury(&mut self, client_id: &str, highest_request_id: u64) {
+    fn bury(
+        &mut self,
+        client_id: &str,
+        highest_request_id: u64,
+        answered: Option<RecordedRequest>,
+    ) {
         let highest_request_id = self
             .tombstones
             .get(client_id)
@@ -119,6 +130,7 @@ impl StateMachine {
         let tombstone = Tombstone {
             highest_request_id,
             ended_at_ms: self.now_ms,
+            answered,
         };
         if let Some(old) = self.tombstones.insert(client_id.to_owned(), tombstone) {
             self.tombstone_order
@@ -132,19 +144,29 @@ impl StateMachine {
     }
 
     /// Remembers the request id of a client that has no session to record
-    /// it in, in its tombstone: a late copy is then refused as stale, and
+    /// it in, in its tombstone, with its outcome if it is a client request:
+    /// a retry of it gets that answer, an older id is refused as stale, and
     /// a session opened later starts above it. Only while there is room (or
     /// the client has a tombstone already): an ended session's tombstone is
     /// never pushed out for this, since a late copy of one of its requests
     /// would bring a dead client back.
-    fn remember_without_session(&mut self, client_id: &str, request_id: u64) {
+    fn remember_without_session(
+        &mut self,
+        client_id: &str,
+        request_id: u64,
+        outcome: Option<Outcome>,
+    ) {
         if request_id == 0 {
             return;
         }
         if self.tombstones.contains_key(client_id)
             || self.tombstones.len() < self.limits.max_sessions
         {
-            self.bury(client_id, request_id);
+            let answered = outcome.map(|outcome| RecordedRequest {
+                request_id,
+                outcome,
+            });
+            self.bury(client_id, request_id, answered);
         }
     }
 
@@ -301,7 +323,11 @@ impl StateMachine {
                 }),
                 // No session to remember it in (refused before it had one,
                 // or a Delete, which opens none).
-                None => self.remember_without_session(&request.client_id, request.request_id),
+                None => self.remember_without_session(
+                    &request.client_id,
+                    request.request_id,
+                    Some(outcome),
+                ),
             }
         }
         result
@@ -427,36 +453,57 @@ impl StateMachine {
         if request.request_id == 0 {
             return None;
         }
-        let now = self.now_ms;
-        let Some(session) = self.sessions.get_mut(&request.client_id) else {
+        let request_id = request.request_id;
+        let Some(session) = self.sessions.get(&request.client_id) else {
             let tombstone = self.tombstones.get(&request.client_id)?;
-            return (request.request_id <= tombstone.highest_request_id).then_some(Err(
+            if let Some(answered) = tombstone.answered.filter(|a| a.request_id == request_id) {
+                return Some(self.recorded_answer(request_id, answered.outcome, key));
+            }
+            return (request_id <= tombstone.highest_request_id).then_some(Err(
                 CommandError::StaleRequest {
-                    request_id: request.request_id,
+                    request_id,
                     forgotten_up_to: tombstone.highest_request_id,
                 },
             ));
         };
-        match session.outcome(request.request_id) {
-            Some(Outcome::Applied { version }) => {
-                let state = self.primitives.get(key).cloned().unwrap_or_default();
-                if state.version != version {
-                    return Some(Err(CommandError::AlreadyApplied {
-                        request_id: request.request_id,
-                    }));
-                }
-                session.renew(now);
-                Some(Ok(Response::Primitive(state)))
-            }
-            Some(Outcome::Rejected { kind }) => Some(Err(CommandError::PreviouslyRejected {
-                request_id: request.request_id,
-                kind,
-            })),
-            None if session.is_stale(request.request_id) => Some(Err(CommandError::StaleRequest {
-                request_id: request.request_id,
+        let answer = match session.outcome(request_id) {
+            Some(outcome) => self.recorded_answer(request_id, outcome, key),
+            None if session.is_stale(request_id) => Err(CommandError::StaleRequest {
+                request_id,
                 forgotten_up_to: session.forgotten_up_to,
-            })),
-            None => None,
+            }),
+            None => return None,
+        };
+        if answer.is_ok() {
+            let now = self.now_ms;
+            if let Some(session) = self.sessions.get_mut(&request.client_id) {
+                session.renew(now);
+            }
+        }
+        Some(answer)
+    }
+
+    /// The answer to a retry of a request whose outcome was recorded: the
+    /// primitive's state if nothing changed it since (exactly what the
+    /// first attempt answered), else `AlreadyApplied`; a refusal again.
+    fn recorded_answer(
+        &self,
+        request_id: u64,
+        outcome: Outcome,
+        key: &PrimitiveKey,
+    ) -> Result<Response, CommandError> {
+        match outcome {
+            Outcome::Applied { version } => {
+                let state = self.primitives.get(key).cloned().unwrap_or_default();
+                if state.version == version {
+                    Ok(Response::Primitive(state))
+                } else {
+                    Err(CommandError::AlreadyApplied { request_id })
+                }
+            }
+            Outcome::Rejected { kind } => {
+                Err(CommandError::PreviouslyRejected { request_id, kind })
+            }
         }
     }
 
@@ -493,7 +540,7 @@ impl StateMachine {
         let Some(session) = self.sessions.get_mut(client_id) else {
             // Nothing to close; but a late copy of this close must not
             // close the client's next session either.
-            self.remember_without_session(client_id, request_id);
+            self.remember_without_session(client_id, request_id, None);
             return Ok(Response::SessionClosed { existed: false });
         };
         if session.is_stale(request_id) {
@@ -558,7 +605,7 @@ impl StateMachine {
         let leaving: Vec<String> = leaving.into_iter().cloned().collect();
         for id in leaving {
             if let Some(session) = self.sessions.remove(&id) {
-                self.bury(&id, session.highest_request_id());
+                self.bury(&id, session.highest_request_id(), None);
             }
         }
     }

@@ -49,14 +49,19 @@ struct Model {
     now: u64,
     primitives: BTreeMap<PrimitiveKey, Primitive>,
     sessions: BTreeMap<String, ModelSession>,
-    /// Ended sessions: client -> (highest request id seen, ended at).
-    tombstones: BTreeMap<String, (u64, u64)>,
+    /// Ended sessions and callers without one: client -> (highest request
+    /// id seen, ended at, the latest session-less request and its outcome).
+    tombstones: BTreeMap<String, Tombstone>,
     /// Versions of a primitive used again continue above every deleted
     /// one's, so no retry recorded against an earlier life matches.
     deleted_versions: u64,
 }
 
 const TOMBSTONE_TTL: u64 = 600_000;
+
+/// A request id and what became of it: the version after it, or the refusal.
+type Recorded = (u64, Result<u64, ErrorKind>);
+type Tombstone = (u64, u64, Option<Recorded>);
 
 impl Model {
     fn get(&self, key: &PrimitiveKey) -> Primitive {
@@ -104,7 +109,7 @@ impl Model {
                     .unwrap_or(0)
                     .max(s.forgotten);
                 if highest > 0 {
-                    self.bury(id, highest);
+                    self.bury(id, highest, None);
                 }
             }
         }
@@ -112,36 +117,45 @@ impl Model {
 
     /// Remembers an ended session's highest request id; beyond the limit the
     /// oldest is forgotten first (ties by client id).
-    fn bury(&mut self, id: &str, highest: u64) {
-        self.tombstones.insert(id.to_owned(), (highest, self.now));
+    fn bury(&mut self, id: &str, highest: u64, answered: Option<Recorded>) {
+        self.tombstones
+            .insert(id.to_owned(), (highest, self.now, answered));
         while self.tombstones.len() > LIMITS.max_sessions {
             let oldest = self
                 .tombstones
                 .iter()
-                .min_by_key(|(c, (_, at))| (*at, (*c).clone()))
+                .min_by_key(|(c, (_, at, _))| (*at, (*c).clone()))
                 .map(|(c, _)| c.clone())
                 .expect("not empty");
             self.tombstones.remove(&oldest);
         }
     }
 
-    /// A request id of a client without a session, in its tombstone, while
-    /// that pushes no other tombstone out.
-    fn remember_without_session(&mut self, id: &str, request_id: u64) {
+    /// A request id of a client without a session, with its outcome if it
+    /// has one, in its tombstone, while that pushes no other tombstone out.
+    fn remember_without_session(
+        &mut self,
+        id: &str,
+        request_id: u64,
+        outcome: Option<Result<u64, ErrorKind>>,
+    ) {
         if request_id == 0 {
             return;
         }
-        if let Some((highest, _)) = self.tombstones.get(id) {
+        let answered = outcome.map(|outcome| (request_id, outcome));
+        if let Some((highest, _, _)) = self.tombstones.get(id) {
             let highest = (*highest).max(request_id);
-            self.bury(id, highest);
+            self.bury(id, highest, answered);
         } else if self.tombstones.len() < LIMITS.max_sessions {
-            self.bury(id, request_id);
+            self.bury(id, request_id, answered);
         }
     }
 
     /// A new session's starting window: what its ended predecessor saw.
     fn reborn(&mut self, id: &str) -> u64 {
-        self.tombstones.remove(id).map_or(0, |(highest, _)| highest)
+        self.tombstones
+            .remove(id)
+            .map_or(0, |(highest, _, _)| highest)
     }
 
     fn renew(&mut self, id: &str) {
@@ -155,7 +169,7 @@ impl Model {
         self.now = self.now.max(stamp);
         let now = self.now;
         self.tombstones
-            .retain(|_, (_, at)| *at + TOMBSTONE_TTL > now);
+            .retain(|_, (_, at, _)| *at + TOMBSTONE_TTL > now);
         match command {
             Command::OpenSession {
                 client_id,
@@ -219,7 +233,7 @@ impl Model {
                 }
                 let existed = self.sessions.contains_key(client_id);
                 if !existed {
-                    self.remember_without_session(client_id, *request_id);
+                    self.remember_without_session(client_id, *request_id, None);
                 }
                 if let Some(s) = self
                     .sessions
@@ -260,9 +274,19 @@ impl Model {
         validate_id("c", &r.client_id).map_err(|e| e.kind())?;
         let key = r.operation.key();
         if r.request_id != 0 && !self.sessions.contains_key(&r.client_id) {
-            if let Some((highest, _)) = self.tombstones.get(&r.client_id) {
-                if r.request_id <= *highest {
-                    return Err(ErrorKind::FailedPrecondition);
+            if let Some((highest, _, answered)) = self.tombstones.get(&r.client_id) {
+                match answered {
+                    // A retry of the latest session-less request: its answer.
+                    Some((id, Ok(version))) if *id == r.request_id => {
+                        return if *version == self.get(&key).version {
+                            Ok(Response::Primitive(self.get(&key)))
+                        } else {
+                            Err(ErrorKind::Aborted)
+                        };
+                    }
+                    Some((id, Err(kind))) if *id == r.request_id => return Err(*kind),
+                    _ if r.request_id <= *highest => return Err(ErrorKind::FailedPrecondition),
+                    _ => {}
                 }
             }
         }
@@ -290,8 +314,12 @@ impl Model {
                     r.request_id,
                     result.as_ref().map(|_| version).map_err(|k| *k),
                 ),
-                // Nowhere to record it: a late copy must be refused as stale.
-                None => self.remember_without_session(&r.client_id, r.request_id),
+                // No session to record it in: its tombstone remembers it.
+                None => self.remember_without_session(
+                    &r.client_id,
+                    r.request_id,
+                    Some(result.as_ref().map(|_| version).map_err(|k| *k)),
+                ),
             }
         }
         result
@@ -600,14 +628,20 @@ proptest! {
                 .map(|(c, s)| (c.clone(), s.forgotten, s.recent.iter().map(|(id, o)| (*id, *o)).collect()))
                 .collect();
             prop_assert_eq!(windows, expected_windows, "step {}: exactly-once windows", i);
-            let tombstones: Vec<(String, u64, u64)> = sm
+            let tombstones: Vec<(String, Tombstone)> = sm
                 .tombstones()
-                .map(|(c, t)| (c.clone(), t.highest_request_id, t.ended_at_ms))
+                .map(|(c, t)| {
+                    let answered = t.answered.map(|r| match r.outcome {
+                        Outcome::Applied { version } => (r.request_id, Ok(version)),
+                        Outcome::Rejected { kind } => (r.request_id, Err(kind)),
+                    });
+                    (c.clone(), (t.highest_request_id, t.ended_at_ms, answered))
+                })
                 .collect();
-            let expected_tombstones: Vec<(String, u64, u64)> = model
+            let expected_tombstones: Vec<(String, Tombstone)> = model
                 .tombstones
                 .iter()
-                .map(|(c, (h, at))| (c.clone(), *h, *at))
+                .map(|(c, t)| (c.clone(), *t))
                 .collect();
             prop_assert_eq!(tombstones, expected_tombstones, "step {}: tombstones", i);
             if applied.result.is_err() {

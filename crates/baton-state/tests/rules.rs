@@ -1187,6 +1187,48 @@ fn a_delete_by_a_caller_without_a_session_is_not_applied_twice() {
 }
 
 #[test]
+fn a_retry_by_a_caller_without_a_session_gets_the_first_attempts_answer() {
+    let mut sm = StateMachine::new(Limits {
+        max_primitives: 1,
+        ..Limits::default()
+    });
+    let key = PrimitiveKey::latch("l");
+    ok(&mut sm, join("a", "l"), T0);
+    // A Delete opens no session; its answer is lost, and the caller retries.
+    let delete_once = op("ops", 3, Operation::Delete { key: key.clone() });
+    ok(&mut sm, delete_once.clone(), T0 + 1);
+    assert_eq!(
+        sm.apply(&delete_once, T0 + 2).result,
+        Ok(Response::Primitive(Default::default())),
+        "a retried delete is answered as the first attempt was"
+    );
+    // Once the latch is used again, the retry is ABORTED (applied, answer
+    // gone) and still not applied; an older id is stale.
+    ok(&mut sm, join("b", "l"), T0 + 3);
+    assert_eq!(
+        rejected(&mut sm, delete_once, T0 + 4).kind(),
+        ErrorKind::Aborted
+    );
+    let older = op("ops", 2, Operation::Delete { key: key.clone() });
+    assert_eq!(
+        rejected(&mut sm, older, T0 + 5).kind(),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(members(&sm, &key), ["b"]);
+    // A first request refused by a limit (no session is opened) gets the
+    // same refusal again, not a stale-request error.
+    let join_x = op("x", 7, Operation::Join { latch: "m".into() });
+    assert_eq!(
+        rejected(&mut sm, join_x.clone(), T0 + 6).kind(),
+        ErrorKind::ResourceExhausted
+    );
+    assert_eq!(
+        rejected(&mut sm, join_x, T0 + 7).kind(),
+        ErrorKind::ResourceExhausted
+    );
+}
+
+#[test]
 fn a_late_close_of_a_session_already_gone_cannot_close_the_next_one() {
     let mut sm = StateMachine::default();
     let l = PrimitiveKey::latch("l");
