@@ -39,6 +39,21 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of one way an Events stream ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamEndLabels {
+    /// `latch` or `election`.
+    pub kind: String,
+    /// gRPC status code name the stream ended with (`Ok`: the client went
+    /// away or closed it).
+    pub code: String,
+}
+
+/// Events streams ended, by kind and status: how many watchers a node told
+/// to go elsewhere (`Unavailable`: it could no longer keep their sessions
+/// alive, or it is stopping).
+pub type StreamEnds = Family<StreamEndLabels, Counter>;
+
 /// Metrics that other parts of the node keep and the registry exports.
 pub struct MetricSources {
     /// Writes the replicator forwarded to the leader.
@@ -49,6 +64,8 @@ pub struct MetricSources {
     pub entry_commands: Histogram,
     /// Durable flush latency of the storage.
     pub flush_seconds: Histogram,
+    /// Events streams ended, counted by the service.
+    pub stream_ends: StreamEnds,
 }
 
 /// Every metric of one node.
@@ -84,6 +101,7 @@ impl Metrics {
             expired,
             entry_commands,
             flush_seconds,
+            stream_ends,
         } = sources;
         let mut registry = Registry::with_prefix("baton");
         let metrics = Metrics {
@@ -172,6 +190,11 @@ impl Metrics {
             "rpc_requests",
             "Client RPCs by method and gRPC status",
             metrics.rpc_requests.clone(),
+        );
+        registry.register(
+            "stream_ends",
+            "Events streams ended, by primitive kind and the gRPC status they ended with (Ok: closed by the client)",
+            stream_ends,
         );
         registry.register(
             "rpc_duration_seconds",

@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 use crate::error::oversize_as_resource_exhausted;
 use crate::identity::Connections;
 use crate::keepalive::SessionKeeper;
-use crate::metrics::{MetricSources, Metrics, RpcMetricsLayer};
+use crate::metrics::{MetricSources, Metrics, RpcMetricsLayer, StreamEnds};
 use crate::network::{CommitClamp, PeerChannels, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
 use crate::peer::PeerService;
 use crate::proto::atomix::primitive::election::leader_election_service_server::LeaderElectionServiceServer;
@@ -258,11 +258,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let sessions = SessionKeeper::default();
     let (connections, departed) = Connections::new(config.id);
+    let stream_ends = StreamEnds::default();
     let context = Context {
         replicator: replicator.clone(),
         sessions: sessions.clone(),
         shutdown: stop_rx.clone(),
         flushed,
+        stream_ends: stream_ends.clone(),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_services = vec![
@@ -280,6 +282,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         expired: replicator.expired_sessions(),
         entry_commands: replicator.entry_commands(),
         flush_seconds,
+        stream_ends,
     });
     let mut client_server = Server::builder();
     if let Some(tls) = &config.client_tls {

@@ -137,9 +137,18 @@ async fn a_node_under_load_exports_its_metrics_and_they_move() {
     assert_eq!(total(&after_all, "baton_open_streams"), 1.0);
     assert!(sample(&after, "baton_sessions").unwrap_or(0.0) >= 2.0);
 
+    // The watch's stream ends when the client lets go of it; some node
+    // (it may have moved) counts that end.
+    drop(watch);
+    let closed_by_client = r#"baton_stream_ends_total{kind="latch",code="Ok"}"#;
+    eventually(
+        Duration::from_secs(10),
+        "a node counts the stream's end",
+        || async { (total(&scrape_all().await, closed_by_client) >= 1.0).then_some(()) },
+    )
+    .await;
     // The leader expires the lapsed session and counts it (whichever node
     // leads by then).
-    drop(watch);
     drop(client);
     eventually(
         Duration::from_secs(10),

@@ -44,6 +44,8 @@ pub struct Context {
     pub shutdown: watch::Receiver<bool>,
     /// How much of this node's Raft log is on disk (for status).
     pub flushed: baton_store::FlushedLog,
+    /// Events streams ended, by kind and status (metrics).
+    pub stream_ends: crate::metrics::StreamEnds,
 }
 
 /// One update of an Events stream: the initial state, then each change.
@@ -190,6 +192,7 @@ impl Context {
             let hold = context.sessions.hold(&caller.client_id);
             let ended = context.stream_changes(&caller, &tx).await;
             drop(hold);
+            context.count_stream_end(&caller, ended.as_ref().err());
             if let Err(error) = ended {
                 let _ = end_tx.send(error);
             }
@@ -275,6 +278,20 @@ impl Context {
                 }
             }
         }
+    }
+
+    fn count_stream_end(&self, caller: &Caller, error: Option<&Status>) {
+        let kind = match caller.key.kind {
+            PrimitiveKind::Latch => "latch",
+            PrimitiveKind::Election => "election",
+        };
+        let code = error.map_or(tonic::Code::Ok, Status::code);
+        self.stream_ends
+            .get_or_create(&crate::metrics::StreamEndLabels {
+                kind: kind.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
     }
 
     /// Resolves with the error that ends the caller's stream: its lease on
