@@ -613,6 +613,94 @@ async fn an_evicted_candidate_stops_waiting_to_lead() {
     assert!(leadership.is_leader());
 }
 
+/// A node that stops answering without closing its connections (frozen by
+/// SIGSTOP, a VM pause, a black-holed link) must cost a client neither its
+/// leadership nor its news. Keep-alives, first sent to that node, must move
+/// on to the others before the lease runs out; and the leadership's feed,
+/// open on that node, must notice the silence and reopen elsewhere, so that
+/// an eviction made meanwhile ends the leadership.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_node_costs_a_leader_neither_its_lease_nor_its_news() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let raft_leader = cluster.wait_for_leader().await;
+    let frozen = cluster.followers_of(raft_leader)[0];
+    // The frozen node first: the one every call and the feed start with.
+    let first = cluster.node(frozen).client_addr.clone();
+    let mut endpoints = cluster.endpoints();
+    endpoints.retain(|e| *e != first);
+    endpoints.insert(0, first);
+    let a = Client::builder(&endpoints)
+        .client_id("a")
+        .session_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .expect("a connects");
+    let b = Client::builder(&[cluster.node(raft_leader).client_addr.as_str()])
+        .client_id("b")
+        .connect()
+        .await
+        .expect("b connects");
+    let leadership = a
+        .election("frozen")
+        .campaign_for(Some(Duration::from_secs(5)))
+        .await
+        .expect("campaign")
+        .expect("a leads an election nobody else stands in");
+    cluster.pause(frozen);
+    // Twice the session timeout: the lease would have run out by now had
+    // the keep-alives stayed with the frozen node.
+    let kept = tokio::time::timeout(Duration::from_secs(6), leadership.lost()).await;
+    if let Ok(why) = kept {
+        cluster.resume(frozen);
+        panic!("a lost its leadership while one node was frozen: {why}");
+    }
+    b.election("frozen").evict("a").await.expect("b evicts a");
+    let told = tokio::time::timeout(Duration::from_secs(8), leadership.lost()).await;
+    cluster.resume(frozen);
+    let why =
+        told.expect("the eviction reaches a's leadership though its feed was on the frozen node");
+    assert_eq!(why, Ended::Replaced);
+    assert!(!leadership.is_leader());
+}
+
+/// A client that closes its session must not leave an observer's Events
+/// stream open: the stream would keep the session alive on the cluster
+/// (a node renews the sessions of its streams) and never say it ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_client_ends_its_observers_and_their_streams() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let (a, _b) = clients_a_and_b(&cluster).await;
+    let mut views = Box::pin(a.election("observed").observe());
+    a.election("observed").enter().await.expect("a enters");
+    let first = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut views))
+        .await
+        .expect("a first view");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    a.close().await.expect("close");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match futures::StreamExt::next(&mut views).await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the observer ends once its client closed the session");
+    assert!(matches!(end, Some(Err(_))), "{end:?}");
+    eventually(Duration::from_secs(5), "no stream left open", || async {
+        for id in [1, 2, 3] {
+            if cluster.status(id).await?.open_streams != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
 /// Library clients "a" and "b", each with its own session, on all nodes.
 async fn clients_a_and_b(cluster: &Cluster) -> (Client, Client) {
     cluster.wait_for_leader().await;

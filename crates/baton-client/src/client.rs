@@ -60,7 +60,7 @@ impl ClientBuilder {
     }
 
     /// Share of the session timeout the client-side lease gives up for
-    /// drift (default 0.1, clamped to 0.01..=0.5).
+    /// drift (default 0.1, clamped to 0.01..=0.5; NaN means the default).
     pub fn lease_margin(mut self, margin: f64) -> Self {
         self.lease_margin = margin;
         self
@@ -107,7 +107,11 @@ impl ClientBuilder {
         let client_id = self
             .client_id
             .unwrap_or_else(|| format!("baton-{:016x}", rand::random::<u64>()));
-        let lease_margin = self.lease_margin.clamp(0.01, 0.5);
+        let lease_margin = if self.lease_margin.is_nan() {
+            DEFAULT_LEASE_MARGIN
+        } else {
+            self.lease_margin.clamp(0.01, 0.5)
+        };
         Ok(Inner {
             endpoints,
             client_id,

@@ -162,10 +162,27 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
                 return;
             }
         };
-        failures = 0;
+        let ended = &client.inner.session.ended;
         loop {
-            match events.next_view().await {
+            // A session over on this side (closed, or found gone) ends the
+            // feed at once: its open stream would otherwise keep the session
+            // alive on the cluster.
+            let next = tokio::select! {
+                _ = ended.cancelled() => {
+                    if let Err(error) = client.inner.check_session() {
+                        let _ = tx.send(Err(error)).await;
+                    }
+                    return;
+                }
+                next = events.next_view() => next,
+            };
+            match next {
                 Ok(Some(view)) => {
+                    // Only a stream that delivers counts as a success: one
+                    // that opens and then fails at once (its first read
+                    // refused during an election) waits its turn like a
+                    // refused open.
+                    failures = 0;
                     if is_news(last.as_ref(), &view) {
                         last = Some(view.clone());
                         if tx.send(Ok(view)).await.is_err() {
@@ -180,6 +197,10 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
                     break;
                 }
             }
+        }
+        failures += 1;
+        if failures.is_multiple_of(endpoints.len()) {
+            tokio::time::sleep(REOPEN_PAUSE).await;
         }
     }
 }

@@ -32,6 +32,9 @@ struct Shared {
     name: String,
     epoch: u64,
     leader_since: Option<SystemTime>,
+    /// The session's lease lapses when the leadership began: one more, and
+    /// it is over (see [`crate::session::SessionState`]).
+    lapses: u64,
     lost: CancellationToken,
     why: Mutex<Option<Ended>>,
 }
@@ -85,12 +88,14 @@ impl Leadership {
         feed: Feed,
         release: Release,
     ) -> Leadership {
+        let lapses = client.inner.session.lapses();
         let shared = Arc::new(Shared {
             client,
             kind,
             name,
             epoch: view.epoch,
             leader_since: view.leader_since,
+            lapses,
             lost: CancellationToken::new(),
             why: Mutex::new(None),
         });
@@ -119,7 +124,10 @@ impl Leadership {
     /// Whether this client may still act as leader, checked against the
     /// clock now (not when a background task last looked).
     pub fn is_leader(&self) -> bool {
-        !self.shared.lost.is_cancelled() && self.shared.client.inner.session.alive()
+        let session = &self.shared.client.inner.session;
+        !self.shared.lost.is_cancelled()
+            && session.alive()
+            && session.lapses() == self.shared.lapses
     }
 
     /// Resolves when the leadership ends, with the reason.
@@ -188,6 +196,11 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
     let me = shared.client.client_id().to_owned();
     let mut feed_open = true;
     loop {
+        // A lapse while this task was busy elsewhere (confirming a view).
+        if session.lapses() != shared.lapses {
+            shared.end(Ended::LeaseExpired);
+            return;
+        }
         let until = *lease.borrow_and_update();
         tokio::select! {
             _ = shared.lost.cancelled() => return,
@@ -296,6 +309,7 @@ pub(crate) async fn lead_after(
     let mut from_feed = false;
     let me = client.client_id().to_owned();
     let deadline = wait.map(|w| Instant::now() + w);
+    let mut lease = client.inner.session.lease.subscribe();
     loop {
         let stands = view.members.contains(&me);
         let leads = view.is_led_by(&me) && client.is_alive();
@@ -318,12 +332,17 @@ pub(crate) async fn lead_after(
                 Leadership::start(client.clone(), kind, name.to_owned(), &view, feed, release);
             return Ok(Some(leadership));
         }
-        let next = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, feed.recv()).await {
-                Ok(next) => next,
-                Err(_) => return Ok(None),
-            },
-            None => feed.recv().await,
+        // Named leader while the lease has lapsed: no change may come to
+        // say so again, so the lease running again is news too.
+        let lapsed = view.is_led_by(&me);
+        let next = tokio::select! {
+            next = feed.recv() => next,
+            Ok(()) = lease.changed(), if lapsed => {
+                view = current(client, kind, name).await?;
+                from_feed = false;
+                continue;
+            }
+            _ = until(deadline) => return Ok(None),
         };
         match next {
             Some(Ok(Fed::Next(newer))) if newer.epoch >= view.epoch => {
@@ -346,6 +365,14 @@ pub(crate) async fn lead_after(
                 return Err(Error::SessionLost("the events feed stopped".into()));
             }
         }
+    }
+}
+
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -66,6 +66,11 @@ pub(crate) struct SessionState {
     pub margin: f64,
     /// The instant the client-side lease runs out; only ever extended.
     pub lease: watch::Sender<Instant>,
+    /// How often the lease was extended after it had run out. The cluster
+    /// may have expired the session meanwhile (and an Events stream opened
+    /// it again, empty), so whatever this client led before a lapse is
+    /// over, even once the lease runs again.
+    lapses: AtomicU64,
     /// Cancelled when the session is over for good (lost or closed).
     pub ended: CancellationToken,
     /// Why it ended, once it has.
@@ -78,10 +83,13 @@ impl SessionState {
             timeout_ms: AtomicU64::new(millis(timeout)),
             margin,
             lease: watch::Sender::new(opened_at),
+            lapses: AtomicU64::new(0),
             ended: CancellationToken::new(),
             end: Mutex::new(None),
         };
         state.confirmed(opened_at, timeout);
+        // The first grant is no lapse.
+        state.lapses.store(0, Ordering::Relaxed);
         state
     }
 
@@ -91,6 +99,7 @@ impl SessionState {
             timeout_ms: AtomicU64::new(0),
             margin: 0.0,
             lease: watch::Sender::new(Instant::now()),
+            lapses: AtomicU64::new(0),
             ended: CancellationToken::new(),
             end: Mutex::new(None),
         }
@@ -107,10 +116,18 @@ impl SessionState {
         self.lease.send_if_modified(|lease| {
             let later = until > *lease;
             if later {
+                if *lease <= Instant::now() {
+                    self.lapses.fetch_add(1, Ordering::Relaxed);
+                }
                 *lease = until;
             }
             later
         });
+    }
+
+    /// How often the lease has run out and been extended again.
+    pub fn lapses(&self) -> u64 {
+        self.lapses.load(Ordering::Relaxed)
     }
 
     /// Whether the client-side lease still runs and the session is not over.
@@ -191,5 +208,19 @@ mod tests {
         // A confirmation never shortens a lease already earned.
         session.confirmed(opened + Duration::from_secs(1), Duration::from_secs(2));
         assert_eq!(*session.lease.borrow(), opened + Duration::from_secs(11));
+        assert_eq!(session.lapses(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_extended_after_it_ran_out_counts_a_lapse() {
+        let session = SessionState::new(Duration::from_secs(1), 0.0, Instant::now());
+        assert_eq!(session.lapses(), 0);
+        session.confirmed(Instant::now(), Duration::from_secs(1));
+        assert_eq!(session.lapses(), 0, "renewed in time");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!session.alive());
+        session.confirmed(Instant::now(), Duration::from_secs(1));
+        assert!(session.alive());
+        assert_eq!(session.lapses(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Channels to every endpoint of a cluster and the retry loop every call
-//! goes through: UNAVAILABLE moves on to the leader the node hinted at, or
-//! to the next endpoint, until the call's deadline.
+//! goes through: UNAVAILABLE, or no answer within the attempt's share of
+//! the time, moves on to the leader the node hinted at, or to the next
+//! endpoint, until the call's deadline.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,27 @@ pub fn is_session_gone(status: &Status) -> bool {
 /// them could serve the call: long enough for an election to make progress,
 /// short against a session timeout.
 const ROUND_PAUSE: Duration = Duration::from_millis(50);
+
+/// The least one endpoint is given while more time than that is left.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// How often an open connection is pinged (HTTP/2 PING), even while idle,
+/// and how long an answer may take before the connection counts as dead.
+/// A node that stops answering without closing its connections (frozen by
+/// SIGSTOP or a VM pause, or cut off by a black-holed link) would otherwise
+/// hold an Events stream open and silent for as long as the kernel keeps
+/// the socket: the client would hear of no change, however important.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one endpoint may take out of the `remaining` time of a call:
+/// half of it (all of it once only a sliver is left). A node that never
+/// answers then costs part of the budget, not all of it, and the next
+/// endpoint still gets its try — a keep-alive, whose budget is one beat,
+/// reaches a live node within that beat.
+fn attempt_budget(remaining: Duration) -> Duration {
+    (remaining / 2).max(MIN_ATTEMPT).min(remaining)
+}
 
 /// A fresh request id: above every id this process handed out before and,
 /// being the wall clock in microseconds, above those of earlier processes
@@ -98,7 +120,10 @@ fn lazy_channel(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel>
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(bad)?
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
     }
@@ -192,10 +217,12 @@ impl Endpoints {
         }
     }
 
-    /// Calls `rpc` (given a channel and the time left) on one endpoint after
-    /// another until one answers with anything but UNAVAILABLE, for at most
-    /// `timeout`. Retrying is safe for writes that keep their request id:
-    /// the cluster applies each id once.
+    /// Calls `rpc` (given a channel and the time it may take) on one
+    /// endpoint after another until one answers with anything but
+    /// UNAVAILABLE, for at most `timeout`; each attempt gets its share of
+    /// the time left ([`attempt_budget`]), and one that runs out of it is
+    /// tried elsewhere. Retrying is safe for writes that keep their request
+    /// id: the cluster applies each id once.
     pub async fn call<T, F, Fut>(&self, timeout: Duration, mut rpc: F) -> Result<T>
     where
         F: FnMut(Channel, Duration) -> Fut,
@@ -206,14 +233,25 @@ impl Endpoints {
         let mut attempts = 0usize;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let answer = tokio::time::timeout(remaining, rpc(self.channel(index), remaining)).await;
+            let budget = attempt_budget(remaining);
+            let answer = tokio::time::timeout(budget, rpc(self.channel(index), budget)).await;
             let status = match answer {
                 Ok(Ok(response)) => {
                     self.prefer(index);
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) if is_transient(&status) => status,
+                // The attempt's share of the time, passed on to the node,
+                // ran out there.
+                Ok(Err(status))
+                    if status.code() == Code::DeadlineExceeded && Instant::now() < deadline =>
+                {
+                    status
+                }
                 Ok(Err(status)) => return Err(status.into()),
+                Err(_) if Instant::now() < deadline => {
+                    Status::deadline_exceeded("the endpoint did not answer in time")
+                }
                 Err(_) => {
                     return Err(Status::deadline_exceeded("no endpoint answered in time").into())
                 }
@@ -256,6 +294,15 @@ mod tests {
         assert!(!is_transient(&Status::unknown("something else")));
         assert!(!is_transient(&Status::invalid_argument("bad name")));
         assert!(!is_transient(&Status::deadline_exceeded("too late")));
+    }
+
+    #[test]
+    fn an_attempt_gets_half_the_time_left_but_never_a_mere_sliver() {
+        let ms = Duration::from_millis;
+        assert_eq!(attempt_budget(ms(1_000)), ms(500));
+        assert_eq!(attempt_budget(ms(80)), ms(50));
+        assert_eq!(attempt_budget(ms(30)), ms(30));
+        assert_eq!(attempt_budget(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]
