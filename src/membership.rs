@@ -7,6 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use baton_store::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
@@ -58,38 +60,130 @@ fn write_error(
     }
 }
 
+/// Longest peer address accepted (a DNS name is at most 253 bytes).
+const MAX_PEER_ADDRESS_BYTES: usize = 260;
+
+/// `addr` as `host:port`, or why it is not one.
+fn check_peer_address(addr: &str) -> Result<(), ApiError> {
+    let authority = (addr.len() <= MAX_PEER_ADDRESS_BYTES)
+        .then(|| addr.parse::<http::uri::Authority>().ok())
+        .flatten();
+    match authority {
+        Some(authority)
+            if authority.port_u16().is_some()
+                && !authority.host().is_empty()
+                && !addr.contains('@') =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::InvalidInput(format!(
+            "the peer address must be host:port (at most {MAX_PEER_ADDRESS_BYTES} bytes), not {:?}",
+            addr.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
 /// Adds node `id` at `peer_addr`: a learner until it has the log, then a
-/// voter. Adding a voter again changes nothing.
+/// voter. Adding a voter again at its address changes nothing. The node
+/// must answer there, as node `id`, before anything changes: openraft
+/// takes any address, and made a voter of one where nothing listened.
 pub async fn add_node(
     replicator: &Replicator,
     id: NodeId,
     peer_addr: &str,
+    deadline: Instant,
 ) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
-    if id == 0 || peer_addr.is_empty() {
+    if id == 0 {
         return Err(ApiError::InvalidInput(
-            "add-node needs a non-zero id and the node's peer address".into(),
+            "add-node needs a non-zero node id".into(),
         ));
     }
+    check_peer_address(peer_addr)?;
     not_leader(replicator)?;
     let (voters, _) = members(replicator);
     if voters.contains(&id) {
+        let known = address_of(replicator, id);
+        if known.as_deref() != Some(peer_addr) {
+            return Err(ApiError::Precondition(format!(
+                "node {id} is a voter at {}; remove it before adding it at {peer_addr}",
+                known.unwrap_or_default()
+            )));
+        }
         return Ok(members(replicator));
+    }
+    match probe(replicator, peer_addr, deadline).await {
+        None => {
+            return Err(ApiError::Precondition(format!(
+                "no Baton node answers at {peer_addr}; start node {id} there (with --join) first"
+            )))
+        }
+        Some(info) if info.node_id != id => {
+            return Err(ApiError::Precondition(format!(
+                "the node at {peer_addr} is node {}, not node {id}",
+                info.node_id
+            )))
+        }
+        Some(_) => {}
     }
     let node = BasicNode {
         addr: peer_addr.to_owned(),
     };
+    let too_late = || {
+        ApiError::from(ReplicationError::DeadlineExceeded(format!(
+            "node {id} is a learner and still catching up; run add-node again to make it a voter"
+        )))
+    };
     // Blocks until the learner has caught up with the leader's log.
-    replicator
-        .raft()
-        .add_learner(id, node, true)
+    tokio::time::timeout_at(deadline, replicator.raft().add_learner(id, node, true))
         .await
+        .map_err(|_| too_late())?
         .map_err(|e| write_error(replicator, e))?;
-    replicator
-        .raft()
-        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-        .await
-        .map_err(|e| write_error(replicator, e))?;
+    tokio::time::timeout_at(
+        deadline,
+        replicator
+            .raft()
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+    )
+    .await
+    .map_err(|_| too_late())?
+    .map_err(|e| write_error(replicator, e))?;
     Ok(members(replicator))
+}
+
+/// How long a node being added is given to start answering: started a
+/// moment before `add-node`, it may not be listening yet.
+const PROBE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// What the node at `peer_addr` says of itself, asked until it answers,
+/// for at most [`PROBE_PATIENCE`] (and never past `deadline`).
+async fn probe(
+    replicator: &Replicator,
+    peer_addr: &str,
+    deadline: Instant,
+) -> Option<crate::proto::baton::v1::NodeInfoResponse> {
+    let give_up = deadline.min(Instant::now() + PROBE_PATIENCE);
+    loop {
+        if let Some(info) = replicator.node_info_at(peer_addr).await {
+            return Some(info);
+        }
+        if Instant::now() + PROBE_PAUSE >= give_up {
+            return None;
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+}
+
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// The peer address the membership holds for node `id`.
+fn address_of(replicator: &Replicator, id: NodeId) -> Option<String> {
+    let metrics = replicator.raft().metrics().borrow().clone();
+    let address = metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|node| node.addr.clone());
+    address
 }
 
 /// Removes node `id` (voter or learner), unless the voters left could not

@@ -314,21 +314,27 @@ impl Replicator {
     /// What peer `id` says of itself (at most 500 ms); caches its client
     /// address.
     pub async fn node_info_of(&self, id: NodeId) -> Option<NodeInfoResponse> {
-        let mut client = self.peer_client(id)?;
-        let info = tokio::time::timeout(
-            Duration::from_millis(500),
-            client.node_info(NodeInfoRequest {}),
-        )
-        .await
-        .ok()?
-        .ok()?
-        .into_inner();
+        let info = self.node_info_at(&self.peer_addr(id)?).await?;
         self.inner
             .client_addrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, info.client_addr.clone());
         Some(info)
+    }
+
+    /// What the node at peer address `addr` says of itself, if it answers
+    /// within 500 ms (a node that is not a member yet, too).
+    pub async fn node_info_at(&self, addr: &str) -> Option<NodeInfoResponse> {
+        let mut client = self.inner.channels.client(addr).ok()?;
+        let info = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.node_info(NodeInfoRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(info.into_inner())
     }
 
     /// The client address of node `id`, if already known.

@@ -218,6 +218,54 @@ async fn a_dead_node_is_replaced_and_a_removal_that_would_lose_the_quorum_is_ref
     .await;
 }
 
+/// AddNode with an address that is malformed, that nobody answers on, or
+/// whose node says it has another id is refused at once with a clear error,
+/// and the membership stays as it was. Before, any non-empty address was
+/// made a learner, and the call then waited for it to catch up for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_that_is_not_there_is_refused_and_changes_nothing() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let admin = Client::builder(&cluster.endpoints())
+        .call_timeout(Duration::from_secs(10))
+        .attach()
+        .expect("admin client");
+    let refusals = [
+        ("nonsense", tonic::Code::InvalidArgument),
+        ("host name with spaces:7000", tonic::Code::InvalidArgument),
+        // A port nobody listens on.
+        ("127.0.0.1:1", tonic::Code::FailedPrecondition),
+    ];
+    for (address, code) in refusals {
+        let refused = tokio::time::timeout(Duration::from_secs(15), admin.add_node(4, address))
+            .await
+            .unwrap_or_else(|_| panic!("add-node {address:?} hung"))
+            .expect_err("refused");
+        assert_eq!(refused.code(), code, "{address:?}: {refused}");
+    }
+    // A live node that is not node 4.
+    cluster.launch_joiner(4);
+    let peer_of_4 = cluster.node(4).peer_addr.clone();
+    eventually(Duration::from_secs(10), "node 4 is up", || async {
+        cluster.status(4).await.map(|_| ())
+    })
+    .await;
+    let refused = tokio::time::timeout(Duration::from_secs(15), admin.add_node(5, &peer_of_4))
+        .await
+        .expect("add-node of the wrong id hung")
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.to_string().contains("node 4"), "{refused}");
+    let status = cluster.status(leader).await.expect("status");
+    assert_eq!(status.voters, vec![1, 2, 3], "{status:?}");
+    assert!(status.learners.is_empty(), "{status:?}");
+    // The right id at that address is added.
+    admin.add_node(4, &peer_of_4).await.expect("add node 4");
+    voters_everywhere(&cluster, &[1, 2, 3, 4], &[1, 2, 3, 4]).await;
+    cluster.kill(4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_cluster_is_restored_into_a_new_one_with_every_write_and_epoch() {
     let _serial = serial().await;

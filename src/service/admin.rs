@@ -82,10 +82,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<AddNodeRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let deadline = deadline(&request);
         let AddNodeRequest { id, peer_addr } = request.into_inner();
-        let (voters, learners) = membership::add_node(&self.context.replicator, id, &peer_addr)
-            .await
-            .map_err(Status::from)?;
+        let (voters, learners) =
+            membership::add_node(&self.context.replicator, id, &peer_addr, deadline)
+                .await
+                .map_err(Status::from)?;
         Ok(Response::new(MembershipResponse { voters, learners }))
     }
 
