@@ -21,8 +21,25 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::server::Connected;
 
+use crate::error::ApiError;
 use crate::keepalive::{Hold, SessionKeeper};
 use crate::replication::Replicator;
+
+/// What every connection-bound identity starts with. A caller may not name
+/// itself so: it could take over another connection's places, or close its
+/// session.
+const RESERVED_PREFIX: &str = "conn-";
+
+/// Refuses a client id the caller chose that looks like a connection-bound
+/// identity.
+pub fn refuse_reserved(client_id: &str) -> Result<(), ApiError> {
+    if client_id.starts_with(RESERVED_PREFIX) {
+        return Err(ApiError::InvalidInput(format!(
+            "client ids starting with {RESERVED_PREFIX:?} are reserved for callers the cluster names (those that send none)"
+        )));
+    }
+    Ok(())
+}
 
 /// How long the node keeps trying to close a departed connection's session
 /// (through elections, a lost quorum); after that the session expires on its
@@ -138,7 +155,10 @@ impl ConnectionInfo {
             .get_or_init(|| {
                 let shared = &slot.connections;
                 let n = shared.next.fetch_add(1, Ordering::Relaxed);
-                format!("conn-{}-{:08x}-{n}", shared.node_id, shared.boot)
+                format!(
+                    "{RESERVED_PREFIX}{}-{:08x}-{n}",
+                    shared.node_id, shared.boot
+                )
             })
             .clone();
         let mut hold = slot.hold.lock().unwrap_or_else(|p| p.into_inner());

@@ -347,6 +347,10 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         (header_with("a", "LeaderLatch", &long), "oversized name"),
         (header_with("a", "Election", "l"), "wrong primitive type"),
         (header_with("a", "Map", "l"), "unknown primitive type"),
+        (
+            header_with("conn-1-00c0ffee-0", "LeaderLatch", "l"),
+            "a client id only the cluster gives",
+        ),
     ];
     for (header, what) in bad_latch_headers {
         let status = latch
@@ -452,6 +456,19 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         status.code(),
         Code::InvalidArgument,
         "session timeout below 1 s"
+    );
+    let status = cluster
+        .sessions(node)
+        .close_session(CloseSessionRequest {
+            client_id: "conn-1-00c0ffee-0".into(),
+            request_id: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "closing a session only the cluster names"
     );
 
     // Nothing changed, on any node.

@@ -25,7 +25,7 @@ pub use session::SessionApi;
 
 use crate::convert::{caller, Addressed, Caller};
 use crate::error::{ApiError, ReplicationError};
-use crate::identity::ConnectionInfo;
+use crate::identity::{refuse_reserved, ConnectionInfo};
 use crate::keepalive::SessionKeeper;
 use crate::replication::Replicator;
 
@@ -114,7 +114,9 @@ impl Context {
         let anonymous = header.is_some_and(|h| h.client_id.is_empty());
         let connection = request.extensions().get::<ConnectionInfo>();
         let (true, Some(connection)) = (anonymous, connection) else {
-            return Ok(caller(header, kind)?);
+            let named = caller(header, kind)?;
+            refuse_reserved(&named.client_id)?;
+            return Ok(named);
         };
         // Checked with a stand-in id first: bad input names nothing.
         let mut named = header.cloned().unwrap_or_default();
@@ -124,8 +126,11 @@ impl Context {
         Ok(checked)
     }
 
-    /// Replicates a command and returns the state machine's answer.
+    /// Replicates a command and returns the state machine's answer. A
+    /// command that is bad on its own is refused here, before it costs a
+    /// log entry on every node (the state machine would refuse it too).
     pub async fn apply(&self, command: Command, deadline: Instant) -> Result<Response, ApiError> {
+        command.validate()?;
         Ok(self.replicator.write(command, deadline).await??)
     }
 

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use crate::convert::deadline;
 use crate::error::ApiError;
+use crate::identity::refuse_reserved;
 use crate::proto::baton::v1::session_service_server::SessionService;
 use crate::proto::baton::v1::{
     CloseSessionRequest, CloseSessionResponse, KeepAliveRequest, KeepAliveResponse,
@@ -36,6 +37,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<OpenSessionResponse>, Status> {
         let deadline = deadline(&request);
         let request = request.into_inner();
+        refuse_reserved(&request.client_id)?;
         let command = Command::OpenSession {
             client_id: request.client_id,
             timeout_ms: request.timeout_ms,
@@ -55,6 +57,7 @@ impl SessionService for SessionApi {
         let deadline = deadline(&request);
         let client_id = request.into_inner().client_id;
         validate_id("client_id", &client_id).map_err(ApiError::from)?;
+        refuse_reserved(&client_id)?;
         let command = Command::KeepAlive {
             client_ids: vec![client_id.clone()],
         };
@@ -81,6 +84,7 @@ impl SessionService for SessionApi {
             request_id,
         } = request.into_inner();
         validate_id("client_id", &client_id).map_err(ApiError::from)?;
+        refuse_reserved(&client_id)?;
         let command = Command::CloseSession {
             client_id,
             request_id,

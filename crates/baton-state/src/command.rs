@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandError;
+use crate::limits::{resolve_session_timeout, validate_id};
 use crate::primitive::{Primitive, PrimitiveKey, PrimitiveSnapshot};
 
 /// Every state change is one of these, applied in log order.
@@ -113,6 +114,49 @@ pub enum Operation {
         /// Its new state.
         snapshot: PrimitiveSnapshot,
     },
+}
+
+impl Command {
+    /// Checks what the command alone decides, whatever the state: ids
+    /// present and not too long, a session timeout in range, a Restore's
+    /// snapshot well formed. A node refuses such a command before proposing
+    /// it, and the state machine before anything changes.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        match self {
+            Command::Client(request) => request.validate(),
+            Command::OpenSession {
+                client_id,
+                timeout_ms,
+            } => {
+                validate_id("client_id", client_id)?;
+                resolve_session_timeout(*timeout_ms).map(|_| ())
+            }
+            Command::CloseSession { client_id, .. } => validate_id("client_id", client_id),
+            Command::KeepAlive { client_ids } => client_ids
+                .iter()
+                .try_for_each(|id| validate_id("client_id", id)),
+            Command::ExpireDue | Command::LeaderGrace => Ok(()),
+        }
+    }
+}
+
+impl ClientRequest {
+    /// Checks what the request alone decides (see [`Command::validate`]).
+    pub fn validate(&self) -> Result<(), CommandError> {
+        validate_id("client_id", &self.client_id)?;
+        validate_id("primitive name", &self.operation.key().name)?;
+        match &self.operation {
+            Operation::Anoint { candidate, .. }
+            | Operation::Promote { candidate, .. }
+            | Operation::Evict { candidate, .. } => validate_id("candidate_id", candidate),
+            Operation::Restore { snapshot, .. } => snapshot.validate(),
+            Operation::Join { .. }
+            | Operation::Leave { .. }
+            | Operation::Enter { .. }
+            | Operation::Withdraw { .. }
+            | Operation::Delete { .. } => Ok(()),
+        }
+    }
 }
 
 impl Operation {

@@ -1,9 +1,12 @@
 //! Latches and elections: an ordered member list whose head is the leader,
 //! plus the epoch that fences each leadership.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandError;
+use crate::limits::{validate_id, MAX_EPOCH};
 
 /// Which of the two primitives a name refers to. Latches and elections live
 /// in separate namespaces: latch "x" and election "x" are unrelated.
@@ -144,4 +147,33 @@ pub struct PrimitiveSnapshot {
     pub members: Vec<String>,
     /// The epoch recorded in the snapshot.
     pub epoch: u64,
+}
+
+impl PrimitiveSnapshot {
+    /// Checks the snapshot on its own: an epoch below [`MAX_EPOCH`], valid
+    /// and distinct member ids, and a leader that is the first member.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        if self.epoch >= MAX_EPOCH {
+            return Err(CommandError::EpochTooLarge {
+                epoch: self.epoch,
+                limit: MAX_EPOCH,
+            });
+        }
+        let malformed = |reason: String| CommandError::MalformedSnapshot { reason };
+        let mut seen = BTreeSet::new();
+        for member in &self.members {
+            validate_id("member id", member).map_err(|e| malformed(e.to_string()))?;
+            if !seen.insert(member) {
+                return Err(malformed(format!("member {member:?} appears twice")));
+            }
+        }
+        let first = self.members.first().map(String::as_str).unwrap_or("");
+        if !self.leader.is_empty() && self.leader != first {
+            return Err(malformed(format!(
+                "leader {:?} is not the first member {first:?}",
+                self.leader
+            )));
+        }
+        Ok(())
+    }
 }

@@ -43,6 +43,16 @@ impl ModelSession {
     }
 }
 
+/// Whether a Restore's snapshot is well formed: valid, distinct member ids,
+/// a leader that is the first member, an epoch below 2^63.
+fn snapshot_ok(snapshot: &PrimitiveSnapshot) -> bool {
+    let distinct: BTreeSet<&String> = snapshot.members.iter().collect();
+    let ids_ok = snapshot.members.iter().all(|m| validate_id("m", m).is_ok());
+    let leader_ok =
+        snapshot.leader.is_empty() || Some(&snapshot.leader) == snapshot.members.first();
+    ids_ok && distinct.len() == snapshot.members.len() && leader_ok && snapshot.epoch < 1 << 63
+}
+
 /// The specification, written as plainly as possible: no indexes, full scans.
 #[derive(Default)]
 struct Model {
@@ -271,7 +281,21 @@ impl Model {
     }
 
     fn apply_client(&mut self, r: &ClientRequest) -> Result<Response, ErrorKind> {
+        // What the request alone makes invalid is refused first, and
+        // recorded nowhere.
         validate_id("c", &r.client_id).map_err(|e| e.kind())?;
+        validate_id("n", &r.operation.key().name).map_err(|e| e.kind())?;
+        match &r.operation {
+            Operation::Anoint { candidate, .. }
+            | Operation::Promote { candidate, .. }
+            | Operation::Evict { candidate, .. } => {
+                validate_id("c", candidate).map_err(|e| e.kind())?;
+            }
+            Operation::Restore { snapshot, .. } if !snapshot_ok(snapshot) => {
+                return Err(ErrorKind::InvalidArgument);
+            }
+            _ => {}
+        }
         let key = r.operation.key();
         if r.request_id != 0 && !self.sessions.contains_key(&r.client_id) {
             if let Some((highest, _, answered)) = self.tombstones.get(&r.client_id) {
@@ -327,7 +351,6 @@ impl Model {
 
     fn apply_op(&mut self, r: &ClientRequest, key: &PrimitiveKey) -> Result<Response, ErrorKind> {
         let key = key.clone();
-        validate_id("n", &key.name).map_err(|e| e.kind())?;
         if let Operation::Delete { .. } = &r.operation {
             return match self.primitives.remove(&key) {
                 Some(deleted) => {
@@ -340,7 +363,6 @@ impl Model {
         let old = self.get(&key).members;
         let mut new = old.clone();
         let find = |c: &str, members: &[String]| -> Result<usize, ErrorKind> {
-            validate_id("c", c).map_err(|e| e.kind())?;
             members
                 .iter()
                 .position(|m| m == c)
@@ -373,14 +395,6 @@ impl Model {
                 new.remove(i);
             }
             Operation::Restore { snapshot, .. } => {
-                let distinct: BTreeSet<&String> = snapshot.members.iter().collect();
-                let ids_ok = snapshot.members.iter().all(|m| validate_id("m", m).is_ok());
-                let leader_ok = snapshot.leader.is_empty()
-                    || Some(&snapshot.leader) == snapshot.members.first();
-                let epoch_ok = snapshot.epoch < 1 << 63;
-                if !ids_ok || distinct.len() != snapshot.members.len() || !leader_ok || !epoch_ok {
-                    return Err(ErrorKind::InvalidArgument);
-                }
                 new = snapshot.members.clone();
                 restored_epoch = Some(snapshot.epoch);
             }

@@ -1229,6 +1229,85 @@ fn a_retry_by_a_caller_without_a_session_gets_the_first_attempts_answer() {
 }
 
 #[test]
+fn a_request_invalid_on_its_own_is_recorded_nowhere() {
+    let mut sm = StateMachine::default();
+    let bad_anoint = |client: &str, request_id: u64| {
+        op(
+            client,
+            request_id,
+            Operation::Anoint {
+                election: "e".into(),
+                candidate: String::new(),
+            },
+        )
+    };
+    // Without a session: no tombstone, so the client's ids are not used up.
+    let refused = rejected(&mut sm, bad_anoint("bob", u64::MAX), T0);
+    assert_eq!(refused.kind(), ErrorKind::InvalidArgument);
+    assert!(sm.tombstone("bob").is_none());
+    ok(
+        &mut sm,
+        op(
+            "bob",
+            1,
+            Operation::Enter {
+                election: "e".into(),
+            },
+        ),
+        T0 + 1,
+    );
+    // With a session: its window keeps only what may be retried.
+    let refused = rejected(&mut sm, bad_anoint("bob", 2), T0 + 2);
+    assert_eq!(refused.kind(), ErrorKind::InvalidArgument);
+    let recorded: Vec<u64> = sm
+        .session("bob")
+        .expect("bob's session")
+        .recent
+        .iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(recorded, [1]);
+}
+
+#[test]
+fn a_state_whose_tombstone_order_was_lost_on_disk_does_not_hang_the_node() {
+    let mut sm = StateMachine::new(Limits {
+        max_sessions: 2,
+        ..Limits::default()
+    });
+    for (i, client) in ["x", "y"].into_iter().enumerate() {
+        let join = op(client, 1, Operation::Join { latch: "l".into() });
+        ok(&mut sm, join, T0 + i as u64);
+        let close = Command::CloseSession {
+            client_id: client.into(),
+            request_id: 2,
+        };
+        ok(&mut sm, close, T0 + i as u64);
+    }
+    assert_eq!(sm.tombstones().count(), 2);
+    // Read back from a damaged disk: the tombstones without their order.
+    let mut stored = serde_json::to_value(&sm).expect("encode");
+    stored["tombstone_order"] = serde_json::json!([]);
+    stored["limits"]["max_sessions"] = serde_json::json!(1);
+    let mut damaged: StateMachine = serde_json::from_value(stored).expect("decode");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // A third session ends: its tombstone is one too many.
+        let join = op("z", 1, Operation::Join { latch: "l".into() });
+        let _ = damaged.apply(&join, T0 + 10);
+        let close = Command::CloseSession {
+            client_id: "z".into(),
+            request_id: 2,
+        };
+        let _ = damaged.apply(&close, T0 + 11);
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("applying a command to the damaged state finished");
+}
+
+#[test]
 fn a_late_close_of_a_session_already_gone_cannot_close_the_next_one() {
     let mut sm = StateMachine::default();
     let l = PrimitiveKey::latch("l");
