@@ -33,6 +33,11 @@ struct Inner {
     /// being written when listed is synced again once it has grown.
     synced_blobs: Mutex<HashSet<(PathBuf, u64)>>,
     seconds: Histogram,
+    /// The first flush that failed. Every later flush fails with it: after
+    /// a failed fsync the kernel may have dropped the pages it could not
+    /// write and marked them clean, so a later fsync that succeeds says
+    /// nothing of them, and nothing written before may be vouched for.
+    failed: Mutex<Option<String>>,
 }
 
 impl Durable {
@@ -58,6 +63,7 @@ impl Durable {
                 blob_dir: dir.join(BLOB_DIR),
                 synced_blobs: Mutex::new(HashSet::new()),
                 seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+                failed: Mutex::new(None),
             }),
         })
     }
@@ -65,13 +71,33 @@ impl Durable {
     /// Flushes everything written so far to stable storage.
     pub(crate) fn flush_blocking(&self) -> io::Result<()> {
         let began = Instant::now();
+        let flushed = self.flush_once();
+        let mut failed = self
+            .inner
+            .failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match (&flushed, failed.as_ref()) {
+            (_, Some(failure)) => Err(io::Error::other(format!(
+                "an earlier durable flush failed: {failure}"
+            ))),
+            (Ok(()), None) => {
+                self.inner.seconds.observe(began.elapsed().as_secs_f64());
+                Ok(())
+            }
+            (Err(error), None) => {
+                *failed = Some(error.to_string());
+                flushed
+            }
+        }
+    }
+
+    fn flush_once(&self) -> io::Result<()> {
         self.db.flush().map_err(io::Error::from)?;
         // Blobs first: a durable log record must not point at a blob that
         // is not on disk yet.
         self.sync_new_blobs()?;
-        self.inner.file.sync_data()?;
-        self.inner.seconds.observe(began.elapsed().as_secs_f64());
-        Ok(())
+        self.inner.file.sync_data()
     }
 
     /// How long durable flushes took (seconds, 50 µs … 1.6 s).
@@ -138,5 +164,26 @@ impl Durable {
             File::open(&self.inner.blob_dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_failed_flush_every_flush_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let durable = Durable::open(dir.path(), &db).unwrap();
+        durable.flush_blocking().unwrap();
+        // As a failed fdatasync leaves it (EIO: pages dropped, marked clean).
+        *durable.inner.failed.lock().unwrap() = Some("Input/output error".into());
+        db.insert(b"k", b"v").unwrap();
+        let error = durable.flush_blocking().unwrap_err();
+        assert!(
+            error.to_string().contains("earlier durable flush failed"),
+            "{error}"
+        );
     }
 }

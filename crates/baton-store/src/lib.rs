@@ -22,6 +22,26 @@ mod snapshot_files;
 mod state_store;
 mod types;
 
+/// How far the stored snapshot reaches, and whether one is being received
+/// from the leader (from its first chunk until it is stored).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Coverage {
+    /// The last log index the stored snapshot covers.
+    reach: Option<u64>,
+    /// A snapshot is being received or installed.
+    receiving: bool,
+}
+
+impl Coverage {
+    /// Whether log entries up to `index` may be purged now: a stored
+    /// snapshot covers them, or no install is under way whose purge could
+    /// overtake it (openraft purges only what a snapshot covers, except
+    /// there).
+    fn allows_purge(&self, index: u64) -> bool {
+        self.reach.is_some_and(|reach| reach >= index) || !self.receiving
+    }
+}
+
 use std::path::Path;
 
 pub mod backup;
@@ -77,7 +97,11 @@ pub fn open(
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = sled_config(dir).open()?;
     let durable = durable::Durable::open(dir, &db)?;
-    let log = LogStore::new(&db, durable.clone())?;
-    let state = StateMachineStore::new(dir, &db, durable, log.flushed_log(), limits)?;
+    // How far the stored snapshot reaches, and whether one is on its way
+    // from the leader: the state machine store says, the log store waits
+    // on it before it purges.
+    let (covered, coverage) = tokio::sync::watch::channel(Coverage::default());
+    let log = LogStore::new(&db, durable.clone(), coverage)?;
+    let state = StateMachineStore::new(dir, &db, durable, log.flushed_log(), covered, limits)?;
     Ok((log, state))
 }

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -12,11 +13,12 @@ use openraft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::durable::Durable;
 use crate::flushed::FlushedLog;
 use crate::types::{NodeId, TypeConfig};
-use crate::OpenError;
+use crate::{Coverage, OpenError};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -37,10 +39,21 @@ pub struct LogStore {
     node: Option<NodeId>,
     /// The vote as last saved or read.
     vote: Arc<Mutex<Option<Vote<NodeId>>>>,
+    /// How far the stored snapshot reaches (see [`Coverage`]).
+    covered: watch::Receiver<Coverage>,
 }
 
+/// How long a purge waits for a snapshot to cover it (one being installed
+/// from the leader) before it gives up, as a storage error that stops the
+/// node: nothing is purged then, so it starts again from a whole log.
+const PURGE_PATIENCE: Duration = Duration::from_secs(60);
+
 impl LogStore {
-    pub(crate) fn new(db: &sled::Db, durable: Durable) -> Result<Self, OpenError> {
+    pub(crate) fn new(
+        db: &sled::Db,
+        durable: Durable,
+        covered: watch::Receiver<Coverage>,
+    ) -> Result<Self, OpenError> {
         let mut store = LogStore {
             durable: durable.clone(),
             entries: db.open_tree("log")?,
@@ -48,7 +61,19 @@ impl LogStore {
             flushed: FlushedLog::new(None),
             node: None,
             vote: Arc::default(),
+            covered,
         };
+        // A purge cut short by a crash (its marker written, not all of its
+        // entries removed) is finished first: entries at or below the
+        // marker are not part of the log.
+        if let Some(purged) = store
+            .read_meta::<LogId<NodeId>>(LAST_PURGED)
+            .map_err(|e| OpenError::CorruptLog(e.to_string()))?
+        {
+            store
+                .remove_range(..=purged.index.to_be_bytes())
+                .map_err(|e| OpenError::CorruptLog(e.to_string()))?;
+        }
         // What a killed process left in the page cache is on disk only
         // after a flush; then all of the log is.
         durable.flush_blocking()?;
@@ -321,6 +346,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // openraft purges what an installed snapshot covers as soon as it
+        // has handed the install to the state machine, without waiting for
+        // it: a crash before the snapshot is on disk would leave neither
+        // these entries nor a snapshot in their place. So while a snapshot
+        // is on its way, the purge (and openraft's core with it) waits for
+        // it to be stored.
+        let index = log_id.index;
+        let mut covered = self.covered.clone();
+        let reached = tokio::time::timeout(
+            PURGE_PATIENCE,
+            covered.wait_for(|coverage| coverage.allows_purge(index)),
+        )
+        .await
+        .is_ok_and(|waited| waited.is_ok());
+        if !reached {
+            let why = std::io::Error::other(format!(
+                "no stored snapshot covers log index {index} within {PURGE_PATIENCE:?}; nothing purged"
+            ));
+            return Err(StorageIOError::write_logs(&why).into());
+        }
         // The marker first: if we crash between the two writes, the log
         // still reads as purged up to here and the leftover entries are
         // ignored and purged again.

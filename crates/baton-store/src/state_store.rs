@@ -14,13 +14,14 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::durable::Durable;
 use crate::feeds::{ChangeFeeds, KeyChanges};
 use crate::flushed::FlushedLog;
 use crate::snapshot_files::{stored_name, SnapshotFile, SnapshotFiles};
 use crate::types::{CommandOutcome, NodeId, TypeConfig};
-use crate::OpenError;
+use crate::{Coverage, OpenError};
 
 /// Snapshot metadata (JSON) and the name of the file holding the serialized
 /// state machine, written together in one sled batch.
@@ -176,6 +177,9 @@ pub struct StateMachineStore {
     /// Serializes snapshot writes: openraft may finish building a snapshot
     /// of an older state while it installs a newer one from the leader.
     persist_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Tells the log store how far the stored snapshot reaches, so that it
+    /// purges nothing a snapshot does not cover yet.
+    covered: Arc<watch::Sender<Coverage>>,
 }
 
 impl StateMachineStore {
@@ -184,6 +188,7 @@ impl StateMachineStore {
         db: &sled::Db,
         durable: Durable,
         flushed: FlushedLog,
+        covered: watch::Sender<Coverage>,
         limits: Limits,
     ) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
@@ -196,6 +201,13 @@ impl StateMachineStore {
             },
         };
         files.remove_all_but(stored.as_ref().map(|(_, name, _)| name.as_str()))?;
+        covered.send_replace(Coverage {
+            reach: stored
+                .as_ref()
+                .and_then(|(meta, _, _)| meta.last_log_id)
+                .map(|id| id.index),
+            receiving: false,
+        });
         let applied = match stored {
             Some((meta, _, data)) => AppliedState {
                 machine: serde_json::from_slice(&data)?,
@@ -229,6 +241,7 @@ impl StateMachineStore {
             receiving: Arc::default(),
             snapshot_counter: Arc::new(AtomicU64::new(0)),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
+            covered: Arc::new(covered),
         })
     }
 
@@ -285,6 +298,14 @@ impl StateMachineStore {
             .flush()
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature(), &e))?;
+        let reach = meta.last_log_id.map(|id| id.index);
+        self.covered.send_if_modified(|coverage| {
+            let further = reach > coverage.reach;
+            if further {
+                coverage.reach = reach;
+            }
+            further
+        });
         if let Some((_, replaced)) = stored {
             if replaced != name {
                 self.files.remove_or_warn(&replaced);
@@ -473,6 +494,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(abandoned) = abandoned {
             self.files.remove_or_warn(&abandoned);
         }
+        self.covered
+            .send_modify(|coverage| coverage.receiving = true);
         Ok(Box::new(file))
     }
 
@@ -516,6 +539,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         drop(data);
         self.persist(meta, &name).await?;
+        // Stored: a purge of what it covers may go ahead. (Until then, and
+        // for good if the install failed, an uncovered purge waits: the
+        // node stops on the failure anyway, with its log whole.)
+        self.covered
+            .send_modify(|coverage| coverage.receiving = false);
         tracing::info!(
             index = meta.last_log_id.map(|id| id.index),
             bytes,
