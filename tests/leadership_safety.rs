@@ -188,6 +188,52 @@ async fn a_node_cut_off_from_the_quorum_tells_its_clients_at_once() {
 /// with UNAVAILABLE, not cleanly (before session 7, the closing error
 /// waited 5 s for room behind the buffered updates and was then dropped,
 /// and the stream ended as if the server had nothing more to say).
+/// A stream's first message is held to its lease like every other: a node
+/// that got its read index but was slow to send the state it read (a
+/// paused or starved process) and meanwhile lost its quorum must not tell
+/// a client it leads after the majority may have expired its session; the
+/// stream ends UNAVAILABLE instead. (Held back here with the debug builds'
+/// hook between the read index and the read.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_message_due_after_the_lease_ran_out_is_never_sent() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let isolated = cluster.followers_of(leader)[0];
+    let others = cluster.followers_of(isolated);
+    const SESSION_MS: u64 = 3_000;
+    open_session(&cluster, isolated, "a", SESSION_MS)
+        .await
+        .unwrap();
+    join(&cluster, isolated, "a", "job").await.unwrap();
+    cluster.delay_events(Duration::from_millis(3_000));
+    let opened = latch_events(&cluster, isolated, "a", "job");
+    let cut = async {
+        // The stream has renewed its session and holds its read index.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for id in &others {
+            cluster.pause(*id);
+        }
+    };
+    let (opened, ()) = tokio::join!(opened, cut);
+    let first = match opened {
+        Ok(mut stream) => tokio::time::timeout(Duration::from_secs(10), stream.next()).await,
+        Err(status) => Ok(Some(Err(status))),
+    };
+    for id in &others {
+        cluster.resume(*id);
+    }
+    cluster.delay_events(Duration::ZERO);
+    match first {
+        Ok(Some(Err(status))) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(Some(Ok(message))) => panic!(
+            "the node told the watcher {:?} after its lease had run out",
+            participants(&message)
+        ),
+        other => panic!("the stream neither ended nor spoke: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     let _serial = serial().await;

@@ -67,6 +67,10 @@ struct WatchStream {
     updates: ReceiverStream<WatchUpdate>,
     /// The watch's closing error; `None` once taken or known not to come.
     ending: Option<oneshot::Receiver<Status>>,
+    /// Whether the stream's lease has run out, asked before each update is
+    /// handed on: the watch task's timer may not have fired yet (a node
+    /// just resumed from a pause), and what it buffered must not go out.
+    lease_ran_out: Box<dyn Fn() -> bool + Send + Sync>,
     ended: bool,
 }
 
@@ -78,7 +82,7 @@ impl Stream for WatchStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::future::Future;
-        use std::task::Poll;
+        use std::task::{ready, Poll};
 
         if self.ended {
             return Poll::Ready(None);
@@ -94,9 +98,14 @@ impl Stream for WatchStream {
                 Poll::Pending => {}
             }
         }
-        Pin::new(&mut self.updates)
-            .poll_next(cx)
-            .map(|update| update.map(Ok))
+        let update = ready!(Pin::new(&mut self.updates).poll_next(cx));
+        if update.is_some() && (self.lease_ran_out)() {
+            self.ended = true;
+            return Poll::Ready(Some(
+                Err(ApiError::from(ReplicationError::LeaseLost).into()),
+            ));
+        }
+        Poll::Ready(update.map(Ok))
     }
 }
 
@@ -193,6 +202,7 @@ impl Context {
         let (end_tx, end_rx) = oneshot::channel();
         let context = self.clone();
         let caller = caller.clone();
+        let caller_id = caller.client_id.clone();
         tokio::spawn(async move {
             let hold = context.sessions.hold(&caller.client_id);
             let ended = context.stream_changes(&caller, &tx).await;
@@ -202,9 +212,16 @@ impl Context {
                 let _ = end_tx.send(error);
             }
         });
+        let sessions = self.sessions.clone();
+        let client_id = caller_id;
         WatchStream {
             updates: ReceiverStream::new(rx),
             ending: Some(end_rx),
+            lease_ran_out: Box::new(move || {
+                sessions
+                    .lease_end(&client_id)
+                    .is_none_or(|end| end <= Instant::now())
+            }),
             ended: false,
         }
     }
@@ -214,33 +231,48 @@ impl Context {
         caller: &Caller,
         tx: &mpsc::Sender<WatchUpdate>,
     ) -> Result<(), Status> {
-        delay_for_tests().await;
         let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
         let replicator = &self.replicator;
-        self.sessions
-            .renew_now(replicator, &caller.client_id, deadline)
-            .await?;
+        // A client that gave up before the stream opened costs no more.
+        tokio::select! {
+            _ = tx.closed() => return Ok(()),
+            renewed = self.sessions.renew_now(replicator, &caller.client_id, deadline) => renewed?,
+        }
+        let mut shutdown = self.shutdown.clone();
+        // From the first renewal on, one future for the whole stream (it
+        // re-reads the lease whenever its old end comes), not a new timer
+        // and lock per message. The first message is held to it too: a node
+        // slow to send the state it read must not send it once its lease
+        // has run out.
+        let ending = self.must_end(caller, &mut shutdown);
+        tokio::pin!(ending);
         let state = replicator.state();
         let key = &caller.key;
         // Subscribed before the read, so no change between the two is lost.
         let mut changes = state.watch(key);
-        replicator
-            .linearizable_barrier(deadline)
-            .await
-            .map_err(ApiError::from)?;
-        let (mut last_sent, mut seen_index) = state.read(|m, index| (m.primitive(key), index));
+        let first_read = async {
+            replicator
+                .linearizable_barrier(deadline)
+                .await
+                .map_err(ApiError::from)?;
+            delay_for_tests().await;
+            Ok::<_, Status>(state.read(|m, index| (m.primitive(key), index)))
+        };
+        let (mut last_sent, mut seen_index) = tokio::select! {
+            biased;
+            ended = &mut ending => return Err(ended),
+            _ = tx.closed() => return Ok(()),
+            read = first_read => read?,
+        };
         let update = WatchUpdate {
             initial: true,
             state: last_sent.clone(),
         };
-        if tx.send(update).await.is_err() {
-            return Ok(());
+        tokio::select! {
+            biased;
+            ended = &mut ending => return Err(ended),
+            sent = tx.send(update) => if sent.is_err() { return Ok(()) },
         }
-        let mut shutdown = self.shutdown.clone();
-        // One future for the whole stream (it re-reads the lease whenever
-        // its old end comes), not a new timer and lock per message.
-        let ending = self.must_end(caller, &mut shutdown);
-        tokio::pin!(ending);
         loop {
             // Biased: an expired lease wins over pending changes.
             let next: Vec<Primitive> = tokio::select! {
@@ -328,8 +360,9 @@ impl Context {
 }
 
 /// Debug builds' test hook: a stream waits the milliseconds written in the
-/// file named by `BATON_TEST_EVENTS_DELAY_FILE` before its first read, so a
-/// test can make a stream open after a change it would otherwise see.
+/// file named by `BATON_TEST_EVENTS_DELAY_FILE` between its read index and
+/// its first read, so a test can make a stream open after a change it would
+/// otherwise see, or be slow to send its first message.
 async fn delay_for_tests() {
     let delay = crate::test_hooks::read("BATON_TEST_EVENTS_DELAY_FILE")
         .and_then(|ms| ms.trim().parse::<u64>().ok());
