@@ -231,7 +231,15 @@ impl SessionKeeper {
                     let Some(session) = machine.session(id) else {
                         return false;
                     };
+                    // The shorter of the session's timeout now and the one
+                    // the lease runs on: a session reopened with a longer
+                    // timeout keeps the old, short lease until a renewal
+                    // confirms the new one, so that renewal is due by the
+                    // old cadence.
                     let timeout = Duration::from_millis(session.timeout_ms);
+                    let timeout = confirmed
+                        .get(*id)
+                        .map_or(timeout, |c| c.timeout.min(timeout));
                     let is_due = confirmed.get(*id).is_none_or(|c| {
                         now.saturating_duration_since(c.sent_at) >= timeout / RENEW_DIVISOR
                     });

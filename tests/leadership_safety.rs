@@ -234,6 +234,26 @@ async fn a_first_message_due_after_the_lease_ran_out_is_never_sent() {
     }
 }
 
+/// A streaming client that reopens its session with a longer timeout keeps
+/// its stream: the node renews it by the short timeout its stream's lease
+/// still runs on until a renewal confirms the long one. Before, the node
+/// waited a sixth of the long timeout, and the lease ran out first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_reopened_with_a_longer_timeout_keeps_its_stream() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+    open_session(&cluster, node, "w", 1_000).await.unwrap();
+    let mut stream = latch_events(&cluster, node, "w", "kept").await.unwrap();
+    assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
+    open_session(&cluster, node, "w", 120_000).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+        Err(_) => {}
+        Ok(ended) => panic!("the stream ended after the session was reopened: {ended:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     let _serial = serial().await;
