@@ -37,12 +37,14 @@ const ROUND_PAUSE: Duration = Duration::from_millis(50);
 /// The least one endpoint is given while more time than that is left.
 const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 
-/// How often an open connection is pinged (HTTP/2 PING), even while idle,
-/// and how long an answer may take before the connection counts as dead.
-/// A node that stops answering without closing its connections (frozen by
-/// SIGSTOP or a VM pause, or cut off by a black-holed link) would otherwise
-/// hold an Events stream open and silent for as long as the kernel keeps
-/// the socket: the client would hear of no change, however important.
+/// How often a connection with a stream or call open is pinged (HTTP/2
+/// PING), and how long an answer may take before the connection counts as
+/// dead. A node that stops answering without closing its connections
+/// (frozen by SIGSTOP or a VM pause, or cut off by a black-holed link)
+/// would otherwise hold an Events stream open and silent for as long as
+/// the kernel keeps the socket: the client would hear of no change, however
+/// important. Idle connections are not pinged: a call on one has its own
+/// time limit ([`attempt_budget`]).
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -123,7 +125,7 @@ fn lazy_channel(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel>
         .tcp_nodelay(true)
         .http2_keep_alive_interval(PING_INTERVAL)
         .keep_alive_timeout(PING_TIMEOUT)
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(false);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
     }
