@@ -26,6 +26,25 @@ fn join_entry(index: u64, client: &str) -> Entry<TypeConfig> {
     }
 }
 
+/// What a leader whose state machine applied `entries` sends: the metadata
+/// and bytes of its snapshot.
+async fn leader_snapshot(
+    entries: Vec<Entry<TypeConfig>>,
+) -> (SnapshotMeta<u64, openraft::BasicNode>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut leader) = baton_store::open(dir.path(), Limits::default()).unwrap();
+    leader.apply(entries).await.unwrap();
+    let mut built = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    built.snapshot.read_to_end(&mut data).await.unwrap();
+    (built.meta, data)
+}
+
 /// openraft may build a snapshot from an older state while it installs a
 /// newer one from the leader; the older build must not replace the newer
 /// snapshot on disk (the log behind the newer one may already be purged).
@@ -124,17 +143,7 @@ async fn only_the_stored_snapshot_keeps_a_file() {
 /// A transfer openraft abandons (another one began) leaves no file behind.
 #[tokio::test]
 async fn an_abandoned_transfer_leaves_no_file() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let (_l, mut leader) = baton_store::open(leader_dir.path(), Limits::default()).unwrap();
-    leader.apply([join_entry(1, "a")]).await.unwrap();
-    let mut built = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut data = Vec::new();
-    built.snapshot.read_to_end(&mut data).await.unwrap();
+    let (meta, data) = leader_snapshot(vec![join_entry(1, "a")]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm) = baton_store::open(dir.path(), Limits::default()).unwrap();
@@ -143,12 +152,12 @@ async fn an_abandoned_transfer_leaves_no_file() {
     let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
     receiving.write_all(&data).await.unwrap();
     drop(abandoned);
-    sm.install_snapshot(&built.meta, receiving).await.unwrap();
+    sm.install_snapshot(&meta, receiving).await.unwrap();
 
     assert_eq!(snapshot_files(dir.path()).len(), 1);
     assert_eq!(members(&sm, "l"), ["a"]);
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.meta, meta);
 }
 
 /// A snapshot the leader sends that does not decode is refused, leaves no
@@ -251,20 +260,10 @@ async fn a_purge_past_the_stored_snapshot_waits_until_one_covers_it() {
 
     // The leader's snapshot, covering index 10, is installed: the purge
     // goes ahead.
-    let leader_dir = tempfile::tempdir().unwrap();
-    let (_l, mut leader) = baton_store::open(leader_dir.path(), Limits::default()).unwrap();
-    leader.apply(entries()).await.unwrap();
-    let mut built = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let mut data = Vec::new();
-    built.snapshot.read_to_end(&mut data).await.unwrap();
+    let (meta, data) = leader_snapshot(entries().collect()).await;
     let mut receiving = receiving;
     receiving.write_all(&data).await.unwrap();
-    sm.install_snapshot(&built.meta, receiving).await.unwrap();
+    sm.install_snapshot(&meta, receiving).await.unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(10), purge)
         .await
         .expect("the purge went ahead once a snapshot covered it")
