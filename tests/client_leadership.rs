@@ -701,6 +701,63 @@ async fn closing_a_client_ends_its_observers_and_their_streams() {
     .await;
 }
 
+/// A client cut off for longer than its session timeout has lost its
+/// session: the library says so (`session_ended`, an error on `observe()`)
+/// and never opens the session again behind the caller's back. Before, the
+/// feed reopened Events as soon as the node answered again, the node opened
+/// a new, empty session for the client id, and the next keep-alive
+/// succeeded: the client carried on as if nothing had happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_expired_while_cut_off_is_reported_not_reopened() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let raft_leader = cluster.wait_for_leader().await;
+    let only = cluster.followers_of(raft_leader)[0];
+    let a = Client::builder(&[cluster.node(only).client_addr.as_str()])
+        .client_id("a")
+        .session_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("a connects");
+    let mut views = Box::pin(a.election("cut-off").observe());
+    a.election("cut-off").enter().await.expect("a enters");
+    let first = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut views))
+        .await
+        .expect("a first view");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    // The only node a knows is frozen; the other two expire a's session.
+    cluster.pause(only);
+    eventually(Duration::from_secs(10), "a's session expires", || async {
+        let term = get_term(&cluster, raft_leader, "cut-off").await.ok()?;
+        term.members.is_empty().then_some(())
+    })
+    .await;
+    cluster.resume(only);
+    let ended = tokio::time::timeout(Duration::from_secs(10), a.session_ended()).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match futures::StreamExt::next(&mut views).await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let reopened = cluster
+        .status(raft_leader)
+        .await
+        .map(|status| status.sessions);
+    assert!(
+        matches!(ended, Ok(Ended::SessionLost(_))),
+        "the library did not report the lost session: {ended:?} (sessions on the cluster: {reopened:?})"
+    );
+    assert!(
+        matches!(end, Ok(Some(Err(_)))),
+        "observe() went on: {end:?}"
+    );
+    assert!(!a.is_alive());
+}
+
 /// Library clients "a" and "b", each with its own session, on all nodes.
 async fn clients_a_and_b(cluster: &Cluster) -> (Client, Client) {
     cluster.wait_for_leader().await;

@@ -226,6 +226,21 @@ impl Inner {
             None => Ok(()),
         }
     }
+
+    /// [`Inner::check_session`], and for a managed client whose lease has
+    /// run out, a keep-alive first: the cluster may have expired the
+    /// session meanwhile, and a write or an Events stream would open it
+    /// again, empty, behind the caller's back (a node opens a session for
+    /// a client that has none). The keep-alive ends the session here if
+    /// it is gone. While the lease runs, the cluster cannot have expired it.
+    pub async fn confirm_session(&self) -> Result<()> {
+        self.check_session()?;
+        if self.managed && !self.session.alive() {
+            self.renew(self.call_timeout).await?;
+            self.check_session()?;
+        }
+        Ok(())
+    }
 }
 
 /// The request header of `client_id` on the primitive `name` of `kind`
@@ -421,7 +436,7 @@ impl Client {
         F: FnMut(tonic::transport::Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.inner.check_session()?;
+        self.inner.confirm_session().await?;
         let answer = self
             .inner
             .endpoints

@@ -125,9 +125,18 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
     let mut last: Option<View> = None;
     let mut failures = 0usize;
     loop {
-        if let Err(e) = client.inner.check_session() {
-            let _ = tx.send(Err(e)).await;
-            return;
+        match client.inner.confirm_session().await {
+            Ok(()) => {}
+            Err(e) if client.inner.check_session().is_err() => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            // The cluster could not say yet: try again shortly.
+            Err(e) => {
+                tracing::debug!("session not confirmed: {e}");
+                tokio::time::sleep(REOPEN_PAUSE).await;
+                continue;
+            }
         }
         let opened = tokio::time::timeout(
             client.inner.call_timeout,
