@@ -100,15 +100,25 @@ pub async fn add_node(
     }
     check_peer_address(peer_addr)?;
     not_leader(replicator)?;
-    let (voters, _) = members(replicator);
-    if voters.contains(&id) {
+    let (voters, learners) = members(replicator);
+    let role = if voters.contains(&id) {
+        Some("voter")
+    } else if learners.contains(&id) {
+        Some("learner")
+    } else {
+        None
+    };
+    if let Some(role) = role {
+        // openraft keeps a member's address: one given anew is ignored.
         let known = address_of(replicator, id);
         if known.as_deref() != Some(peer_addr) {
             return Err(ApiError::Precondition(format!(
-                "node {id} is a voter at {}; remove it before adding it at {peer_addr}",
+                "node {id} is a {role} at {}; remove it before adding it at {peer_addr}",
                 known.unwrap_or_default()
             )));
         }
+    }
+    if voters.contains(&id) {
         return Ok(members(replicator));
     }
     match probe(replicator, peer_addr, deadline).await {

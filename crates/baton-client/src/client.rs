@@ -16,7 +16,7 @@ use crate::proto::baton::v1::{
     SaveSnapshotRequest, StatusRequest, StatusResponse,
 };
 use crate::session::{keep_alive, Ended, SessionState};
-use crate::transport::{next_request_id, with_deadline, Endpoints};
+use crate::transport::{next_request_id, with_deadline, Attempts, Endpoints};
 use crate::view::Kind;
 
 /// Session timeout asked for unless the builder says otherwise.
@@ -389,7 +389,7 @@ impl Client {
             peer_addr: peer_addr.to_owned(),
         };
         let answer = self
-            .call(|channel, left| {
+            .call_with(Attempts::Whole, |channel, left| {
                 let request = with_deadline(request.clone(), left);
                 async move { AdminServiceClient::new(channel).add_node(request).await }
             })
@@ -402,7 +402,7 @@ impl Client {
     /// learners).
     pub async fn remove_node(&self, id: u64) -> Result<(Vec<u64>, Vec<u64>)> {
         let answer = self
-            .call(|channel, left| {
+            .call_with(Attempts::Whole, |channel, left| {
                 let request = with_deadline(RemoveNodeRequest { id }, left);
                 async move { AdminServiceClient::new(channel).remove_node(request).await }
             })
@@ -414,7 +414,7 @@ impl Client {
     /// the bytes of a backup file (header line, then the state).
     pub async fn save_snapshot(&self) -> Result<Vec<u8>> {
         let mut chunks = self
-            .call(|channel, left| {
+            .call_with(Attempts::Whole, |channel, left| {
                 let request = with_deadline(SaveSnapshotRequest {}, left);
                 async move {
                     AdminServiceClient::new(channel)
@@ -436,11 +436,20 @@ impl Client {
         F: FnMut(tonic::transport::Channel, Duration) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with(Attempts::Shared, rpc).await
+    }
+
+    /// [`Client::call`], each attempt taking the time `attempts` says.
+    async fn call_with<T, F, Fut>(&self, attempts: Attempts, rpc: F) -> Result<T>
+    where
+        F: FnMut(tonic::transport::Channel, Duration) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         self.inner.confirm_session().await?;
         let answer = self
             .inner
             .endpoints
-            .call(self.inner.call_timeout, rpc)
+            .call_with(self.inner.call_timeout, attempts, rpc)
             .await;
         if let Err(e) = &answer {
             if is_session_gone(e) {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::feed::spawn_feed;
-use crate::session::Ended;
+use crate::session::{Ended, SessionState};
 use crate::view::{Kind, View};
 
 /// How the cluster is told when a leadership is let go.
@@ -222,7 +222,17 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
             }
             fed = feed.recv(), if feed_open => match fed {
                 Some(Ok(fed)) => {
-                    if let Some(why) = still_leading(&shared, &me, fed).await {
+                    // The read that may decide can take a call's time: the
+                    // lease and the session still end the leadership first.
+                    let verdict = tokio::select! {
+                        biased;
+                        _ = session.ended.cancelled() => {
+                            Some(session.ended_because().unwrap_or(Ended::Closed))
+                        }
+                        _ = lease_runs_out(&session) => Some(Ended::LeaseExpired),
+                        verdict = still_leading(&shared, &me, fed) => verdict,
+                    };
+                    if let Some(why) = verdict {
                         shared.end(why);
                         return;
                     }
@@ -234,6 +244,27 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
                 // The feed stopped without an error: only the lease and the
                 // session can end the leadership now.
                 None => feed_open = false,
+            }
+        }
+    }
+}
+
+/// Resolves once the session's lease has run out (it may be extended while
+/// this waits).
+async fn lease_runs_out(session: &SessionState) {
+    let mut lease = session.lease.subscribe();
+    loop {
+        let until = *lease.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {
+                if *lease.borrow() <= Instant::now() {
+                    return;
+                }
+            }
+            changed = lease.changed() => {
+                if changed.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -333,13 +364,17 @@ pub(crate) async fn lead_after(
             return Ok(Some(leadership));
         }
         // Named leader while the lease has lapsed: no change may come to
-        // say so again, so the lease running again is news too.
+        // say so again, so the lease running again is news too (only from
+        // now on: renewals before the lapse are no news).
         let lapsed = view.is_led_by(&me);
+        lease.borrow_and_update();
         let next = tokio::select! {
             next = feed.recv() => next,
             Ok(()) = lease.changed(), if lapsed => {
-                view = current(client, kind, name).await?;
-                from_feed = false;
+                if client.is_alive() {
+                    view = current(client, kind, name).await?;
+                    from_feed = false;
+                }
                 continue;
             }
             _ = until(deadline) => return Ok(None),

@@ -48,6 +48,17 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How the time of a call is given to its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempts {
+    /// Each attempt gets its share ([`attempt_budget`]): for calls a node
+    /// answers at once when it can.
+    Shared,
+    /// Each attempt may take all the time left: for calls that wait on the
+    /// cluster by design (adding a node waits for it to catch up).
+    Whole,
+}
+
 /// How long one endpoint may take out of the `remaining` time of a call:
 /// half of it (all of it once only a sliver is left). A node that never
 /// answers then costs part of the budget, not all of it, and the next
@@ -225,7 +236,21 @@ impl Endpoints {
     /// the time left ([`attempt_budget`]), and one that runs out of it is
     /// tried elsewhere. Retrying is safe for writes that keep their request
     /// id: the cluster applies each id once.
-    pub async fn call<T, F, Fut>(&self, timeout: Duration, mut rpc: F) -> Result<T>
+    pub async fn call<T, F, Fut>(&self, timeout: Duration, rpc: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(timeout, Attempts::Shared, rpc).await
+    }
+
+    /// [`Endpoints::call`], each attempt taking the time `per_attempt` says.
+    pub async fn call_with<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        per_attempt: Attempts,
+        mut rpc: F,
+    ) -> Result<T>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
@@ -235,7 +260,10 @@ impl Endpoints {
         let mut attempts = 0usize;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let budget = attempt_budget(remaining);
+            let budget = match per_attempt {
+                Attempts::Shared => attempt_budget(remaining),
+                Attempts::Whole => remaining,
+            };
             let answer = tokio::time::timeout(budget, rpc(self.channel(index), budget)).await;
             let status = match answer {
                 Ok(Ok(response)) => {

@@ -120,7 +120,9 @@ impl Command {
     /// Checks what the command alone decides, whatever the state: ids
     /// present and not too long, a session timeout in range, a Restore's
     /// snapshot well formed. A node refuses such a command before proposing
-    /// it, and the state machine before anything changes.
+    /// it; the state machine checks a client request this way before
+    /// anything, its exactly-once record included, changes (and the other
+    /// commands where it applies them).
     pub fn validate(&self) -> Result<(), CommandError> {
         match self {
             Command::Client(request) => request.validate(),

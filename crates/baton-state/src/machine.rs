@@ -106,6 +106,11 @@ impl StateMachine {
             self.tombstone_order
                 .remove(&(tombstone.ended_at_ms, client_id.to_owned()));
             session.forgotten_up_to = tombstone.highest_request_id;
+            // The latest session-less request stays answerable when its
+            // retry comes after the client got a session.
+            if let Some(answered) = tombstone.answered {
+                session.record(answered);
+            }
         }
         session
     }

@@ -162,10 +162,11 @@ impl Model {
     }
 
     /// A new session's starting window: what its ended predecessor saw.
-    fn reborn(&mut self, id: &str) -> u64 {
-        self.tombstones
-            .remove(id)
-            .map_or(0, |(highest, _, _)| highest)
+    fn reborn(&mut self, id: &str) -> (u64, BTreeMap<u64, Result<u64, ErrorKind>>) {
+        match self.tombstones.remove(id) {
+            Some((highest, _, answered)) => (highest, answered.into_iter().collect()),
+            None => (0, BTreeMap::new()),
+        }
     }
 
     fn renew(&mut self, id: &str) {
@@ -201,7 +202,10 @@ impl Model {
                 }
                 let (expires, forgotten, recent) = match self.sessions.get(client_id) {
                     Some(s) => (s.expires, s.forgotten, s.recent.clone()),
-                    None => (0, self.reborn(client_id), BTreeMap::new()),
+                    None => {
+                        let (forgotten, recent) = self.reborn(client_id);
+                        (0, forgotten, recent)
+                    }
                 };
                 self.sessions.insert(
                     client_id.clone(),
@@ -416,14 +420,14 @@ impl Model {
             return Err(ErrorKind::ResourceExhausted);
         }
         for c in needed {
-            let forgotten = self.reborn(&c);
+            let (forgotten, recent) = self.reborn(&c);
             self.sessions.insert(
                 c,
                 ModelSession {
                     timeout: DEFAULT_TIMEOUT,
                     expires: self.now + DEFAULT_TIMEOUT,
                     forgotten,
-                    recent: BTreeMap::new(),
+                    recent,
                 },
             );
         }

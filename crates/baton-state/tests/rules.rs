@@ -1215,6 +1215,27 @@ fn a_retry_by_a_caller_without_a_session_gets_the_first_attempts_answer() {
         ErrorKind::FailedPrecondition
     );
     assert_eq!(members(&sm, &key), ["b"]);
+    // Still so once the client has a session (its next request opened
+    // one before the retry came).
+    let delete_again = op("ops", 7, Operation::Delete { key: key.clone() });
+    ok(&mut sm, delete_again.clone(), T0 + 5);
+    ok(
+        &mut sm,
+        op(
+            "ops",
+            8,
+            Operation::Enter {
+                election: "x".into(),
+            },
+        ),
+        T0 + 5,
+    );
+    assert!(sm.session("ops").is_some());
+    assert_eq!(
+        sm.apply(&delete_again, T0 + 5).result,
+        Ok(Response::Primitive(Default::default())),
+        "a retried delete is answered as the first attempt was, session or not"
+    );
     // A first request refused by a limit (no session is opened) gets the
     // same refusal again, not a stale-request error.
     let join_x = op("x", 7, Operation::Join { latch: "m".into() });
