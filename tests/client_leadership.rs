@@ -672,23 +672,11 @@ async fn closing_a_client_ends_its_observers_and_their_streams() {
     let _serial = serial().await;
     let cluster = Cluster::start(&[]).await;
     let (a, _b) = clients_a_and_b(&cluster).await;
-    let mut views = Box::pin(a.election("observed").observe());
-    a.election("observed").enter().await.expect("a enters");
-    let first = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut views))
-        .await
-        .expect("a first view");
-    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    let mut views = entered_and_observed(&a, "observed").await;
     a.close().await.expect("close");
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match futures::StreamExt::next(&mut views).await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the observer ends once its client closed the session");
+    let end = end_of(&mut views, Duration::from_secs(5))
+        .await
+        .expect("the observer ends once its client closed the session");
     assert!(matches!(end, Some(Err(_))), "{end:?}");
     eventually(Duration::from_secs(5), "no stream left open", || async {
         for id in [1, 2, 3] {
@@ -719,12 +707,7 @@ async fn a_session_that_expired_while_cut_off_is_reported_not_reopened() {
         .connect()
         .await
         .expect("a connects");
-    let mut views = Box::pin(a.election("cut-off").observe());
-    a.election("cut-off").enter().await.expect("a enters");
-    let first = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut views))
-        .await
-        .expect("a first view");
-    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    let mut views = entered_and_observed(&a, "cut-off").await;
     // The only node a knows is frozen; the other two expire a's session.
     cluster.pause(only);
     eventually(Duration::from_secs(10), "a's session expires", || async {
@@ -734,15 +717,7 @@ async fn a_session_that_expired_while_cut_off_is_reported_not_reopened() {
     .await;
     cluster.resume(only);
     let ended = tokio::time::timeout(Duration::from_secs(10), a.session_ended()).await;
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match futures::StreamExt::next(&mut views).await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await;
+    let end = end_of(&mut views, Duration::from_secs(10)).await;
     let reopened = cluster
         .status(raft_leader)
         .await
@@ -756,6 +731,38 @@ async fn a_session_that_expired_while_cut_off_is_reported_not_reopened() {
         "observe() went on: {end:?}"
     );
     assert!(!a.is_alive());
+}
+
+/// `client`'s feed of election `name`, which it has entered; its first view
+/// taken.
+async fn entered_and_observed(
+    client: &Client,
+    name: &str,
+) -> std::pin::Pin<Box<impl futures::Stream<Item = baton_client::Result<baton_client::View>>>> {
+    let mut views = Box::pin(client.election(name).observe());
+    client.election(name).enter().await.expect("enter");
+    let first = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut views))
+        .await
+        .expect("a first view");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    views
+}
+
+/// How `views` ends, past the views it still delivers, if it ends within
+/// `limit`.
+async fn end_of(
+    views: &mut (impl futures::Stream<Item = baton_client::Result<baton_client::View>> + Unpin),
+    limit: Duration,
+) -> Result<Option<baton_client::Result<baton_client::View>>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match futures::StreamExt::next(views).await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
 }
 
 /// Library clients "a" and "b", each with its own session, on all nodes.

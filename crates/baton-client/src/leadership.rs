@@ -192,7 +192,16 @@ async fn let_go(shared: &Shared, release: Release) -> Result<()> {
 async fn watch(shared: Arc<Shared>, mut feed: Feed) {
     let _stop_feed = feed.stop.clone().drop_guard();
     let session = shared.client.inner.session.clone();
-    let mut lease = session.lease.subscribe();
+    // One future for the session's side, raced against the feed and
+    // against the read that may settle a view (which can take a call's
+    // time): the lease and the session end the leadership first.
+    let session_over = async {
+        tokio::select! {
+            _ = session.ended.cancelled() => session.ended_because().unwrap_or(Ended::Closed),
+            _ = lease_runs_out(&session) => Ended::LeaseExpired,
+        }
+    };
+    tokio::pin!(session_over);
     let me = shared.client.client_id().to_owned();
     let mut feed_open = true;
     loop {
@@ -201,50 +210,32 @@ async fn watch(shared: Arc<Shared>, mut feed: Feed) {
             shared.end(Ended::LeaseExpired);
             return;
         }
-        let until = *lease.borrow_and_update();
-        tokio::select! {
+        let fed = tokio::select! {
+            biased;
             _ = shared.lost.cancelled() => return,
-            _ = session.ended.cancelled() => {
-                shared.end(session.ended_because().unwrap_or(Ended::Closed));
+            why = &mut session_over => {
+                shared.end(why);
                 return;
             }
-            _ = tokio::time::sleep_until(until) => {
-                if *lease.borrow() <= Instant::now() {
-                    shared.end(Ended::LeaseExpired);
-                    return;
-                }
+            fed = feed.recv(), if feed_open => fed,
+        };
+        let verdict = match fed {
+            Some(Ok(fed)) => tokio::select! {
+                biased;
+                why = &mut session_over => Some(why),
+                verdict = still_leading(&shared, &me, fed) => verdict,
+            },
+            Some(Err(e)) => Some(Ended::SessionLost(e.to_string())),
+            // The feed stopped without an error: only the lease and the
+            // session can end the leadership now.
+            None => {
+                feed_open = false;
+                None
             }
-            changed = lease.changed() => {
-                if changed.is_err() {
-                    shared.end(Ended::Closed);
-                    return;
-                }
-            }
-            fed = feed.recv(), if feed_open => match fed {
-                Some(Ok(fed)) => {
-                    // The read that may decide can take a call's time: the
-                    // lease and the session still end the leadership first.
-                    let verdict = tokio::select! {
-                        biased;
-                        _ = session.ended.cancelled() => {
-                            Some(session.ended_because().unwrap_or(Ended::Closed))
-                        }
-                        _ = lease_runs_out(&session) => Some(Ended::LeaseExpired),
-                        verdict = still_leading(&shared, &me, fed) => verdict,
-                    };
-                    if let Some(why) = verdict {
-                        shared.end(why);
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    shared.end(Ended::SessionLost(e.to_string()));
-                    return;
-                }
-                // The feed stopped without an error: only the lease and the
-                // session can end the leadership now.
-                None => feed_open = false,
-            }
+        };
+        if let Some(why) = verdict {
+            shared.end(why);
+            return;
         }
     }
 }

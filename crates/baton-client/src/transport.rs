@@ -50,7 +50,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How the time of a call is given to its attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempts {
+pub(crate) enum Attempts {
     /// Each attempt gets its share ([`attempt_budget`]): for calls a node
     /// answers at once when it can.
     Shared,
@@ -245,7 +245,7 @@ impl Endpoints {
     }
 
     /// [`Endpoints::call`], each attempt taking the time `per_attempt` says.
-    pub async fn call_with<T, F, Fut>(
+    pub(crate) async fn call_with<T, F, Fut>(
         &self,
         timeout: Duration,
         per_attempt: Attempts,
