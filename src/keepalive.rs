@@ -236,11 +236,10 @@ impl SessionKeeper {
                     // timeout keeps the old, short lease until a renewal
                     // confirms the new one, so that renewal is due by the
                     // old cadence.
+                    let confirmed = confirmed.get(*id);
                     let timeout = Duration::from_millis(session.timeout_ms);
-                    let timeout = confirmed
-                        .get(*id)
-                        .map_or(timeout, |c| c.timeout.min(timeout));
-                    let is_due = confirmed.get(*id).is_none_or(|c| {
+                    let timeout = confirmed.map_or(timeout, |c| c.timeout.min(timeout));
+                    let is_due = confirmed.is_none_or(|c| {
                         now.saturating_duration_since(c.sent_at) >= timeout / RENEW_DIVISOR
                     });
                     if is_due {

@@ -100,24 +100,16 @@ pub async fn add_node(
     }
     check_peer_address(peer_addr)?;
     not_leader(replicator)?;
-    let (voters, learners) = members(replicator);
-    let role = if voters.contains(&id) {
-        Some("voter")
-    } else if learners.contains(&id) {
-        Some("learner")
-    } else {
-        None
-    };
-    if let Some(role) = role {
-        // openraft keeps a member's address: one given anew is ignored.
-        let known = address_of(replicator, id);
-        if known.as_deref() != Some(peer_addr) {
+    // openraft keeps a member's address (voter or learner): one given anew
+    // would be ignored.
+    if let Some(known) = address_of(replicator, id) {
+        if known != peer_addr {
             return Err(ApiError::Precondition(format!(
-                "node {id} is a {role} at {}; remove it before adding it at {peer_addr}",
-                known.unwrap_or_default()
+                "node {id} is a member at {known}; remove it before adding it at {peer_addr}"
             )));
         }
     }
+    let (voters, _) = members(replicator);
     if voters.contains(&id) {
         return Ok(members(replicator));
     }
@@ -187,8 +179,9 @@ const PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// The peer address the membership holds for node `id`.
 fn address_of(replicator: &Replicator, id: NodeId) -> Option<String> {
-    let metrics = replicator.raft().metrics().borrow().clone();
+    let metrics = replicator.raft().metrics();
     let address = metrics
+        .borrow()
         .membership_config
         .membership()
         .get_node(&id)

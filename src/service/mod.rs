@@ -67,11 +67,32 @@ struct WatchStream {
     updates: ReceiverStream<WatchUpdate>,
     /// The watch's closing error; `None` once taken or known not to come.
     ending: Option<oneshot::Receiver<Status>>,
-    /// Whether the stream's lease has run out, asked before each update is
-    /// handed on: the watch task's timer may not have fired yet (a node
-    /// just resumed from a pause), and what it buffered must not go out.
-    lease_ran_out: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The stream's lease, checked before each update is handed on: the
+    /// watch task's timer may not have fired yet (a node just resumed from
+    /// a pause), and what it buffered must not go out.
+    lease: StreamLease,
     ended: bool,
+}
+
+/// A stream's lease as [`WatchStream`] checks it: the end last read, read
+/// again (a lock on the session keeper) only once that has passed, since a
+/// lease is only ever extended.
+struct StreamLease {
+    sessions: SessionKeeper,
+    client_id: String,
+    known_end: Instant,
+}
+
+impl StreamLease {
+    fn ran_out(&mut self) -> bool {
+        if Instant::now() < self.known_end {
+            return false;
+        }
+        if let Some(end) = self.sessions.lease_end(&self.client_id) {
+            self.known_end = end;
+        }
+        self.known_end <= Instant::now()
+    }
 }
 
 impl Stream for WatchStream {
@@ -99,7 +120,7 @@ impl Stream for WatchStream {
             }
         }
         let update = ready!(Pin::new(&mut self.updates).poll_next(cx));
-        if update.is_some() && (self.lease_ran_out)() {
+        if update.is_some() && self.lease.ran_out() {
             self.ended = true;
             return Poll::Ready(Some(
                 Err(ApiError::from(ReplicationError::LeaseLost).into()),
@@ -201,8 +222,12 @@ impl Context {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let (end_tx, end_rx) = oneshot::channel();
         let context = self.clone();
+        let lease = StreamLease {
+            sessions: self.sessions.clone(),
+            client_id: caller.client_id.clone(),
+            known_end: Instant::now(),
+        };
         let caller = caller.clone();
-        let caller_id = caller.client_id.clone();
         tokio::spawn(async move {
             let hold = context.sessions.hold(&caller.client_id);
             let ended = context.stream_changes(&caller, &tx).await;
@@ -212,16 +237,10 @@ impl Context {
                 let _ = end_tx.send(error);
             }
         });
-        let sessions = self.sessions.clone();
-        let client_id = caller_id;
         WatchStream {
             updates: ReceiverStream::new(rx),
             ending: Some(end_rx),
-            lease_ran_out: Box::new(move || {
-                sessions
-                    .lease_end(&client_id)
-                    .is_none_or(|end| end <= Instant::now())
-            }),
+            lease,
             ended: false,
         }
     }

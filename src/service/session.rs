@@ -1,6 +1,6 @@
 //! `baton.v1.SessionService`: explicit session control.
 
-use baton_state::{validate_id, Command, CommandError, Response as CommandResponse};
+use baton_state::{Command, CommandError, Response as CommandResponse};
 use tonic::{Request, Response, Status};
 
 use super::Context;
@@ -56,7 +56,6 @@ impl SessionService for SessionApi {
     ) -> Result<Response<KeepAliveResponse>, Status> {
         let deadline = deadline(&request);
         let client_id = request.into_inner().client_id;
-        validate_id("client_id", &client_id).map_err(ApiError::from)?;
         refuse_reserved(&client_id)?;
         let command = Command::KeepAlive {
             client_ids: vec![client_id.clone()],
@@ -83,7 +82,6 @@ impl SessionService for SessionApi {
             client_id,
             request_id,
         } = request.into_inner();
-        validate_id("client_id", &client_id).map_err(ApiError::from)?;
         refuse_reserved(&client_id)?;
         let command = Command::CloseSession {
             client_id,
