@@ -203,6 +203,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let raft_config = Arc::new(raft_config(&config)?);
     let (log_store, state_store) = baton_store::open(&config.data_dir, config.limits.clone())?;
+    if config.join {
+        if baton_store::is_seeded(&state_store)? {
+            return Err(NodeError::Config(
+                "this data directory was seeded from a backup: start it with --peers to form \
+                 the restored cluster, or with an empty directory to join one"
+                    .into(),
+            ));
+        }
+    } else if baton_store::found_on_seed(&log_store, &state_store, founding_members(&config))
+        .await?
+    {
+        tracing::info!(
+            "founded the cluster on the restored state (a snapshot at its first log id)"
+        );
+    }
     let log_store = log_store.for_node(config.id);
     let flushed = log_store.flushed_log();
     let commits = CommitClamp::new(flushed.clone());
@@ -476,16 +491,20 @@ async fn initialize_if_new(
             }
         }
     }
-    let members: BTreeMap<NodeId, BasicNode> = config
-        .peers
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-        .collect();
-    match raft.initialize(members).await {
+    match raft.initialize(founding_members(config)).await {
         Ok(()) => tracing::info!("initialized a new cluster"),
         Err(error) => tracing::info!(%error, "not initializing"),
     }
     Ok(true)
+}
+
+/// The membership a cluster formed from `--peers` starts with.
+fn founding_members(config: &NodeConfig) -> BTreeMap<NodeId, BasicNode> {
+    config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect()
 }
 
 /// Asks openraft for a snapshot whenever `every` commands were applied since

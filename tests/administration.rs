@@ -383,6 +383,62 @@ async fn a_saved_cluster_is_restored_into_a_new_one_with_every_write_and_epoch()
         .await
         .expect("anoint after restore");
     assert_eq!(next.epoch, terms.epoch + 1);
+
+    // A member that loses its disk rejoins with the restored state, not by
+    // replaying the new cluster's short log onto an empty one (until
+    // session 13 it did: it served the latches empty, at epoch 0).
+    let mut restored = restored;
+    let wiped = restored.followers_of(leader)[0];
+    restored.kill(wiped);
+    restored.wipe(wiped);
+    restored.restart(wiped);
+    restored.wait_converged().await;
+    let latch = eventually(
+        Duration::from_secs(20),
+        "the wiped member serves the restored latch",
+        || async { get_latch(&restored, wiped, "latch-0").await.ok() },
+    )
+    .await;
+    assert_eq!(
+        (&latch.members, latch.epoch),
+        (&latches[0].members, latches[0].epoch),
+        "the wiped member's copy of latch-0"
+    );
+    let term = get_term(&restored, wiped, "vote").await.expect("term");
+    assert_eq!(
+        (term.epoch, term.leader.as_deref()),
+        (next.epoch, Some("x"))
+    );
+
+    // A seeded directory started to join a cluster would lay that
+    // cluster's log over the seed: refused, clearly.
+    let seeded = dir.path().join("seeded-joiner");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["cluster", "snapshot", "restore"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&seeded)
+        .output()
+        .expect("restore");
+    assert!(status.status.success(), "{status:?}");
+    let ports = free_ports(2);
+    let mut joiner = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--id", "7"])
+        .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--join", &restored.endpoints().join(",")])
+        .arg("--data-dir")
+        .arg(&seeded)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton serve");
+    let exit = wait_exit(&mut joiner, Duration::from_secs(10));
+    let _ = joiner.kill();
+    assert!(exit.is_some_and(|s| !s.success()), "{exit:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut joiner.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(stderr.contains("seeded from a backup"), "{stderr}");
 }
 
 /// A backup is disk input: a crafted one may hold a session whose timeout

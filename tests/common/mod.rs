@@ -33,7 +33,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 /// dropped one by one, the kernel may hand the same port out twice, and two
 /// nodes of one cluster then collide (seen as a peer answering UNIMPLEMENTED
 /// and no leader being elected).
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();

@@ -105,3 +105,21 @@ pub fn open(
     let state = StateMachineStore::new(dir, &db, durable, log.flushed_log(), covered, limits)?;
     Ok((log, state))
 }
+
+/// Makes a data directory seeded from a backup the founding snapshot of
+/// the cluster this node forms with `members` (see
+/// [`StateMachineStore`]'s seed handling in `state_store.rs`); call it
+/// before starting Raft on the stores. True if it did.
+pub async fn found_on_seed(
+    log: &LogStore,
+    state: &StateMachineStore,
+    members: std::collections::BTreeMap<NodeId, openraft::BasicNode>,
+) -> Result<bool, OpenError> {
+    state.found_on_seed(members, log.is_pristine()?).await
+}
+
+/// Whether `state` was seeded from a backup and has not founded a cluster
+/// on it yet.
+pub fn is_seeded(state: &StateMachineStore) -> Result<bool, OpenError> {
+    state.is_seeded()
+}

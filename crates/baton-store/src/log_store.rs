@@ -145,6 +145,16 @@ impl LogStore {
         }
     }
 
+    /// Whether nothing was ever written here: no entry, no purge, no vote.
+    pub(crate) fn is_pristine(&self) -> Result<bool, OpenError> {
+        let corrupt = |e: StorageError<NodeId>| OpenError::CorruptLog(e.to_string());
+        Ok(self.last_log_id().map_err(corrupt)?.is_none()
+            && self
+                .read_meta::<Vote<NodeId>>(VOTE)
+                .map_err(corrupt)?
+                .is_none())
+    }
+
     /// How long this node's durable flushes took (log appends, votes,
     /// snapshots): the time every write waits for the disk, twice (leader
     /// and follower) before it commits.

@@ -250,6 +250,62 @@ impl StateMachineStore {
         self.handle.clone()
     }
 
+    /// Whether this directory holds a seed not yet founded on.
+    pub(crate) fn is_seeded(&self) -> Result<bool, OpenError> {
+        Ok(self.snapshots.contains_key(crate::backup::SEED)?)
+    }
+
+    /// Turns a seed (`backup::seed`) into the founding Raft snapshot of the
+    /// cluster this node forms with `members`: the snapshot sits at the
+    /// very first log id, where openraft's `initialize` would put the
+    /// membership, and openraft purges the (empty) log up to it when it
+    /// starts. A node that joins later, or a member whose disk is wiped,
+    /// then receives the seed's state as a snapshot; left a seed, it was
+    /// sent the log from index 0 and replayed it onto an empty state.
+    /// Every member seeded from the same file with the same `--peers`
+    /// founds the same snapshot, as they would all initialize the same
+    /// membership. Does nothing (false) unless the directory holds a seed,
+    /// no snapshot and `log_is_empty`; a seed that a stored snapshot has
+    /// superseded is dropped.
+    pub(crate) async fn found_on_seed(
+        &self,
+        members: std::collections::BTreeMap<NodeId, BasicNode>,
+        log_is_empty: bool,
+    ) -> Result<bool, OpenError> {
+        let Some(seed) = self.snapshots.get(crate::backup::SEED)? else {
+            return Ok(false);
+        };
+        let founded = stored_file(&self.snapshots)?.is_none();
+        if founded && !log_is_empty {
+            // Formed by an earlier version, which kept the seed as the
+            // state under the log: it still is.
+            return Ok(false);
+        }
+        if founded {
+            let first = LogId::default();
+            let voters: BTreeSet<NodeId> = members.keys().copied().collect();
+            let meta = SnapshotMeta {
+                last_log_id: Some(first),
+                last_membership: StoredMembership::new(
+                    Some(first),
+                    openraft::Membership::new(vec![voters], members),
+                ),
+                snapshot_id: "seed".to_owned(),
+            };
+            let name = self.files.write_bytes(&seed)?;
+            self.persist(&meta, &name)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let mut applied = self.handle.write_guard();
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership;
+        }
+        // A snapshot holds the seed's state from now on, or a later one.
+        self.snapshots.remove(crate::backup::SEED)?;
+        self.durable.flush().await?;
+        Ok(founded)
+    }
+
     /// The snapshot currently stored on disk, if any.
     pub fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, OpenError> {
         match stored_file(&self.snapshots)? {
