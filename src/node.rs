@@ -352,7 +352,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     // A node started to join an existing cluster never initializes one: it
     // waits, empty, until the leader adds it (`baton cluster add-node`).
-    if config.join || !initialize_if_new(&raft, &config, &channels).await? {
+    // Once it belongs to one, its vote is on its disk and `--join` (still
+    // on its command line after a restart) changes nothing: kept
+    // rejoining, nodes that joined long ago could not elect a leader
+    // after they all restarted at once.
+    let rejoining = if config.join {
+        !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    } else {
+        !initialize_if_new(&raft, &config, &channels).await?
+    };
+    if rejoining {
         replicator.start_rejoining();
         tokio::spawn(replicator.clone().finish_rejoining());
     }

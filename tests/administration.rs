@@ -216,6 +216,22 @@ async fn a_dead_node_is_replaced_and_a_removal_that_would_lose_the_quorum_is_ref
         join(&cluster, rest[0], "after", "kept")
     })
     .await;
+
+    // Both stop at once (a power cut) and start again with the command
+    // lines they had: the replacement's still says `--join`. A node that
+    // joined long ago holds its vote on disk and may vote; until session
+    // 13 `--join` kept it from campaigning or voting until it heard from
+    // a leader, and no leader could be elected.
+    for id in &rest {
+        cluster.kill(*id);
+    }
+    for id in &rest {
+        cluster.restart(*id);
+    }
+    until_ok("a write after both restarted", || {
+        join(&cluster, rest[0], "after-restart", "kept")
+    })
+    .await;
 }
 
 /// AddNode with an address that is malformed, that nobody answers on, or
