@@ -217,6 +217,14 @@ fn answer_all(replies: Vec<oneshot::Sender<ProposeReply>>, rejection: ProposeRej
     }
 }
 
+/// A generous estimate of a log entry's encoded size (see [`approx_bytes`]).
+pub(crate) fn approx_entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(log) => log.commands.iter().map(approx_bytes).sum(),
+        openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => 256,
+    }
+}
+
 /// A generous estimate of a command's encoded size: JSON may escape a byte
 /// as six, so every name and id counts six times its length; restores are
 /// measured. Ids are only checked when applied, so nothing here trusts

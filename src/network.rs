@@ -15,7 +15,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::{AnyError, BasicNode, LogId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +26,36 @@ use crate::proto::baton::v1::RaftPayload;
 
 /// Largest peer message (snapshot chunks are far smaller; entries batch).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What one AppendEntries carries at most, by the group commit's generous
+/// estimate (about a quarter of this for ordinary ids); the first entry
+/// always goes. openraft 0.9 gives every AppendEntries one heartbeat
+/// interval, whatever it carries, and sends up to 300 entries at once: a
+/// follower that came back behind a busy log was sent megabytes it could
+/// not take in within that time, again and again, and never caught up.
+/// The rest of the entries follow in the next exchanges (the reply says
+/// how far this one reached).
+const EXCHANGE_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// Keeps the entries of `rpc` that fit in [`EXCHANGE_ENTRY_BYTES`]; returns
+/// the last one kept if any were left out.
+fn keep_what_fits(rpc: &mut AppendEntriesRequest<TypeConfig>) -> Option<LogId<NodeId>> {
+    let mut bytes = 0;
+    let fits = rpc
+        .entries
+        .iter()
+        .take_while(|entry| {
+            bytes += crate::group_commit::approx_entry_bytes(entry);
+            bytes <= EXCHANGE_ENTRY_BYTES
+        })
+        .count()
+        .max(1);
+    if fits >= rpc.entries.len() {
+        return None;
+    }
+    rpc.entries.truncate(fits);
+    rpc.entries.last().map(|entry| entry.log_id)
+}
 
 /// Cached gRPC channels to peers, by peer address. Channels connect lazily
 /// and reconnect by themselves, so one per address is enough.
@@ -330,7 +360,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         self.commits.clamp(&mut rpc);
-        self.call(PeerMethod::AppendEntries, &rpc, &option).await
+        // The follower commits no further than the entries it was sent.
+        let cut_after = keep_what_fits(&mut rpc);
+        let response = self.call(PeerMethod::AppendEntries, &rpc, &option).await?;
+        Ok(match (response, cut_after) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn install_snapshot(
@@ -367,6 +405,49 @@ mod tests {
         RaftPayload {
             payload: vec![byte],
         }
+    }
+
+    fn entries(commands_each: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        use baton_state::{ClientRequest, Command, Operation};
+        let command = Command::Client(ClientRequest {
+            client_id: "c".repeat(200),
+            request_id: 1,
+            operation: Operation::Join {
+                latch: "l".repeat(200),
+            },
+        });
+        let entries = commands_each
+            .iter()
+            .enumerate()
+            .map(|(i, count)| openraft::Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i as u64 + 1),
+                payload: openraft::EntryPayload::Normal(baton_store::LogCommand {
+                    stamp_ms: 0,
+                    commands: vec![command.clone(); *count],
+                }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn an_append_entries_carries_what_fits_and_at_least_one_entry() {
+        let mut few = entries(&[10, 10]);
+        assert_eq!(keep_what_fits(&mut few), None);
+        assert_eq!(few.entries.len(), 2);
+        // ~2.7 KB estimated per command: 128 commands per entry, 300 entries.
+        let mut many = entries(&[128; 300]);
+        let last = keep_what_fits(&mut many).expect("cut");
+        assert!((1..300).contains(&many.entries.len()));
+        assert_eq!(Some(last), many.entries.last().map(|e| e.log_id));
+        let mut huge = entries(&[100_000, 1]);
+        assert_eq!(keep_what_fits(&mut huge).map(|id| id.index), Some(1));
+        assert_eq!(huge.entries.len(), 1);
     }
 
     #[tokio::test]

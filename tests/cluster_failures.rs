@@ -189,6 +189,41 @@ async fn a_follower_that_missed_a_few_entries_catches_up_from_the_log() {
     assert_eq!(latch.members, acknowledged);
 }
 
+/// A follower that was down while many clients wrote comes back to a log
+/// of large entries (group commit packs many commands into each) and
+/// catches up from it: openraft sends up to 300 entries at a time and
+/// gives each AppendEntries one heartbeat interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_far_behind_a_busy_log_catches_up_from_it() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.followers_of(leader)[0];
+    cluster.kill(victim);
+    let (writers, rounds) = (64, 40);
+    futures::future::join_all((0..writers).map(|w| {
+        let client = client_on(&cluster, leader, &long_id(w));
+        async move {
+            let election = client.election(&format!("{}-{w}", "e".repeat(200)));
+            for _ in 0..rounds {
+                election.enter().await.expect("enter");
+                election.withdraw().await.expect("withdraw");
+            }
+        }
+    }))
+    .await;
+    let before = cluster.status(leader).await.expect("status");
+    assert_eq!(before.purged_index, 0, "no snapshot yet: the log is whole");
+
+    cluster.restart(victim);
+    cluster.wait_converged().await;
+    assert!(
+        !cluster.log(victim).contains(INSTALLED_SNAPSHOT),
+        "the follower was sent a snapshot:\n{}",
+        cluster.log(victim)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_all_three_and_restart_them() {
     let _serial = serial().await;
