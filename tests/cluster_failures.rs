@@ -204,7 +204,7 @@ async fn a_follower_far_behind_a_busy_log_catches_up_from_it() {
     futures::future::join_all((0..writers).map(|w| {
         let client = client_on(&cluster, leader, &long_id(w));
         async move {
-            let election = client.election(&format!("{}-{w}", "e".repeat(200)));
+            let election = client.election(format!("{}-{w}", "e".repeat(200)));
             for _ in 0..rounds {
                 election.enter().await.expect("enter");
                 election.withdraw().await.expect("withdraw");
