@@ -826,18 +826,12 @@ async fn cluster_status(
             },
         });
     }
-    // The leader is the node that says it leads; else the most-reported one.
-    let leader = nodes
+    // The leader the answering nodes work with (a leader counts itself
+    // once a quorum acknowledges it): the most-reported one.
+    let leader = leaders
         .iter()
-        .filter(|n| n.role == "leader")
-        .max_by_key(|n| n.term)
-        .and_then(|n| n.id)
-        .or_else(|| {
-            leaders
-                .iter()
-                .max_by_key(|(_, votes)| **votes)
-                .map(|(id, _)| *id)
-        });
+        .max_by_key(|(_, votes)| **votes)
+        .map(|(id, _)| *id);
     if out.json {
         let (_, voters, learners) = membership.unwrap_or_default();
         println!(
@@ -867,6 +861,14 @@ async fn cluster_status(
                     .unwrap_or_else(|| "-".into()),
             );
         }
+    }
+    // Printed either way; the exit status says whether the cluster serves,
+    // for scripts and health checks.
+    if nodes.iter().all(|n| n.id.is_none()) {
+        return Err("no node answered".into());
+    }
+    if leader.is_none() {
+        return Err("no node knows a leader".into());
     }
     Ok(())
 }

@@ -536,3 +536,56 @@ async fn the_cli_opens_sessions_with_the_default_or_a_given_timeout() {
     ]);
     assert!(both.contains("timeout 20000 ms"), "{both}");
 }
+
+/// `baton cluster status` prints what it found and exits 1 when no node
+/// answered or none knows a leader, so a script can use it as a check
+/// (until session 13 it exited 0 either way).
+#[tokio::test]
+async fn cluster_status_fails_when_the_cluster_does_not_serve() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(&[]).await;
+    let leader = c.wait_for_leader().await;
+    let status = |endpoints: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--endpoints", &endpoints.join(",")])
+            .args(["cluster", "status"])
+            .output()
+            .expect("baton runs")
+    };
+    let serving = status(&c.endpoints());
+    assert!(serving.status.success(), "{serving:?}");
+    assert!(
+        String::from_utf8_lossy(&serving.stdout).contains(&format!("leader: {leader}")),
+        "{serving:?}"
+    );
+
+    let nobody = status(&["127.0.0.1:1".to_owned()]);
+    assert!(!nobody.status.success(), "{nobody:?}");
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr).contains("no node answered"),
+        "{nobody:?}"
+    );
+
+    let survivor = c.followers_of(leader)[0];
+    for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
+        c.kill(id);
+    }
+    let alone = [c.node(survivor).client_addr.clone()];
+    let leaderless = eventually(
+        Duration::from_secs(10),
+        "the survivor knows no leader",
+        || async {
+            let output = status(&alone);
+            (!output.status.success()).then_some(output)
+        },
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&leaderless.stderr).contains("no node knows a leader"),
+        "{leaderless:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&leaderless.stdout).contains("leader: none"),
+        "{leaderless:?}"
+    );
+}

@@ -50,7 +50,12 @@ impl AdminService for AdminApi {
             .state()
             .read(|machine, _| (machine.session_count(), machine.primitive_count()));
         let (voters, learners) = membership::members(replicator);
-        let leader_client_addr = match metrics.current_leader {
+        // A leader this node works with now (heard from within the leader
+        // lease, or itself with a quorum): after the leader dies a follower
+        // keeps openraft's `current_leader` until an election, which a
+        // minority never starts.
+        let leader = replicator.working_leader().ok();
+        let leader_client_addr = match leader {
             Some(id) => replicator.client_addr_of(id).await.unwrap_or_default(),
             None => String::new(),
         };
@@ -58,8 +63,8 @@ impl AdminService for AdminApi {
             node_id: replicator.id(),
             role: role_name(metrics.state).to_owned(),
             term: metrics.current_term,
-            has_leader: metrics.current_leader.is_some(),
-            leader_id: metrics.current_leader.unwrap_or_default(),
+            has_leader: leader.is_some(),
+            leader_id: leader.unwrap_or_default(),
             commit_index: committed,
             applied_index: applied.unwrap_or_default(),
             client_addr: replicator.client_addr().to_owned(),
