@@ -49,6 +49,14 @@ const CLIENT_PING_INTERVAL: Duration = Duration::from_secs(1);
 /// See [`CLIENT_PING_INTERVAL`]; generous against a briefly starved client.
 const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The peer port pings its connections too: a peer whose host died or was
+/// cut off never closes its connection, and without pings the server side
+/// kept it, and the stream handlers on it, for ever. The same timing as
+/// the peer channels' own pings (`network.rs`).
+const PEER_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`PEER_PING_INTERVAL`].
+const PEER_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A certificate chain and its private key, PEM.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
@@ -263,6 +271,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let peer_server = peer_server
         .http2_max_pending_accept_reset_streams(Some(100_000))
+        .http2_keepalive_interval(Some(PEER_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(PEER_PING_TIMEOUT))
         .add_service(
             RaftServiceServer::new(PeerService::new(replicator.clone(), stop_rx.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

@@ -2,6 +2,7 @@
 //! replies wait for the peer's delayed ACK (~40 ms) and every request pays it
 //! (issue 8). Checked on the real server process: its accepted sockets are
 //! duplicated into the test with pidfd_getfd(2) and asked with getsockopt(2).
+//! And the peer port closes a connection whose other end went silent.
 
 mod common;
 
@@ -166,4 +167,40 @@ async fn every_port_listens_with_a_deep_accept_queue() {
             "the {what} port {port} listens with a backlog of {backlog}"
         );
     }
+}
+
+/// A connection to the peer port whose other end went silent (its host
+/// died or was cut off, so no FIN ever comes) is closed by the node after
+/// its HTTP/2 pings go unanswered. Until session 13 the peer port sent no
+/// pings and kept such connections, and their stream handlers, for ever.
+#[tokio::test]
+async fn the_peer_port_closes_a_connection_whose_peer_went_silent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let mut silent = tokio::net::TcpStream::connect(&cluster.node(1).peer_addr)
+        .await
+        .expect("connect");
+    // The HTTP/2 preface and an empty SETTINGS frame; then nothing, ever:
+    // no SETTINGS acknowledgement, no PING answered.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let began = std::time::Instant::now();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match silent.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open after {:?}",
+        began.elapsed()
+    );
 }
