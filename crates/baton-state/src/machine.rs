@@ -121,12 +121,14 @@ impl StateMachine {
         highest_request_id: u64,
         answered: Option<RecordedRequest>,
     ) {
-        let highest_request_id = self
-            .tombstones
-            .get(client_id)
-            .map_or(highest_request_id, |old| {
-                old.highest_request_id.max(highest_request_id)
-            });
+        // A late copy of an older request leaves the answer kept for the
+        // latest one (a retry of that one must still get it).
+        let (highest_request_id, answered) = match self.tombstones.get(client_id) {
+            Some(old) if old.highest_request_id >= highest_request_id => {
+                (old.highest_request_id, old.answered)
+            }
+            _ => (highest_request_id, answered),
+        };
         if highest_request_id == 0 {
             return;
         }

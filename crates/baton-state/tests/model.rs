@@ -153,8 +153,13 @@ impl Model {
             return;
         }
         let answered = outcome.map(|outcome| (request_id, outcome));
-        if let Some((highest, _, _)) = self.tombstones.get(id) {
-            let highest = (*highest).max(request_id);
+        if let Some((highest, _, kept)) = self.tombstones.get(id) {
+            // A late older request leaves the latest one's answer.
+            let (highest, answered) = if *highest >= request_id {
+                (*highest, *kept)
+            } else {
+                (request_id, answered)
+            };
             self.bury(id, highest, answered);
         } else if self.tombstones.len() < LIMITS.max_sessions {
             self.bury(id, request_id, answered);

@@ -1249,6 +1249,29 @@ fn a_retry_by_a_caller_without_a_session_gets_the_first_attempts_answer() {
     );
 }
 
+/// A late copy of an older session-less request (a CloseSession that found
+/// nothing to close) does not erase the answer kept for the client's latest
+/// one: until session 13 the retried Delete below was then stale.
+#[test]
+fn a_late_older_request_leaves_the_latest_answer_of_a_caller_without_a_session() {
+    let mut sm = StateMachine::new(Limits::default());
+    let key = PrimitiveKey::latch("l");
+    ok(&mut sm, join("a", "l"), T0);
+    let close = Command::CloseSession {
+        client_id: "ops".into(),
+        request_id: 15,
+    };
+    let delete = op("ops", 21, Operation::Delete { key: key.clone() });
+    ok(&mut sm, delete.clone(), T0 + 1);
+    // The late close finds no session (and is stale: 15 < 21).
+    let _ = sm.apply(&close, T0 + 2);
+    assert_eq!(
+        sm.apply(&delete, T0 + 3).result,
+        Ok(Response::Primitive(Default::default())),
+        "the retried delete is answered as its first attempt was"
+    );
+}
+
 #[test]
 fn a_request_invalid_on_its_own_is_recorded_nowhere() {
     let mut sm = StateMachine::default();
