@@ -182,3 +182,42 @@ async fn a_healthy_start_logs_no_warning_or_error() {
         assert!(!log.trim().is_empty(), "node {id} logged nothing at all");
     }
 }
+
+/// A restarted node replays the log behind its snapshot before it serves;
+/// the leadership changes in it happened before, and counting them again
+/// made every restart look like a burst of changes to `rate()` (until
+/// session 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_count_replayed_leader_changes() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start_with_metrics().await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers_of(leader)[0];
+    for i in 0..5 {
+        enter(&cluster, leader, "c", &format!("replayed-{i}"))
+            .await
+            .expect("enter");
+    }
+    cluster.wait_converged().await;
+    let addr = cluster.node(follower).metrics_addr.clone();
+    let counted = |text: &str| sample(text, "baton_primitive_leader_changes_total");
+    assert_eq!(counted(&scrape(&addr).await), Some(5.0));
+    cluster.kill(follower);
+    cluster.restart(follower);
+    cluster.wait_converged().await;
+    let after = eventually(Duration::from_secs(10), "the node serves metrics", || {
+        let addr = addr.clone();
+        async move { metrics::scrape(&addr).await.ok() }
+    })
+    .await;
+    assert_eq!(
+        counted(&after),
+        Some(0.0),
+        "nothing changed since the restart"
+    );
+    enter(&cluster, leader, "c", "after-restart")
+        .await
+        .expect("enter");
+    cluster.wait_converged().await;
+    assert_eq!(counted(&scrape(&addr).await), Some(1.0));
+}

@@ -102,7 +102,19 @@ pub fn open(
     // on it before it purges.
     let (covered, coverage) = tokio::sync::watch::channel(Coverage::default());
     let log = LogStore::new(&db, durable.clone(), coverage)?;
-    let state = StateMachineStore::new(dir, &db, durable, log.flushed_log(), covered, limits)?;
+    let logged = log
+        .last_log_id()
+        .map_err(|e| OpenError::CorruptLog(e.to_string()))?
+        .map_or(0, |id| id.index);
+    let state = StateMachineStore::new(
+        dir,
+        &db,
+        durable,
+        log.flushed_log(),
+        covered,
+        limits,
+        logged,
+    )?;
     Ok((log, state))
 }
 

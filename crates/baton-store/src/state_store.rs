@@ -58,8 +58,14 @@ struct Shared {
     /// Commands applied since this process started (an entry may carry
     /// many: group commit).
     commands_applied: AtomicU64,
-    /// Leadership changes of primitives applied since this process started.
+    /// Leadership changes of primitives applied since this process started,
+    /// in entries past `logged_before_start`.
     leader_changes: AtomicU64,
+    /// The last log index on disk when the node started: applying entries
+    /// up to it replays what happened before (openraft re-applies the log
+    /// behind the snapshot, and the entries past the commit marker last
+    /// saved follow once the leader confirms them).
+    logged_before_start: u64,
 }
 
 /// Read access to the applied state, shared with the server.
@@ -111,7 +117,8 @@ impl StateHandle {
     }
 
     /// Leadership changes (epoch increases) of primitives applied since
-    /// this process started, snapshots installed included.
+    /// this process started, snapshots installed included, not counting
+    /// the log it replayed.
     pub fn leader_changes(&self) -> u64 {
         self.shared.leader_changes.load(Ordering::Relaxed)
     }
@@ -124,10 +131,12 @@ impl StateHandle {
     /// Hands changes applied up to `index` to their watchers and counts the
     /// leadership changes among them.
     fn publish(&self, index: u64, events: Vec<ChangeEvent>) {
-        let led = events.iter().filter(|e| e.leader_changed()).count();
-        self.shared
-            .leader_changes
-            .fetch_add(led as u64, Ordering::Relaxed);
+        if index > self.shared.logged_before_start {
+            let led = events.iter().filter(|e| e.leader_changed()).count();
+            self.shared
+                .leader_changes
+                .fetch_add(led as u64, Ordering::Relaxed);
+        }
         self.shared.feeds.publish(index, events);
     }
 
@@ -190,6 +199,7 @@ impl StateMachineStore {
         flushed: FlushedLog,
         covered: watch::Sender<Coverage>,
         limits: Limits,
+        logged_before_start: u64,
     ) -> Result<Self, OpenError> {
         let snapshots = db.open_tree("snapshot")?;
         let files = SnapshotFiles::open(dir)?;
@@ -232,6 +242,7 @@ impl StateMachineStore {
                     feeds: Arc::default(),
                     commands_applied: AtomicU64::new(0),
                     leader_changes: AtomicU64::new(0),
+                    logged_before_start,
                 }),
             },
             durable,
