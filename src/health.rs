@@ -27,26 +27,38 @@ pub const MAX_APPLY_LAG: u64 = 1_000;
 /// health tick).
 const LEADER_COMMIT_EVERY: u32 = 5;
 
-/// Whether a node in this state should say SERVING.
+/// What `leader_commit` holds until the leader has been asked: a node that
+/// does not know how far behind it is does not say SERVING (until session
+/// 13 it started from 0, and a follower far behind said SERVING for the
+/// first round trip after it heard from a leader).
+const UNKNOWN: u64 = u64::MAX;
+
+/// Whether a node in this state should say SERVING (`leader_commit`:
+/// [`UNKNOWN`] until known).
 pub fn serving(
     has_working_leader: bool,
     rejoining: bool,
     applied: u64,
     leader_commit: u64,
 ) -> bool {
-    has_working_leader && !rejoining && applied.saturating_add(MAX_APPLY_LAG) >= leader_commit
+    has_working_leader
+        && !rejoining
+        && leader_commit != UNKNOWN
+        && applied.saturating_add(MAX_APPLY_LAG) >= leader_commit
 }
 
-/// Updates `services` (and the server-wide "" entry) in `reporter` until
+/// Updates `services` (and the server-wide "" entry) in `reporter`, and
+/// `ready` with the same verdict (the metrics port's `/ready`), until
 /// `shutdown` turns true.
 pub async fn run(
     replicator: Replicator,
     mut reporter: HealthReporter,
     services: Vec<&'static str>,
+    ready: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reported = None;
-    let leader_commit = Arc::new(AtomicU64::new(0));
+    let leader_commit = Arc::new(AtomicU64::new(UNKNOWN));
     let mut ticks = 0u32;
     let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,6 +98,7 @@ pub async fn run(
             for service in services.iter().copied().chain([""]) {
                 reporter.set_service_status(service, status).await;
             }
+            ready.send_replace(serving);
             reported = Some(status);
         }
         let uncached = leader
@@ -112,5 +125,9 @@ mod tests {
         assert!(!serving(false, false, 5_000, 5_000));
         assert!(!serving(true, true, 5_000, 5_000));
         assert!(serving(true, false, 0, 0), "a fresh cluster serves");
+        assert!(
+            !serving(true, false, 5_000, UNKNOWN),
+            "not before the leader's commit index is known"
+        );
     }
 }

@@ -325,29 +325,46 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until `stop` turns true.
+/// Serves `GET /metrics` on `addr` until `stop` turns true, and `GET
+/// /ready`: 200 while `ready` (the node's gRPC health says SERVING), else
+/// 503. Plain HTTP whatever the client port speaks: a Kubernetes gRPC probe
+/// cannot speak TLS, so a node with TLS on its client port could not be
+/// probed there.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     context: Context,
+    ready: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = crate::node::listen(addr)?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (metrics, context) = (metrics.clone(), context.clone());
-            async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.render(&context).await,
-                )
+    let readiness = move || {
+        let serving = *ready.borrow();
+        async move {
+            if serving {
+                (http::StatusCode::OK, "SERVING\n")
+            } else {
+                (http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
             }
-        }),
-    );
+        }
+    };
+    let app = axum::Router::new()
+        .route("/ready", axum::routing::get(readiness))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (metrics, context) = (metrics.clone(), context.clone());
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(&context).await,
+                    )
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;

@@ -350,9 +350,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let client_server = tokio::spawn(client_server);
     let closer = tokio::spawn(Connections::close_departed(departed, replicator.clone()));
     let leader_watcher = tokio::spawn(metrics.clone().watch_raft_leader(context.clone()));
+    let (ready, ready_rx) = watch::channel(false);
     if let Some(addr) = config.metrics_listen {
-        let serving =
-            crate::metrics::serve(addr, metrics.clone(), context.clone(), stop_rx.clone());
+        let serving = crate::metrics::serve(
+            addr,
+            metrics.clone(),
+            context.clone(),
+            ready_rx,
+            stop_rx.clone(),
+        );
         tokio::spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(%addr, %error, "metrics endpoint failed");
@@ -395,6 +401,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         replicator.clone(),
         health,
         health_services,
+        ready,
         stop_rx.clone(),
     ));
     tracing::info!(id = config.id, client = %config.listen, peer = %config.peer_listen, "node started");

@@ -221,3 +221,29 @@ async fn a_restart_does_not_count_replayed_leader_changes() {
     cluster.wait_converged().await;
     assert_eq!(counted(&scrape(&addr).await), Some(1.0));
 }
+
+/// `GET /ready` on the metrics port says what gRPC health says (the
+/// manifest's readiness probe): 200 while the node serves, 503 once it has
+/// no working leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_endpoint_follows_the_nodes_health() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start_with_metrics().await;
+    let leader = cluster.wait_for_leader().await;
+    for id in 1..=3 {
+        eventually(Duration::from_secs(10), "every node ready", || async {
+            (cluster.readiness(id).await == Some(200)).then_some(())
+        })
+        .await;
+    }
+    let survivor = cluster.followers_of(leader)[0];
+    for id in [1, 2, 3].into_iter().filter(|id| *id != survivor) {
+        cluster.kill(id);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the survivor is not ready",
+        || async { (cluster.readiness(survivor).await == Some(503)).then_some(()) },
+    )
+    .await;
+}

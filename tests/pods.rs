@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::{StatusRequest, StatusResponse};
 use baton_client::Client;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const REPLICAS: u64 = 3;
@@ -245,23 +242,48 @@ async fn status(ordinal: u64) -> Option<StatusResponse> {
     }
 }
 
-/// Readiness as the manifest's probe sees it: gRPC health of service "".
+/// The manifest's readiness probe: an HTTP GET of this path and port.
+fn readiness_probe() -> &'static (String, u16) {
+    static PROBE: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/statefulset.yaml");
+        let docs =
+            YamlLoader::load_from_str(&std::fs::read_to_string(path).expect("statefulset.yaml"))
+                .expect("yaml");
+        let container = &docs[0]["spec"]["template"]["spec"]["containers"][0];
+        let probe = &container["readinessProbe"]["httpGet"];
+        let port = match &probe["port"] {
+            Yaml::Integer(port) => *port,
+            named => container["ports"]
+                .as_vec()
+                .expect("ports")
+                .iter()
+                .find(|port| port["name"] == *named)
+                .and_then(|port| port["containerPort"].as_i64())
+                .expect("the probe's named port"),
+        };
+        (text(&probe["path"]), u16::try_from(port).expect("a port"))
+    })
+}
+
+/// Readiness as the manifest's probe sees it: its HTTP GET answered 200
+/// (kubelet counts 200–399 as success).
 async fn ready(ordinal: u64) -> bool {
-    let Ok(endpoint) =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", Pods::client_addr(ordinal)))
-    else {
-        return false;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (path, port) = readiness_probe();
+    let get = async {
+        let mut stream =
+            tokio::net::TcpStream::connect((net::node_addr(ordinal + 1), *port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        std::io::Result::Ok(reply)
     };
-    let channel = endpoint
-        .connect_timeout(Duration::from_millis(300))
-        .connect_lazy();
-    let mut health = HealthClient::new(channel);
-    let call = health.check(HealthCheckRequest {
-        service: String::new(),
-    });
     matches!(
-        tokio::time::timeout(Duration::from_millis(500), call).await,
-        Ok(Ok(reply)) if reply.get_ref().status() == ServingStatus::Serving
+        tokio::time::timeout(Duration::from_millis(500), get).await,
+        Ok(Ok(reply)) if reply.starts_with(b"HTTP/1.0 2") || reply.starts_with(b"HTTP/1.1 2")
     )
 }
 

@@ -130,6 +130,15 @@ async fn tls_clients_work_and_only_cluster_members_reach_the_peer_port() {
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("tls-client"));
 
+    // Readiness is probed over plain HTTP on the metrics port, which a
+    // Kubernetes probe can reach whatever the client port speaks.
+    for id in 1..=3 {
+        eventually(Duration::from_secs(10), "every node ready", || async {
+            (cluster.readiness(id).await == Some(200)).then_some(())
+        })
+        .await;
+    }
+
     // A plaintext client gets nowhere.
     let plaintext = Client::builder(&cluster.endpoints())
         .call_timeout(Duration::from_secs(1))

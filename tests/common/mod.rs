@@ -80,7 +80,25 @@ impl Cluster {
     /// Like `start`, for nodes whose client port talks TLS with a
     /// certificate from `ca_pem`.
     pub async fn start_tls(extra_args: &[&str], ca_pem: Vec<u8>) -> Cluster {
-        Cluster::start_full(extra_args, Some(ca_pem), None, false).await
+        Cluster::start_full(extra_args, Some(ca_pem), None, true).await
+    }
+
+    /// The HTTP status of node `id`'s `GET /ready` (metrics port), if it
+    /// answered.
+    pub async fn readiness(&self, id: u64) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let get = async {
+            let mut stream = tokio::net::TcpStream::connect(&self.node(id).metrics_addr).await?;
+            stream.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await?;
+            std::io::Result::Ok(reply)
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(2), get)
+            .await
+            .ok()?
+            .ok()?;
+        reply.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Like `start`, with each node's data directory first seeded from the
