@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton::node::{self, NodeConfig, PeerTls, TlsIdentity};
+use baton::node::{self, AskToJoin, NodeConfig, PeerTls, TlsIdentity};
 use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::{StatusRequest, StatusResponse};
 use baton::statefulset;
@@ -155,9 +155,18 @@ struct ServeArgs {
     log_format: String,
 }
 
+/// Who a node is and how it finds its cluster.
+struct Identity {
+    id: u64,
+    peers: BTreeMap<u64, String>,
+    advertise: String,
+    /// A pod past the founding replicas asks them to add it.
+    ask_to_join: Option<AskToJoin>,
+}
+
 /// Id, peers and advertised address: explicit flags first, then what the
 /// StatefulSet pod name and templates give.
-fn identity(args: &ServeArgs) -> Result<(u64, BTreeMap<u64, String>, String), String> {
+fn identity(args: &ServeArgs) -> Result<Identity, String> {
     let pod_name = args
         .pod_name
         .clone()
@@ -168,12 +177,13 @@ fn identity(args: &ServeArgs) -> Result<(u64, BTreeMap<u64, String>, String), St
             let pod = pod_name
                 .as_deref()
                 .ok_or("no --id, and no --pod-name (POD_NAME / HOSTNAME) to derive it from")?;
-            let replicas = args
-                .replicas
-                .ok_or("no --id, and no --replicas to check the pod ordinal against")?;
-            statefulset::node_id(pod, replicas).map_err(|e| e.to_string())?
+            statefulset::node_id(pod).map_err(|e| e.to_string())?
         }
     };
+    if id == 0 {
+        return Err("node ids start at 1".into());
+    }
+    let mut ask_to_join = None;
     let peers: BTreeMap<u64, String> = if args.peers.is_empty() && !args.join.is_empty() {
         BTreeMap::new()
     } else if args.peers.is_empty() {
@@ -184,7 +194,16 @@ fn identity(args: &ServeArgs) -> Result<(u64, BTreeMap<u64, String>, String), St
         let replicas = args
             .replicas
             .ok_or("no --peers, and no --replicas to derive them from")?;
-        statefulset::peers(template, replicas).map_err(|e| e.to_string())?
+        let founders = statefulset::peers(template, replicas).map_err(|e| e.to_string())?;
+        if statefulset::founds(id, replicas) {
+            founders
+        } else {
+            ask_to_join = Some(AskToJoin {
+                peer_addr: statefulset::address(template, id - 1).map_err(|e| e.to_string())?,
+                members: founders.into_values().collect(),
+            });
+            BTreeMap::new()
+        }
     } else {
         args.peers.iter().cloned().collect()
     };
@@ -195,7 +214,12 @@ fn identity(args: &ServeArgs) -> Result<(u64, BTreeMap<u64, String>, String), St
         }
         (None, None) => args.listen.to_string(),
     };
-    Ok((id, peers, advertise))
+    Ok(Identity {
+        id,
+        peers,
+        advertise,
+        ask_to_join,
+    })
 }
 
 fn parse_peer(value: &str) -> Result<(u64, String), String> {
@@ -491,7 +515,12 @@ pub async fn run(args: Args) -> CliResult {
 
 async fn serve_node(args: ServeArgs) -> CliResult {
     init_logging(&args.log_format);
-    let (id, peers, advertise) = identity(&args)?;
+    let Identity {
+        id,
+        peers,
+        advertise,
+        ask_to_join,
+    } = identity(&args)?;
     tracing::info!(id, ?peers, %advertise, "node identity");
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -518,7 +547,8 @@ async fn serve_node(args: ServeArgs) -> CliResult {
     }
     let config = NodeConfig {
         id,
-        join: !args.join.is_empty(),
+        join: !args.join.is_empty() || ask_to_join.is_some(),
+        ask_to_join,
         client_tls,
         peer_tls,
         listen: args.listen,

@@ -14,6 +14,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
 use crate::error::{ApiError, ReplicationError};
+use crate::network::PeerChannels;
+use crate::node::AskToJoin;
+use crate::proto::baton::v1::JoinRequest;
 use crate::replication::Replicator;
 
 /// The membership as this node knows it: (voters, learners).
@@ -232,4 +235,54 @@ pub async fn remove_node(
         .await
         .map_err(|e| write_error(replicator, e))?;
     Ok(members(replicator))
+}
+
+/// How long one request to be added may take (the leader waits for the
+/// new node to catch up before it promotes it).
+const JOIN_CALL: Duration = Duration::from_secs(60);
+/// Pause between rounds of asking every member.
+const JOIN_RETRY: Duration = Duration::from_secs(2);
+
+/// Asks `ask.members` in turn (their leader does it, the others refuse
+/// with UNAVAILABLE) to add this node, until this node is a voter or the
+/// node stops. A StatefulSet scaled up adds its new pods this way.
+pub async fn ask_to_join(
+    replicator: Replicator,
+    channels: PeerChannels,
+    ask: AskToJoin,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let id = replicator.id();
+    tracing::info!(members = ?ask.members, peer_addr = %ask.peer_addr, "asking the cluster to add this node");
+    loop {
+        if members(&replicator).0.contains(&id) {
+            return;
+        }
+        for member in &ask.members {
+            let Ok(mut client) = channels.client(member) else {
+                continue;
+            };
+            let mut request = tonic::Request::new(JoinRequest {
+                id,
+                peer_addr: ask.peer_addr.clone(),
+            });
+            request.set_timeout(JOIN_CALL);
+            match tokio::time::timeout(JOIN_CALL, client.join(request)).await {
+                Ok(Ok(added)) => {
+                    let added = added.into_inner();
+                    tracing::info!(voters = ?added.voters, "added to the cluster");
+                    return;
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
+                Ok(Err(status)) => {
+                    tracing::warn!(%member, code = ?status.code(), message = status.message(), "not added");
+                }
+                Err(_) => tracing::warn!(%member, "no answer to the request to be added"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(JOIN_RETRY) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
 }

@@ -111,6 +111,9 @@ pub struct NodeConfig {
     /// Join an existing cluster instead of forming one: never initialize,
     /// wait to be added as a learner.
     pub join: bool,
+    /// While joining, ask these members to add this node (a StatefulSet
+    /// pod past the founding replicas); else wait for `cluster add-node`.
+    pub ask_to_join: Option<AskToJoin>,
     /// TLS on the client port, if any.
     pub client_tls: Option<TlsIdentity>,
     /// Mutual TLS on the peer port (and to peers), if any.
@@ -123,6 +126,15 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     /// Capacity limits of a new cluster's state machine.
     pub limits: Limits,
+}
+
+/// How a joining node asks to be added.
+#[derive(Debug, Clone)]
+pub struct AskToJoin {
+    /// Where the members reach this node's peer port.
+    pub peer_addr: String,
+    /// Peer addresses of members to ask, in turn.
+    pub members: Vec<String>,
 }
 
 /// Why a node could not run.
@@ -383,6 +395,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if rejoining {
         replicator.start_rejoining();
         tokio::spawn(replicator.clone().finish_rejoining());
+        if let Some(ask) = config.ask_to_join.clone() {
+            tokio::spawn(crate::membership::ask_to_join(
+                replicator.clone(),
+                channels.clone(),
+                ask,
+                stop_rx.clone(),
+            ));
+        }
     }
     let elector = tokio::spawn(crate::elector::run(
         replicator.clone(),

@@ -17,8 +17,8 @@ use crate::network::{decode, encode};
 use crate::node::stopped;
 use crate::proto::baton::v1::raft_service_server::RaftService;
 use crate::proto::baton::v1::{
-    NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse, RaftPayload,
-    ReadIndexRequest, ReadIndexResponse, TaggedPayload,
+    JoinRequest, JoinResponse, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, TaggedPayload,
 };
 use crate::replication::{ProposeRejection, ProposeReply, Replicator};
 
@@ -236,5 +236,15 @@ impl RaftService for PeerService {
             applied_index: self.replicator.state().applied_index().unwrap_or(0),
             commit_index,
         }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let deadline = crate::convert::deadline(&request);
+        let JoinRequest { id, peer_addr } = request.into_inner();
+        let (voters, learners) =
+            crate::membership::add_node(&self.replicator, id, &peer_addr, deadline)
+                .await
+                .map_err(Status::from)?;
+        Ok(Response::new(JoinResponse { voters, learners }))
     }
 }

@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::baton::v1::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::baton::v1::{
-    NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse, RaftPayload,
-    ReadIndexRequest, ReadIndexResponse, TaggedPayload,
+    JoinRequest, JoinResponse, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, TaggedPayload,
 };
 
 /// What the stand-in does and has seen.
@@ -166,6 +166,10 @@ impl RaftService for StandIn {
         &self,
         _request: Request<NodeInfoRequest>,
     ) -> Result<Response<NodeInfoResponse>, Status> {
+        Err(Status::unimplemented("not part of the stand-in"))
+    }
+
+    async fn join(&self, _request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         Err(Status::unimplemented("not part of the stand-in"))
     }
 }

@@ -2,7 +2,9 @@
 //! manifest needs no per-pod configuration: pod `baton-2` of 3 replicas is
 //! node 3, its peers are the ordinals 0..3 put into an address template
 //! (the headless Service's stable DNS names), and it advertises its own
-//! name. Explicit `--id`, `--peers` and `--advertise` win over all this.
+//! name. A pod past the replica count (the set was scaled up) joins the
+//! cluster the first replicas formed and asks them to add it. Explicit
+//! `--id`, `--peers`, `--join` and `--advertise` win over all this.
 
 use std::collections::BTreeMap;
 
@@ -17,14 +19,6 @@ pub enum IdentityError {
         "pod name {0:?} does not end in -<ordinal> (StatefulSet pods are <set>-0, <set>-1, ...)"
     )]
     NoOrdinal(String),
-    /// The ordinal is not below the replica count.
-    #[error("pod ordinal {ordinal} is not below the replica count {replicas}")]
-    OrdinalOutOfRange {
-        /// The pod's ordinal.
-        ordinal: u64,
-        /// The replica count.
-        replicas: u64,
-    },
     /// A template lacks the ordinal placeholder.
     #[error("address template {0:?} has no {ORDINAL} placeholder")]
     NoPlaceholder(String),
@@ -48,12 +42,15 @@ pub fn address(template: &str, ordinal: u64) -> Result<String, IdentityError> {
 }
 
 /// Node id of a pod: its ordinal + 1 (Raft node ids start at 1 here).
-pub fn node_id(pod_name: &str, replicas: u64) -> Result<u64, IdentityError> {
-    let ordinal = ordinal(pod_name)?;
-    if ordinal >= replicas {
-        return Err(IdentityError::OrdinalOutOfRange { ordinal, replicas });
-    }
-    Ok(ordinal + 1)
+pub fn node_id(pod_name: &str) -> Result<u64, IdentityError> {
+    Ok(ordinal(pod_name)? + 1)
+}
+
+/// Whether node `id` is one of the `replicas` founding members (ordinals
+/// 0..replicas); a pod past them, which a StatefulSet scaled up started,
+/// joins the cluster they formed.
+pub fn founds(id: u64, replicas: u64) -> bool {
+    (1..=replicas).contains(&id)
 }
 
 /// Every member's peer address: node `i + 1` at `template` with ordinal `i`.
@@ -69,18 +66,13 @@ mod tests {
 
     #[test]
     fn a_pod_name_gives_its_node_id_and_its_peers() {
-        assert_eq!(node_id("baton-0", 3), Ok(1));
-        assert_eq!(node_id("my-baton-set-2", 3), Ok(3));
-        assert_eq!(
-            node_id("baton-3", 3),
-            Err(IdentityError::OrdinalOutOfRange {
-                ordinal: 3,
-                replicas: 3
-            })
-        );
-        assert!(node_id("baton", 3).is_err());
-        assert!(node_id("-1", 3).is_err());
-        assert!(node_id("baton-x", 3).is_err());
+        assert_eq!(node_id("baton-0"), Ok(1));
+        assert_eq!(node_id("my-baton-set-2"), Ok(3));
+        assert_eq!(node_id("baton-3"), Ok(4));
+        assert!(founds(3, 3) && !founds(4, 3) && !founds(0, 3));
+        assert!(node_id("baton").is_err());
+        assert!(node_id("-1").is_err());
+        assert!(node_id("baton-x").is_err());
         let peers = peers("baton-{ordinal}.baton-peers:7101", 3).expect("peers");
         assert_eq!(peers[&1], "baton-0.baton-peers:7101");
         assert_eq!(peers[&3], "baton-2.baton-peers:7101");

@@ -4,7 +4,8 @@
 //! resolves `baton-N.baton-peers.default.svc.cluster.local` as the headless
 //! Service would. The cluster forms; a pod killed and restarted on its
 //! volume rejoins; a rolling restart (highest ordinal first, SIGTERM, wait
-//! for readiness, next) keeps writes going. Needs root, like the chaos test.
+//! for readiness, next) keeps writes going; a fourth pod (the set scaled
+//! up) joins and becomes a voter by itself. Needs root, like the chaos test.
 
 // The chaos suite's namespaces and links; this test cuts none of them.
 #[path = "chaos/net.rs"]
@@ -25,6 +26,8 @@ use baton_client::Client;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const REPLICAS: u64 = 3;
+/// The replica count the test scales the set up to at the end.
+const SCALED: u64 = 4;
 const NAMESPACE: &str = "default";
 
 /// One env entry of the container spec.
@@ -111,14 +114,14 @@ struct HostsFiles {
 impl HostsFiles {
     fn write(topology: &net::Topology) -> HostsFiles {
         let mut hosts = String::from("127.0.0.1 localhost\n");
-        for ordinal in 0..REPLICAS {
+        for ordinal in 0..SCALED {
             let name = pod_name(ordinal);
             hosts.push_str(&format!(
                 "{} {name}.baton-peers.{NAMESPACE}.svc.cluster.local {name}\n",
                 net::node_addr(ordinal + 1)
             ));
         }
-        let dirs = (1..=REPLICAS)
+        let dirs = (1..=SCALED)
             .map(|id| {
                 let dir = Path::new("/etc/netns").join(topology.netns(id));
                 std::fs::create_dir_all(&dir).expect("/etc/netns dir");
@@ -302,7 +305,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_statefulset_forms_a_cluster_rejoins_a_pod_and_survives_a_rolling_restart() {
     let template = pod_template();
-    let topology = net::Topology::create(&[1, 2, 3]);
+    let topology = net::Topology::create(&(1..=SCALED).collect::<Vec<_>>());
     let _hosts = HostsFiles::write(&topology);
     let mut pods = Pods {
         template,
@@ -431,7 +434,35 @@ async fn the_statefulset_forms_a_cluster_rejoins_a_pod_and_survives_a_rolling_re
         longest <= Duration::from_secs(5),
         "writes stalled for {longest:?} during the rolling restart"
     );
-    for ordinal in 0..REPLICAS {
+
+    // Scaled up (`kubectl scale --replicas=4`): the new pod runs the same
+    // template, so BATON_REPLICAS still says 3; it joins the cluster the
+    // first three formed and asks them to add it. Until session 13 it
+    // refused to start ("pod ordinal 3 is not below the replica count").
+    pods.start(REPLICAS);
+    wait_until(
+        Duration::from_secs(30),
+        "the new pod is a voter everywhere and ready",
+        || async {
+            for ordinal in 0..SCALED {
+                let Some(status) = status(ordinal).await else {
+                    return false;
+                };
+                if status.voters != [1, 2, 3, 4] || !status.learners.is_empty() {
+                    return false;
+                }
+            }
+            ready(REPLICAS).await
+        },
+    )
+    .await;
+    client
+        .election("after-scale-up")
+        .enter()
+        .await
+        .expect("a write with four voters");
+
+    for ordinal in 0..SCALED {
         let log = pods.log(ordinal);
         assert!(
             !log.contains("\"level\":\"ERROR\""),
