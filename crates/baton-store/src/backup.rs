@@ -180,4 +180,22 @@ mod tests {
             Err(BackupError::Unsupported { .. })
         ));
     }
+
+    /// A freshly formatted volume's root holds `lost+found`: seeding it is
+    /// fine (refused until session 13); a directory with anything else in
+    /// it is refused.
+    #[test]
+    fn a_seed_goes_into_a_fresh_volume_but_never_over_data() {
+        let state = serde_json::to_vec(&StateMachine::default()).expect("state");
+        let bytes = encode("cafe0001", 42, &state);
+        let volume = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(volume.path().join("lost+found")).expect("lost+found");
+        seed(volume.path(), &bytes).expect("a fresh volume is seeded");
+        let used = tempfile::tempdir().expect("dir");
+        std::fs::write(used.path().join("db"), b"x").expect("a file");
+        assert!(matches!(
+            seed(used.path(), &bytes),
+            Err(BackupError::NotEmpty(_))
+        ));
+    }
 }

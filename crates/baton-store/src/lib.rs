@@ -77,9 +77,19 @@ pub enum OpenError {
 const PAGE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Whether `dir` exists and holds anything: a directory a new database
-/// (a seeded node, a probe) must not be written into.
+/// (a seeded node, a probe) must not be written into. A `lost+found` is
+/// not counted: the root of a freshly formatted ext4 volume (a Kubernetes
+/// volume claim mounted as the data directory) holds one.
 fn holds_files(dir: &Path) -> std::io::Result<bool> {
-    Ok(dir.exists() && std::fs::read_dir(dir)?.next().is_some())
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        if entry?.file_name() != "lost+found" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The one sled configuration, for the node's storage and the probe.
