@@ -857,10 +857,12 @@ async fn cluster_status(
         });
     }
     // The leader the answering nodes work with (a leader counts itself
-    // once a quorum acknowledges it): the most-reported one.
+    // once a quorum acknowledges it): the most-reported one, and of equals
+    // the one that says so itself.
+    let says_so = |id: u64| nodes.iter().any(|n| n.id == Some(id) && n.role == "leader");
     let leader = leaders
         .iter()
-        .max_by_key(|(_, votes)| **votes)
+        .max_by_key(|(id, votes)| (**votes, says_so(**id)))
         .map(|(id, _)| *id);
     if out.json {
         let (_, voters, learners) = membership.unwrap_or_default();

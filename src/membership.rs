@@ -16,7 +16,7 @@ use openraft::{BasicNode, ChangeMembers};
 use crate::error::{ApiError, ReplicationError};
 use crate::network::PeerChannels;
 use crate::node::AskToJoin;
-use crate::proto::baton::v1::JoinRequest;
+use crate::proto::baton::v1::{JoinRequest, JoinResponse};
 use crate::replication::Replicator;
 
 /// The membership as this node knows it: (voters, learners).
@@ -237,6 +237,35 @@ pub async fn remove_node(
     Ok(members(replicator))
 }
 
+/// Serves a node's request to be added (RaftService `Join`): the leader
+/// adds it; a follower passes it on, once, to the leader it works with, so
+/// a node that knows only some members (the founding ones) reaches a
+/// leader that is none of them.
+pub async fn join(
+    replicator: &Replicator,
+    request: JoinRequest,
+    deadline: Instant,
+) -> Result<JoinResponse, tonic::Status> {
+    let leader = replicator.working_leader().ok();
+    if request.passed_on || leader.is_none_or(|leader| leader == replicator.id()) {
+        let (voters, learners) = add_node(replicator, request.id, &request.peer_addr, deadline)
+            .await
+            .map_err(tonic::Status::from)?;
+        return Ok(JoinResponse { voters, learners });
+    }
+    let Some(mut client) = leader.and_then(|leader| replicator.peer_client(leader)) else {
+        return Err(tonic::Status::unavailable(
+            "no leader to pass the request on to",
+        ));
+    };
+    let mut passed = tonic::Request::new(JoinRequest {
+        passed_on: true,
+        ..request
+    });
+    passed.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    Ok(client.join(passed).await?.into_inner())
+}
+
 /// How long one request to be added may take (the leader waits for the
 /// new node to catch up before it promotes it).
 const JOIN_CALL: Duration = Duration::from_secs(60);
@@ -265,6 +294,7 @@ pub async fn ask_to_join(
             let mut request = tonic::Request::new(JoinRequest {
                 id,
                 peer_addr: ask.peer_addr.clone(),
+                passed_on: false,
             });
             request.set_timeout(JOIN_CALL);
             match tokio::time::timeout(JOIN_CALL, client.join(request)).await {
@@ -273,9 +303,8 @@ pub async fn ask_to_join(
                     tracing::info!(voters = ?added.voters, "added to the cluster");
                     return;
                 }
-                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
                 Ok(Err(status)) => {
-                    tracing::warn!(%member, code = ?status.code(), message = status.message(), "not added");
+                    tracing::info!(%member, code = ?status.code(), message = status.message(), "not added yet");
                 }
                 Err(_) => tracing::warn!(%member, "no answer to the request to be added"),
             }

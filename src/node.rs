@@ -266,6 +266,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         channels.clone(),
         config.advertise.clone(),
     );
+    // A node with no Raft state may have voted before its disk was wiped:
+    // it grants no vote, from the moment it serves its peer port, until it
+    // knows it founds a new cluster or has heard from the cluster's leader.
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if !initialized {
+        replicator.start_rejoining();
+    }
 
     let peer_listener = bind(config.peer_listen).await?;
     let client_listener = bind(config.listen).await?;
@@ -384,25 +394,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // on its command line after a restart) changes nothing: kept
     // rejoining, nodes that joined long ago could not elect a leader
     // after they all restarted at once.
-    let rejoining = if config.join {
-        !raft
-            .is_initialized()
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-    } else {
-        !initialize_if_new(&raft, &config, &channels).await?
-    };
+    let rejoining =
+        !initialized && (config.join || !initialize_if_new(&raft, &config, &channels).await?);
     if rejoining {
-        replicator.start_rejoining();
         tokio::spawn(replicator.clone().finish_rejoining());
-        if let Some(ask) = config.ask_to_join.clone() {
-            tokio::spawn(crate::membership::ask_to_join(
-                replicator.clone(),
-                channels.clone(),
-                ask,
-                stop_rx.clone(),
-            ));
-        }
+    } else {
+        replicator.stop_rejoining();
+    }
+    // Asked until it is a voter: also after a restart as a learner (its
+    // promotion may have been cut short).
+    if let Some(ask) = config.ask_to_join.clone() {
+        tokio::spawn(crate::membership::ask_to_join(
+            replicator.clone(),
+            channels.clone(),
+            ask,
+            stop_rx.clone(),
+        ));
     }
     let elector = tokio::spawn(crate::elector::run(
         replicator.clone(),

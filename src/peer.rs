@@ -240,11 +240,8 @@ impl RaftService for PeerService {
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let deadline = crate::convert::deadline(&request);
-        let JoinRequest { id, peer_addr } = request.into_inner();
-        let (voters, learners) =
-            crate::membership::add_node(&self.replicator, id, &peer_addr, deadline)
-                .await
-                .map_err(Status::from)?;
-        Ok(Response::new(JoinResponse { voters, learners }))
+        crate::membership::join(&self.replicator, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 }

@@ -170,6 +170,11 @@ impl Replicator {
         self.inner.rejoining.store(true, Ordering::SeqCst);
     }
 
+    /// The node founds a new cluster after all: it votes.
+    pub fn stop_rejoining(&self) {
+        self.inner.rejoining.store(false, Ordering::SeqCst);
+    }
+
     /// Whether the node is rejoining and must refuse votes.
     pub fn is_rejoining(&self) -> bool {
         self.inner.rejoining.load(Ordering::SeqCst)

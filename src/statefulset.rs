@@ -43,7 +43,9 @@ pub fn address(template: &str, ordinal: u64) -> Result<String, IdentityError> {
 
 /// Node id of a pod: its ordinal + 1 (Raft node ids start at 1 here).
 pub fn node_id(pod_name: &str) -> Result<u64, IdentityError> {
-    Ok(ordinal(pod_name)? + 1)
+    ordinal(pod_name)?
+        .checked_add(1)
+        .ok_or_else(|| IdentityError::NoOrdinal(pod_name.to_owned()))
 }
 
 /// Whether node `id` is one of the `replicas` founding members (ordinals
@@ -73,6 +75,7 @@ mod tests {
         assert!(node_id("baton").is_err());
         assert!(node_id("-1").is_err());
         assert!(node_id("baton-x").is_err());
+        assert!(node_id(&format!("baton-{}", u64::MAX)).is_err());
         let peers = peers("baton-{ordinal}.baton-peers:7101", 3).expect("peers");
         assert_eq!(peers[&1], "baton-0.baton-peers:7101");
         assert_eq!(peers[&3], "baton-2.baton-peers:7101");

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::proto::baton::v1::raft_service_client::RaftServiceClient;
+use baton::proto::baton::v1::JoinRequest;
 use baton_client::Client;
 use common::*;
 
@@ -78,18 +80,36 @@ async fn grow_to_five_survive_two_kills_and_shrink_back_under_load() {
     // hint to an address it was not given.
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers_of(leader)[0];
-    for id in [4, 5] {
-        cluster.launch_joiner(id);
-        let peer = cluster.node(id).peer_addr.clone();
-        let (voters, learners) = admin(&cluster, &[follower])
-            .add_node(id, &peer)
+    cluster.launch_joiner(4);
+    let peer = cluster.node(4).peer_addr.clone();
+    let (voters, learners) = admin(&cluster, &[follower])
+        .add_node(4, &peer)
+        .await
+        .expect("add node");
+    assert!(
+        voters.contains(&4) && learners.is_empty(),
+        "{voters:?} {learners:?}"
+    );
+    // Node 5 asks to join itself, as a scaled-up pod does, and asks a
+    // follower: it passes the request on to the leader.
+    cluster.launch_joiner(5);
+    let mut peer_port =
+        RaftServiceClient::connect(format!("http://{}", cluster.node(follower).peer_addr))
             .await
-            .expect("add node");
-        assert!(
-            voters.contains(&id) && learners.is_empty(),
-            "{voters:?} {learners:?}"
-        );
-    }
+            .expect("a follower's peer port");
+    let joined = peer_port
+        .join(JoinRequest {
+            id: 5,
+            peer_addr: cluster.node(5).peer_addr.clone(),
+            passed_on: false,
+        })
+        .await
+        .expect("joined through a follower")
+        .into_inner();
+    assert!(
+        joined.voters.contains(&5) && joined.learners.is_empty(),
+        "{joined:?}"
+    );
     voters_everywhere(&cluster, &[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]).await;
 
     // Five nodes survive two kills, the leader among them.
