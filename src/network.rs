@@ -143,13 +143,18 @@ pub fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, serde_jso
 pub struct PeerNetwork {
     channels: PeerChannels,
     commits: CommitClamp,
+    idle: IdleStreams,
 }
 
 impl PeerNetwork {
     /// A network that shares `channels` with the rest of the node and tells
     /// followers no commit index past `flushed` (see [`CommitClamp`]).
     pub fn new(channels: PeerChannels, commits: CommitClamp) -> Self {
-        PeerNetwork { channels, commits }
+        PeerNetwork {
+            channels,
+            commits,
+            idle: IdleStreams::default(),
+        }
     }
 }
 
@@ -161,7 +166,47 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client: self.channels.client(&node.addr).map_err(|e| e.to_string()),
             commits: self.commits.clone(),
-            entries: EntryStreams::default(),
+            entries: EntryStreams {
+                open: self.idle.take(target),
+                refused: false,
+            },
+            idle: self.idle.clone(),
+        }
+    }
+}
+
+/// AppendEntries streams whose connection openraft has dropped, kept for
+/// the next connection to the same peer. openraft makes a connection for
+/// every leadership check of a linearizable read (one heartbeat to each
+/// voter) and drops it after one exchange: each read opened a stream to
+/// every follower (a round trip for its headers, then the exchange, both
+/// within one heartbeat interval) and closed it again.
+#[derive(Clone, Default)]
+struct IdleStreams {
+    streams: Arc<Mutex<HashMap<NodeId, Vec<EntryStream>>>>,
+}
+
+/// Idle streams kept per peer: enough for a few reads checked at once.
+const IDLE_STREAMS_PER_PEER: usize = 4;
+
+impl IdleStreams {
+    fn take(&self, target: NodeId) -> Option<EntryStream> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = streams.get_mut(&target)?;
+        // A stream whose HTTP/2 stream or connection has gone is dropped.
+        while let Some(stream) = idle.pop() {
+            if !stream.requests.is_closed() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn keep(&self, target: NodeId, stream: EntryStream) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = streams.entry(target).or_default();
+        if idle.len() < IDLE_STREAMS_PER_PEER && !stream.requests.is_closed() {
+            idle.push(stream);
         }
     }
 }
@@ -228,6 +273,16 @@ pub struct PeerConnection {
     client: Result<RaftServiceClient<Channel>, String>,
     commits: CommitClamp,
     entries: EntryStreams,
+    /// Where its stream goes when openraft drops it.
+    idle: IdleStreams,
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        if let Some(stream) = self.entries.open.take() {
+            self.idle.keep(self.target, stream);
+        }
+    }
 }
 
 /// AppendEntries to one peer over one stream: openraft replicates to a
@@ -461,6 +516,25 @@ mod tests {
         }
         assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 1);
         assert_eq!(peer.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// openraft makes a connection per leadership check of a read and
+    /// drops it after one exchange: the next one takes over its stream.
+    #[tokio::test]
+    async fn a_dropped_connections_stream_serves_the_next_connection() {
+        let peer = Arc::new(StandIn::default());
+        let mut client = client_of(&peer).await;
+        let idle = IdleStreams::default();
+        for byte in 0..3 {
+            let mut entries = EntryStreams {
+                open: idle.take(7),
+                refused: false,
+            };
+            let reply = entries.send(&mut client, payload(byte)).await;
+            assert_eq!(reply.ok(), Some(payload(byte)));
+            idle.keep(7, entries.open.take().expect("a stream"));
+        }
+        assert_eq!(peer.streams_opened.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
