@@ -1,8 +1,9 @@
 //! Changing who is in the cluster: a node is added as a learner, promoted to
 //! voter once it has caught up (openraft `add_learner` + `change_membership`),
 //! and removed only if the voters left can still form a quorum with the
-//! nodes that answer now. Only the leader changes membership; others answer
-//! UNAVAILABLE with its address.
+//! nodes that answer now. Only the leader changes membership; a follower
+//! passes a request on to it (once, on the peer port), and a node without a
+//! leader answers UNAVAILABLE.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,8 +17,10 @@ use openraft::{BasicNode, ChangeMembers};
 use crate::error::{ApiError, ReplicationError};
 use crate::network::PeerChannels;
 use crate::node::AskToJoin;
-use crate::proto::baton::v1::{JoinRequest, JoinResponse};
+use crate::proto::baton::v1::raft_service_client::RaftServiceClient;
+use crate::proto::baton::v1::{JoinRequest, Members, RemoveRequest};
 use crate::replication::Replicator;
+use tonic::transport::Channel;
 
 /// The membership as this node knows it: (voters, learners).
 pub fn members(replicator: &Replicator) -> (Vec<NodeId>, Vec<NodeId>) {
@@ -237,33 +240,78 @@ pub async fn remove_node(
     Ok(members(replicator))
 }
 
-/// Serves a node's request to be added (RaftService `Join`): the leader
-/// adds it; a follower passes it on, once, to the leader it works with, so
-/// a node that knows only some members (the founding ones) reaches a
-/// leader that is none of them.
+/// Where a membership change is made: here (`None`), on this node's
+/// leader (a client for it), or nowhere. A follower passes the request on
+/// once, so any node answers it (DESIGN §1) and a node that knows only
+/// some members (a scaled-up pod, the founding ones) reaches a leader
+/// that is none of them.
+fn change_on(
+    replicator: &Replicator,
+    passed_on: bool,
+) -> Result<Option<RaftServiceClient<Channel>>, tonic::Status> {
+    let leader = replicator.working_leader().ok();
+    if passed_on || leader.is_none_or(|leader| leader == replicator.id()) {
+        return Ok(None);
+    }
+    leader
+        .and_then(|leader| replicator.peer_client(leader))
+        .map(Some)
+        .ok_or_else(|| tonic::Status::unavailable("no leader to pass the request on to"))
+}
+
+/// A request passed on to the leader, with what is left of `deadline`.
+fn passed<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    request
+}
+
+/// Adds a node (RaftService `Join`, AdminService `AddNode`), here or on
+/// the leader.
 pub async fn join(
     replicator: &Replicator,
     request: JoinRequest,
     deadline: Instant,
-) -> Result<JoinResponse, tonic::Status> {
-    let leader = replicator.working_leader().ok();
-    if request.passed_on || leader.is_none_or(|leader| leader == replicator.id()) {
-        let (voters, learners) = add_node(replicator, request.id, &request.peer_addr, deadline)
-            .await
-            .map_err(tonic::Status::from)?;
-        return Ok(JoinResponse { voters, learners });
+) -> Result<Members, tonic::Status> {
+    match change_on(replicator, request.passed_on)? {
+        Some(mut leader) => {
+            let request = JoinRequest {
+                passed_on: true,
+                ..request
+            };
+            Ok(leader.join(passed(request, deadline)).await?.into_inner())
+        }
+        None => {
+            let (voters, learners) = add_node(replicator, request.id, &request.peer_addr, deadline)
+                .await
+                .map_err(tonic::Status::from)?;
+            Ok(Members { voters, learners })
+        }
     }
-    let Some(mut client) = leader.and_then(|leader| replicator.peer_client(leader)) else {
-        return Err(tonic::Status::unavailable(
-            "no leader to pass the request on to",
-        ));
-    };
-    let mut passed = tonic::Request::new(JoinRequest {
-        passed_on: true,
-        ..request
-    });
-    passed.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    Ok(client.join(passed).await?.into_inner())
+}
+
+/// Removes a member (RaftService `Remove`, AdminService `RemoveNode`),
+/// here or on the leader.
+pub async fn remove(
+    replicator: &Replicator,
+    request: RemoveRequest,
+    deadline: Instant,
+) -> Result<Members, tonic::Status> {
+    match change_on(replicator, request.passed_on)? {
+        Some(mut leader) => {
+            let request = RemoveRequest {
+                passed_on: true,
+                ..request
+            };
+            Ok(leader.remove(passed(request, deadline)).await?.into_inner())
+        }
+        None => {
+            let (voters, learners) = remove_node(replicator, request.id)
+                .await
+                .map_err(tonic::Status::from)?;
+            Ok(Members { voters, learners })
+        }
+    }
 }
 
 /// How long one request to be added may take (the leader waits for the

@@ -17,8 +17,8 @@ use crate::network::{decode, encode};
 use crate::node::stopped;
 use crate::proto::baton::v1::raft_service_server::RaftService;
 use crate::proto::baton::v1::{
-    JoinRequest, JoinResponse, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, TaggedPayload,
+    JoinRequest, Members, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, RemoveRequest, TaggedPayload,
 };
 use crate::replication::{ProposeRejection, ProposeReply, Replicator};
 
@@ -238,9 +238,16 @@ impl RaftService for PeerService {
         }))
     }
 
-    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<Members>, Status> {
         let deadline = crate::convert::deadline(&request);
         crate::membership::join(&self.replicator, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<Members>, Status> {
+        let deadline = crate::convert::deadline(&request);
+        crate::membership::remove(&self.replicator, request.into_inner(), deadline)
             .await
             .map(Response::new)
     }

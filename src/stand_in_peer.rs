@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::baton::v1::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::baton::v1::{
-    JoinRequest, JoinResponse, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, TaggedPayload,
+    JoinRequest, Members, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, RemoveRequest, TaggedPayload,
 };
 
 /// What the stand-in does and has seen.
@@ -169,7 +169,11 @@ impl RaftService for StandIn {
         Err(Status::unimplemented("not part of the stand-in"))
     }
 
-    async fn join(&self, _request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+    async fn join(&self, _request: Request<JoinRequest>) -> Result<Response<Members>, Status> {
+        Err(Status::unimplemented("not part of the stand-in"))
+    }
+
+    async fn remove(&self, _request: Request<RemoveRequest>) -> Result<Response<Members>, Status> {
         Err(Status::unimplemented("not part of the stand-in"))
     }
 }

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::proto::baton::v1::admin_service_client::AdminServiceClient;
 use baton::proto::baton::v1::raft_service_client::RaftServiceClient;
-use baton::proto::baton::v1::JoinRequest;
+use baton::proto::baton::v1::{AddNodeRequest, JoinRequest, RemoveNodeRequest};
 use baton_client::Client;
 use common::*;
 
@@ -80,15 +81,23 @@ async fn grow_to_five_survive_two_kills_and_shrink_back_under_load() {
     // hint to an address it was not given.
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers_of(leader)[0];
+    // Node 4 through a follower's AdminService, a plain gRPC client that
+    // follows no leader hint: the follower passes it on (DESIGN §1: any
+    // node answers any request; until session 13 it answered UNAVAILABLE).
     cluster.launch_joiner(4);
     let peer = cluster.node(4).peer_addr.clone();
-    let (voters, learners) = admin(&cluster, &[follower])
-        .add_node(4, &peer)
+    let mut follower_admin = AdminServiceClient::new(cluster.channel(follower));
+    let added = follower_admin
+        .add_node(AddNodeRequest {
+            id: 4,
+            peer_addr: peer,
+        })
         .await
-        .expect("add node");
+        .expect("add node through a follower")
+        .into_inner();
     assert!(
-        voters.contains(&4) && learners.is_empty(),
-        "{voters:?} {learners:?}"
+        added.voters.contains(&4) && added.learners.is_empty(),
+        "{added:?}"
     );
     // Node 5 asks to join itself, as a scaled-up pod does, and asks a
     // follower: it passes the request on to the leader.
@@ -136,15 +145,25 @@ async fn grow_to_five_survive_two_kills_and_shrink_back_under_load() {
     cluster.restart(other);
     voters_everywhere(&cluster, &[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]).await;
 
-    // Shrink back to three.
-    for id in [5, 4] {
-        let (voters, _) = admin(&cluster, &[1, 2, 3])
-            .remove_node(id)
-            .await
-            .expect("remove node");
-        assert!(!voters.contains(&id));
-        cluster.stop(id);
-    }
+    // Shrink back to three: node 5 through a follower's AdminService.
+    let leader = cluster.wait_for_leader().await;
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let removed = AdminServiceClient::new(cluster.channel(follower))
+        .remove_node(RemoveNodeRequest { id: 5 })
+        .await
+        .expect("remove node through a follower")
+        .into_inner();
+    assert!(!removed.voters.contains(&5), "{removed:?}");
+    cluster.stop(5);
+    let (voters, _) = admin(&cluster, &[1, 2, 3])
+        .remove_node(4)
+        .await
+        .expect("remove node");
+    assert!(!voters.contains(&4));
+    cluster.stop(4);
     voters_everywhere(&cluster, &[1, 2, 3], &[1, 2, 3]).await;
 
     stop.store(true, Ordering::Relaxed);

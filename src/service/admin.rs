@@ -9,8 +9,8 @@ use crate::error::ApiError;
 use crate::membership;
 use crate::proto::baton::v1::admin_service_server::AdminService;
 use crate::proto::baton::v1::{
-    AddNodeRequest, MembershipResponse, RemoveNodeRequest, SaveSnapshotRequest, SnapshotChunk,
-    StatusRequest, StatusResponse,
+    AddNodeRequest, JoinRequest, Members, MembershipResponse, RemoveNodeRequest, RemoveRequest,
+    SaveSnapshotRequest, SnapshotChunk, StatusRequest, StatusResponse,
 };
 
 /// Serves the admin API.
@@ -89,10 +89,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<MembershipResponse>, Status> {
         let deadline = deadline(&request);
         let AddNodeRequest { id, peer_addr } = request.into_inner();
-        let (voters, learners) =
-            membership::add_node(&self.context.replicator, id, &peer_addr, deadline)
-                .await
-                .map_err(Status::from)?;
+        let join = JoinRequest {
+            id,
+            peer_addr,
+            passed_on: false,
+        };
+        let Members { voters, learners } =
+            membership::join(&self.context.replicator, join, deadline).await?;
         Ok(Response::new(MembershipResponse { voters, learners }))
     }
 
@@ -100,10 +103,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        let id = request.into_inner().id;
-        let (voters, learners) = membership::remove_node(&self.context.replicator, id)
-            .await
-            .map_err(Status::from)?;
+        let deadline = deadline(&request);
+        let remove = RemoveRequest {
+            id: request.into_inner().id,
+            passed_on: false,
+        };
+        let Members { voters, learners } =
+            membership::remove(&self.context.replicator, remove, deadline).await?;
         Ok(Response::new(MembershipResponse { voters, learners }))
     }
 
