@@ -128,15 +128,20 @@ impl StateHandle {
         self.shared.feeds.subscribe(key)
     }
 
-    /// Hands changes applied up to `index` to their watchers and counts the
-    /// leadership changes among them.
-    fn publish(&self, index: u64, events: Vec<ChangeEvent>) {
+    /// Counts the leadership changes among `events`, applied from log
+    /// index `index`, unless the entry was on disk when the node started
+    /// (a replay of what happened before).
+    fn count_leader_changes(&self, index: u64, events: &[ChangeEvent]) {
         if index > self.shared.logged_before_start {
             let led = events.iter().filter(|e| e.leader_changed()).count();
             self.shared
                 .leader_changes
                 .fetch_add(led as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Hands changes applied up to `index` to their watchers.
+    fn publish(&self, index: u64, events: Vec<ChangeEvent>) {
         self.shared.feeds.publish(index, events);
     }
 
@@ -516,6 +521,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let mut results = Vec::with_capacity(log_command.commands.len());
                         for command in &log_command.commands {
                             let applied = guard.machine.apply(command, log_command.stamp_ms);
+                            self.handle
+                                .count_leader_changes(entry.log_id.index, &applied.events);
                             changes.extend(applied.events);
                             results.push(applied.result);
                         }
@@ -639,6 +646,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             events
         };
         if let Some(id) = meta.last_log_id {
+            self.handle.count_leader_changes(id.index, &events);
             self.handle.publish(id.index, events);
         }
         Ok(())
