@@ -269,7 +269,7 @@ fn approx_bytes(command: &Command) -> usize {
             Command::KeepAlive { client_ids } => {
                 client_ids.iter().map(|id| text(id) + 8).sum::<usize>()
             }
-            Command::ExpireDue | Command::LeaderGrace => 0,
+            Command::ExpireDue | Command::LeaderGrace | Command::AdoptRules { .. } => 0,
         }
 }
 

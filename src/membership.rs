@@ -131,6 +131,13 @@ pub async fn add_node(
                 info.node_id
             )))
         }
+        Some(info) if info.rules < adopted_rules(replicator) => {
+            return Err(ApiError::Precondition(format!(
+                "node {id} runs a version that applies state-machine rules up to level {}, and the cluster has adopted level {}: upgrade it first",
+                info.rules,
+                adopted_rules(replicator)
+            )))
+        }
         Some(_) => {}
     }
     let node = BasicNode {
@@ -182,6 +189,59 @@ async fn probe(
 }
 
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// The rules level the cluster's state has adopted.
+fn adopted_rules(replicator: &Replicator) -> u32 {
+    replicator.state().read(|machine, _| machine.rules())
+}
+
+/// How often a leader checks whether every member applies a rules level
+/// the cluster has not adopted yet.
+const RULES_CHECK: Duration = Duration::from_secs(2);
+
+/// While this node leads, adopts the highest state-machine rules level
+/// this version applies (`baton_state::RULES`) once every member (voters
+/// and learners) reports that it applies it too (NodeInfo `rules`): until
+/// then every replica applies the log by the rules all of them know, so a
+/// cluster being upgraded one node at a time never diverges. Runs until
+/// the level is adopted or the node stops.
+pub async fn adopt_rules(replicator: Replicator, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let target = baton_state::RULES;
+    loop {
+        if adopted_rules(&replicator) >= target {
+            return;
+        }
+        if replicator.is_leader() && every_member_applies(&replicator, target).await {
+            let adopt = baton_state::Command::AdoptRules { level: target };
+            match replicator.propose_as_leader(adopt).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(level = target, "the cluster adopted state-machine rules")
+                }
+                other => tracing::debug!(?other, "adopting the rules level did not commit yet"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RULES_CHECK) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Whether every member but this node answers NodeInfo with a rules level
+/// of at least `level`.
+async fn every_member_applies(replicator: &Replicator, level: u32) -> bool {
+    let (voters, learners) = members(replicator);
+    for id in voters.into_iter().chain(learners) {
+        if id == replicator.id() {
+            continue;
+        }
+        match replicator.node_info_of(id).await {
+            Some(info) if info.rules >= level => {}
+            _ => return false,
+        }
+    }
+    true
+}
 
 /// The peer address the membership holds for node `id`.
 fn address_of(replicator: &Replicator, id: NodeId) -> Option<String> {

@@ -417,6 +417,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Duration::from_millis(raft.config().election_timeout_min),
     ));
     let duties = tokio::spawn(replicator.clone().run_leader_duties());
+    let rules = tokio::spawn(crate::membership::adopt_rules(
+        replicator.clone(),
+        stop_rx.clone(),
+    ));
     let releaser = tokio::spawn(commits.release(raft.clone()));
     let snapshots = tokio::spawn(snapshot_by_commands(
         raft.clone(),
@@ -452,6 +456,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     closer.abort();
     leader_watcher.abort();
     duties.abort();
+    rules.abort();
     elector.abort();
     releaser.abort();
     snapshots.abort();

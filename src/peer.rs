@@ -235,6 +235,7 @@ impl RaftService for PeerService {
             initialized,
             applied_index: self.replicator.state().applied_index().unwrap_or(0),
             commit_index,
+            rules: baton_state::RULES,
         }))
     }
 

@@ -596,3 +596,56 @@ async fn cluster_status_fails_when_the_cluster_does_not_serve() {
         "{leaderless:?}"
     );
 }
+
+/// The cluster adopts the state-machine rules level its nodes apply, and
+/// from then on one client's requests on one primitive are ordered by
+/// their ids: an Enter the client gave up on (outcome unknown) that
+/// arrives after its Withdraw is refused, not applied over it (until
+/// session 13 it was applied: the client was a candidate again, perhaps
+/// the leader, after it had withdrawn, until its session ended).
+#[tokio::test]
+async fn a_late_request_overtaken_on_its_primitive_is_not_applied() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    for node in 1..=3 {
+        eventually(
+            Duration::from_secs(10),
+            "the rules level adopted",
+            || async { (cluster.status(node).await?.rules == baton_state::RULES).then_some(()) },
+        )
+        .await;
+    }
+    open_session(&cluster, leader, "w", 60_000).await.unwrap();
+    let header = |request_id| {
+        baton_client::request_header("w", baton_client::Kind::Election, "ordered", request_id)
+    };
+    let mut election = cluster.election(leader);
+    let withdrawn = election
+        .withdraw(el::WithdrawRequest {
+            header: header(8),
+            input: None,
+        })
+        .await;
+    assert!(withdrawn.is_ok(), "{withdrawn:?}");
+    let late = election
+        .enter(el::EnterRequest {
+            header: header(7),
+            input: None,
+        })
+        .await
+        .expect_err("an overtaken request is refused");
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert!(late.message().contains("overtaken"), "{late:?}");
+    let term = get_term(&cluster, leader, "ordered").await.unwrap();
+    assert!(term.members.is_empty(), "{term:?}");
+    // On another primitive the same id is a request of its own.
+    let other = baton_client::request_header("w", baton_client::Kind::Election, "elsewhere", 7);
+    election
+        .enter(el::EnterRequest {
+            header: other,
+            input: None,
+        })
+        .await
+        .expect("id 7 on another primitive");
+}

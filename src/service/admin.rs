@@ -46,9 +46,13 @@ impl AdminService for AdminApi {
         let metrics = replicator.raft().metrics().borrow().clone();
         let committed = replicator.committed_index().await;
         let (applied, digest) = replicator.state().digest();
-        let (sessions, primitives) = replicator
-            .state()
-            .read(|machine, _| (machine.session_count(), machine.primitive_count()));
+        let (sessions, primitives, rules) = replicator.state().read(|machine, _| {
+            (
+                machine.session_count(),
+                machine.primitive_count(),
+                machine.rules(),
+            )
+        });
         let (voters, learners) = membership::members(replicator);
         // A leader this node works with now (heard from within the leader
         // lease, or itself with a quorum): after the leader dies a follower
@@ -80,6 +84,7 @@ impl AdminService for AdminApi {
             learners,
             last_log_index: metrics.last_log_index.unwrap_or_default(),
             flushed_index: self.context.flushed.upto_index(),
+            rules,
         }))
     }
 

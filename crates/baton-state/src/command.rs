@@ -43,6 +43,13 @@ pub enum Command {
     /// full timeout from now, so an outage or a leader change never expires
     /// healthy clients.
     LeaderGrace,
+    /// The cluster adopts the rules of `level` (see [`crate::RULES`]):
+    /// proposed by the leader once every member runs a version that applies
+    /// them, so that no two replicas apply the same log differently.
+    AdoptRules {
+        /// The rules level from now on (it never goes down).
+        level: u32,
+    },
 }
 
 /// An operation sent by a client, with its identity and retry token.
@@ -137,7 +144,7 @@ impl Command {
             Command::KeepAlive { client_ids } => client_ids
                 .iter()
                 .try_for_each(|id| validate_id("client_id", id)),
-            Command::ExpireDue | Command::LeaderGrace => Ok(()),
+            Command::ExpireDue | Command::LeaderGrace | Command::AdoptRules { .. } => Ok(()),
         }
     }
 }
@@ -211,6 +218,11 @@ pub enum Response {
     GraceApplied {
         /// Number of sessions renewed.
         sessions: usize,
+    },
+    /// The rules level now in force.
+    RulesAdopted {
+        /// The level.
+        level: u32,
     },
 }
 

@@ -120,6 +120,22 @@ pub enum CommandError {
         /// Ids at or below this have left the session's window.
         forgotten_up_to: u64,
     },
+    /// A request this client's session never saw, overtaken by a later
+    /// request of the same client on the same primitive: a late copy of
+    /// something the client moved on from, never applied.
+    #[error("request id {request_id} was overtaken by request {by} on the same primitive; send a new request id")]
+    Overtaken {
+        /// The refused request id.
+        request_id: u64,
+        /// The later request on the same primitive.
+        by: u64,
+    },
+    /// A retried request id the session remembers for another primitive.
+    #[error("request id {request_id} was used for another primitive; send a new request id")]
+    RequestIdReused {
+        /// The reused request id.
+        request_id: u64,
+    },
     /// A retried request was refused the first time; it stays refused.
     #[error("request id {request_id} was refused before ({kind:?}); send a new request id")]
     PreviouslyRejected {
@@ -158,10 +174,11 @@ impl CommandError {
             | CommandError::WrongPrimitiveType { .. }
             | CommandError::InvalidTimeout { .. }
             | CommandError::MalformedSnapshot { .. }
-            | CommandError::EpochTooLarge { .. } => ErrorKind::InvalidArgument,
-            CommandError::NotACandidate { .. } | CommandError::StaleRequest { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            | CommandError::EpochTooLarge { .. }
+            | CommandError::RequestIdReused { .. } => ErrorKind::InvalidArgument,
+            CommandError::NotACandidate { .. }
+            | CommandError::StaleRequest { .. }
+            | CommandError::Overtaken { .. } => ErrorKind::FailedPrecondition,
             CommandError::AlreadyApplied { .. } => ErrorKind::Aborted,
             CommandError::PreviouslyRejected { kind, .. } => *kind,
             CommandError::TooManyMembers { .. }

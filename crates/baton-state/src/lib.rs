@@ -35,6 +35,6 @@ pub use limits::{
     resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_EPOCH,
     MAX_ID_BYTES, MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
 };
-pub use machine::{StateMachine, Tombstone, TOMBSTONE_TTL_MS};
+pub use machine::{StateMachine, Tombstone, ORDERED_REQUESTS, RULES, TOMBSTONE_TTL_MS};
 pub use primitive::{Primitive, PrimitiveKey, PrimitiveKind, PrimitiveSnapshot};
 pub use session::{Outcome, RecordedRequest, Session, REQUEST_WINDOW};

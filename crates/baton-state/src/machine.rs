@@ -43,7 +43,25 @@ pub struct StateMachine {
     /// it recorded is current).
     #[serde(default)]
     deleted_versions: u64,
+    /// The rules level the cluster adopted (`Command::AdoptRules`); 0 in a
+    /// state from before levels, and left out of the snapshot while 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    rules: u32,
 }
+
+fn is_zero(level: &u32) -> bool {
+    *level == 0
+}
+
+/// The highest rules level this version applies. Level 1,
+/// [`ORDERED_REQUESTS`]: each recorded request keeps a fingerprint of its
+/// primitive; an unseen request id below a recorded one on the same
+/// primitive is refused (overtaken), and a retried id sent for another
+/// primitive than the one it was recorded for is refused (reused).
+pub const RULES: u32 = 1;
+/// The level from which requests of one client on one primitive are
+/// ordered by their ids.
+pub const ORDERED_REQUESTS: u32 = 1;
 
 /// How long (log time) an ended session's highest request id is remembered:
 /// twice the longest session timeout, far beyond any forwarding delay.
@@ -85,7 +103,13 @@ impl StateMachine {
             tombstones: OrdMap::new(),
             tombstone_order: OrdSet::new(),
             deleted_versions: 0,
+            rules: 0,
         }
+    }
+
+    /// The rules level the cluster adopted (see [`RULES`]).
+    pub fn rules(&self) -> u32 {
+        self.rules
     }
 
     /// What is left of `client_id`'s ended session, if remembered.
@@ -172,6 +196,7 @@ impl StateMachine {
             let answered = outcome.map(|outcome| RecordedRequest {
                 request_id,
                 outcome,
+                primitive: None,
             });
             self.bury(client_id, request_id, answered);
         }
@@ -291,6 +316,10 @@ impl StateMachine {
                     sessions: self.sessions.len(),
                 })
             }
+            Command::AdoptRules { level } => {
+                self.rules = self.rules.max(*level);
+                Ok(Response::RulesAdopted { level: self.rules })
+            }
         };
         let events = changed
             .into_iter()
@@ -325,10 +354,12 @@ impl StateMachine {
                 },
                 Err(error) => Outcome::Rejected { kind: error.kind() },
             };
+            let primitive = (self.rules >= ORDERED_REQUESTS).then(|| key.fingerprint());
             match self.sessions.get_mut(&request.client_id) {
                 Some(caller) => caller.record(RecordedRequest {
                     request_id: request.request_id,
                     outcome,
+                    primitive,
                 }),
                 // No session to remember it in (refused before it had one,
                 // or a Delete, which opens none).
@@ -474,13 +505,22 @@ impl StateMachine {
                 },
             ));
         };
-        let answer = match session.outcome(request_id) {
-            Some(outcome) => self.recorded_answer(request_id, outcome, key),
+        let ordered = self.rules >= ORDERED_REQUESTS;
+        let answer = match session.recorded(request_id) {
+            Some(recorded)
+                if ordered && recorded.primitive.is_some_and(|p| p != key.fingerprint()) =>
+            {
+                Err(CommandError::RequestIdReused { request_id })
+            }
+            Some(recorded) => self.recorded_answer(request_id, recorded.outcome, key),
             None if session.is_stale(request_id) => Err(CommandError::StaleRequest {
                 request_id,
                 forgotten_up_to: session.forgotten_up_to,
             }),
-            None => return None,
+            None => match session.overtaken(request_id, key.fingerprint()) {
+                Some(by) if ordered => Err(CommandError::Overtaken { request_id, by }),
+                _ => return None,
+            },
         };
         if answer.is_ok() {
             let now = self.now_ms;
@@ -564,6 +604,7 @@ impl StateMachine {
             session.record(RecordedRequest {
                 request_id,
                 outcome: Outcome::Applied { version: 0 },
+                primitive: None,
             });
         }
         self.end_sessions(&[client_id.to_owned()], changed);

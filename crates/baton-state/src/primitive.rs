@@ -51,6 +51,22 @@ pub struct PrimitiveKey {
 }
 
 impl PrimitiveKey {
+    /// A stable 64-bit fingerprint of the key (FNV-1a over the kind and the
+    /// name): the same on every replica and every version, so it may be
+    /// kept in the replicated state.
+    pub fn fingerprint(&self) -> u64 {
+        let kind: &[u8] = match self.kind {
+            PrimitiveKind::Latch => b"latch",
+            PrimitiveKind::Election => b"election",
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in kind.iter().chain([0u8].iter()).chain(self.name.as_bytes()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash
+    }
+
     /// The latch called `name`.
     pub fn latch(name: impl Into<String>) -> Self {
         PrimitiveKey {

@@ -37,6 +37,12 @@ pub struct RecordedRequest {
     pub request_id: u64,
     /// What became of it.
     pub outcome: Outcome,
+    /// The primitive it acted on, as [`PrimitiveKey::fingerprint`]: kept
+    /// once the cluster has adopted ordered requests
+    /// ([`crate::ORDERED_REQUESTS`]), so that an older request on the same
+    /// primitive arriving late is not applied over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primitive: Option<u64>,
 }
 
 /// One client's session.
@@ -81,10 +87,15 @@ impl Session {
 
     /// The remembered outcome of `request_id`, if it is in the window.
     pub fn outcome(&self, request_id: u64) -> Option<Outcome> {
+        self.recorded(request_id).map(|r| r.outcome)
+    }
+
+    /// The remembered request with this id, if any.
+    pub fn recorded(&self, request_id: u64) -> Option<RecordedRequest> {
         self.recent
             .binary_search_by_key(&request_id, |r| r.request_id)
             .ok()
-            .map(|i| self.recent[i].outcome)
+            .map(|i| self.recent[i])
     }
 
     /// The highest request id this session has seen (applied, refused or
@@ -100,6 +111,19 @@ impl Session {
     /// remembered.
     pub fn is_stale(&self, request_id: u64) -> bool {
         request_id != 0 && request_id <= self.forgotten_up_to && self.outcome(request_id).is_none()
+    }
+
+    /// Whether this session applied or refused a request with a higher id
+    /// on the primitive with fingerprint `primitive` (recorded once ordered
+    /// requests were adopted): `request_id`, unseen, was overtaken, and
+    /// applying it now would undo what the client asked for after it.
+    pub fn overtaken(&self, request_id: u64, primitive: u64) -> Option<u64> {
+        self.recent
+            .iter()
+            .rev()
+            .take_while(|r| r.request_id > request_id)
+            .find(|r| r.primitive == Some(primitive))
+            .map(|r| r.request_id)
     }
 
     /// Remembers a request's outcome, forgetting the lowest id beyond the

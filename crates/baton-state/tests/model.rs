@@ -30,14 +30,28 @@ struct ModelSession {
     forgotten: u64,
     /// The 32 highest request ids: Ok(version after it) or the refusal.
     recent: BTreeMap<u64, Result<u64, ErrorKind>>,
+    /// The primitive of each remembered client request, once ordered
+    /// requests were adopted.
+    keys: BTreeMap<u64, PrimitiveKey>,
 }
 
 impl ModelSession {
-    /// Remembers an outcome; beyond 32 the lowest id is forgotten.
-    fn record(&mut self, request_id: u64, outcome: Result<u64, ErrorKind>) {
+    /// Remembers an outcome (and, ordered, its primitive); beyond 32 the
+    /// lowest id is forgotten.
+    fn record(
+        &mut self,
+        request_id: u64,
+        outcome: Result<u64, ErrorKind>,
+        key: Option<PrimitiveKey>,
+    ) {
         self.recent.insert(request_id, outcome);
+        match key {
+            Some(key) => self.keys.insert(request_id, key),
+            None => self.keys.remove(&request_id),
+        };
         if self.recent.len() > 32 {
             let (lowest, _) = self.recent.pop_first().expect("not empty");
+            self.keys.remove(&lowest);
             self.forgotten = self.forgotten.max(lowest);
         }
     }
@@ -65,6 +79,9 @@ struct Model {
     /// Versions of a primitive used again continue above every deleted
     /// one's, so no retry recorded against an earlier life matches.
     deleted_versions: u64,
+    /// The rules level adopted: from 1, one client's requests on one
+    /// primitive are ordered by their ids.
+    rules: u32,
 }
 
 const TOMBSTONE_TTL: u64 = 600_000;
@@ -205,11 +222,11 @@ impl Model {
                 {
                     return Err(ErrorKind::ResourceExhausted);
                 }
-                let (expires, forgotten, recent) = match self.sessions.get(client_id) {
-                    Some(s) => (s.expires, s.forgotten, s.recent.clone()),
+                let (expires, forgotten, recent, keys) = match self.sessions.get(client_id) {
+                    Some(s) => (s.expires, s.forgotten, s.recent.clone(), s.keys.clone()),
                     None => {
                         let (forgotten, recent) = self.reborn(client_id);
-                        (0, forgotten, recent)
+                        (0, forgotten, recent, BTreeMap::new())
                     }
                 };
                 self.sessions.insert(
@@ -219,6 +236,7 @@ impl Model {
                         expires: expires.max(now + timeout),
                         forgotten,
                         recent,
+                        keys,
                     },
                 );
                 Ok(Response::SessionOpen {
@@ -259,7 +277,7 @@ impl Model {
                     .get_mut(client_id)
                     .filter(|_| *request_id != 0)
                 {
-                    s.record(*request_id, Ok(0));
+                    s.record(*request_id, Ok(0), None);
                 }
                 self.remove_clients(&BTreeSet::from([client_id.clone()]));
                 Ok(Response::SessionClosed { existed })
@@ -284,6 +302,10 @@ impl Model {
                 Ok(Response::GraceApplied {
                     sessions: ids.len(),
                 })
+            }
+            Command::AdoptRules { level } => {
+                self.rules = self.rules.max(*level);
+                Ok(Response::RulesAdopted { level: self.rules })
             }
             Command::Client(request) => self.apply_client(request),
         }
@@ -328,7 +350,12 @@ impl Model {
             .get(&r.client_id)
             .filter(|_| r.request_id != 0)
         {
+            let ordered = self.rules >= 1;
             match s.recent.get(&r.request_id) {
+                // A retried id recorded for another primitive.
+                Some(_) if ordered && s.keys.get(&r.request_id).is_some_and(|k| *k != key) => {
+                    return Err(ErrorKind::InvalidArgument);
+                }
                 Some(Ok(version)) if *version == self.get(&key).version => {
                     self.renew(&r.client_id);
                     return Ok(Response::Primitive(self.get(&key)));
@@ -336,16 +363,23 @@ impl Model {
                 Some(Ok(_)) => return Err(ErrorKind::Aborted),
                 Some(Err(kind)) => return Err(*kind),
                 None if r.request_id <= s.forgotten => return Err(ErrorKind::FailedPrecondition),
+                // Overtaken by a later request of the client on the same
+                // primitive.
+                None if ordered && s.keys.iter().any(|(id, k)| *id > r.request_id && *k == key) => {
+                    return Err(ErrorKind::FailedPrecondition);
+                }
                 None => {}
             }
         }
         let result = self.apply_op(r, &key);
         if r.request_id != 0 {
             let version = self.get(&key).version;
+            let ordered_key = (self.rules >= 1).then(|| key.clone());
             match self.sessions.get_mut(&r.client_id) {
                 Some(s) => s.record(
                     r.request_id,
                     result.as_ref().map(|_| version).map_err(|k| *k),
+                    ordered_key,
                 ),
                 // No session to record it in: its tombstone remembers it.
                 None => self.remember_without_session(
@@ -433,6 +467,7 @@ impl Model {
                     expires: self.now + DEFAULT_TIMEOUT,
                     forgotten,
                     recent,
+                    keys: BTreeMap::new(),
                 },
             );
         }
@@ -521,6 +556,7 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (client(), 0u64..4).prop_map(|(client_id, request_id)| Command::CloseSession { client_id, request_id }),
         3 => Just(Command::ExpireDue),
         1 => Just(Command::LeaderGrace),
+        1 => Just(Command::AdoptRules { level: 1 }),
     ]
 }
 /// Commands with stamps that mostly advance, sometimes jump, sometimes go back.

@@ -1427,3 +1427,77 @@ fn remembering_session_less_ids_never_pushes_out_an_ended_sessions_tombstone() {
     assert!(sm.apply(&late, T0 + 3).result.is_err());
     assert!(members(&sm, &PrimitiveKey::latch("l")).is_empty());
 }
+
+/// Once the cluster has adopted ordered requests (rules level 1), a request
+/// id the session never saw, below a request of the same client on the
+/// same primitive, is refused: a Join the client gave up on (its outcome
+/// unknown) that arrives after the client's Leave must not make it a
+/// member again. Before adoption (a cluster with an older node) the late
+/// Join is applied, as every node of the older version would apply it.
+#[test]
+fn a_request_overtaken_on_its_primitive_is_refused_once_ordered_requests_are_adopted() {
+    let key = PrimitiveKey::latch("l");
+    let late_join = op("w", 7, Operation::Join { latch: "l".into() });
+    let leave = op("w", 8, Operation::Leave { latch: "l".into() });
+    // Not adopted: applied, as before.
+    let mut sm = StateMachine::default();
+    ok(&mut sm, leave.clone(), T0);
+    ok(&mut sm, late_join.clone(), T0 + 1);
+    assert_eq!(members(&sm, &key), ["w"]);
+
+    let mut sm = StateMachine::default();
+    assert_eq!(
+        ok(&mut sm, Command::AdoptRules { level: 1 }, T0),
+        Response::RulesAdopted { level: 1 }
+    );
+    assert_eq!(sm.rules(), 1);
+    ok(&mut sm, leave.clone(), T0 + 1);
+    let error = rejected(&mut sm, late_join, T0 + 2);
+    assert!(
+        matches!(
+            error,
+            CommandError::Overtaken {
+                request_id: 7,
+                by: 8
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
+    assert!(members(&sm, &key).is_empty());
+    // Overtaking on another primitive is allowed: concurrent requests of
+    // one client on different primitives may arrive in any order.
+    ok(
+        &mut sm,
+        op(
+            "w",
+            6,
+            Operation::Enter {
+                election: "e".into(),
+            },
+        ),
+        T0 + 3,
+    );
+    assert_eq!(members(&sm, &PrimitiveKey::election("e")), ["w"]);
+    // A retry of 8 is answered as before; 8 sent for another primitive is
+    // a reused id.
+    ok(&mut sm, leave, T0 + 4);
+    let reused = rejected(
+        &mut sm,
+        op(
+            "w",
+            8,
+            Operation::Join {
+                latch: "other".into(),
+            },
+        ),
+        T0 + 5,
+    );
+    assert_eq!(reused.kind(), ErrorKind::InvalidArgument, "{reused:?}");
+    // The level is part of the state: it survives a snapshot, and a state
+    // that never adopted one encodes as before.
+    let copy: StateMachine = serde_json::from_slice(&serde_json::to_vec(&sm).unwrap()).unwrap();
+    assert_eq!(copy.rules(), 1);
+    let fresh = serde_json::to_string(&StateMachine::default()).unwrap();
+    assert!(!fresh.contains("rules"), "{fresh}");
+}
