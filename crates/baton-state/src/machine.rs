@@ -341,7 +341,10 @@ impl StateMachine {
         // exactly-once record included, can change.
         request.validate()?;
         let key = request.operation.key();
-        if let Some(answer) = self.answer_retry(request, &key) {
+        // Once ordered requests are adopted, each request's primitive is
+        // recorded with it and compared in the window.
+        let primitive = (self.rules >= ORDERED_REQUESTS).then(|| key.fingerprint());
+        if let Some(answer) = self.answer_retry(request, &key, primitive) {
             return answer;
         }
         let result = self.apply_operation(request, &key, changed);
@@ -354,7 +357,6 @@ impl StateMachine {
                 },
                 Err(error) => Outcome::Rejected { kind: error.kind() },
             };
-            let primitive = (self.rules >= ORDERED_REQUESTS).then(|| key.fingerprint());
             match self.sessions.get_mut(&request.client_id) {
                 Some(caller) => caller.record(RecordedRequest {
                     request_id: request.request_id,
@@ -483,11 +485,14 @@ impl StateMachine {
     /// has forgotten: a retry of an applied request gets the primitive's
     /// state if nothing changed it since (exactly what the first attempt
     /// answered), else `AlreadyApplied`; a retry of a refused one is refused
-    /// again; an id below the window is refused. `None`: apply it.
+    /// again; an id below the window is refused, and so, with `primitive`
+    /// (ordered requests adopted), is an id recorded for another primitive
+    /// or one overtaken on this one. `None`: apply it.
     fn answer_retry(
         &mut self,
         request: &ClientRequest,
         key: &PrimitiveKey,
+        primitive: Option<u64>,
     ) -> Option<Result<Response, CommandError>> {
         if request.request_id == 0 {
             return None;
@@ -505,11 +510,8 @@ impl StateMachine {
                 },
             ));
         };
-        let ordered = self.rules >= ORDERED_REQUESTS;
         let answer = match session.recorded(request_id) {
-            Some(recorded)
-                if ordered && recorded.primitive.is_some_and(|p| p != key.fingerprint()) =>
-            {
+            Some(recorded) if matches!((recorded.primitive, primitive), (Some(was), Some(is)) if was != is) => {
                 Err(CommandError::RequestIdReused { request_id })
             }
             Some(recorded) => self.recorded_answer(request_id, recorded.outcome, key),
@@ -517,9 +519,9 @@ impl StateMachine {
                 request_id,
                 forgotten_up_to: session.forgotten_up_to,
             }),
-            None => match session.overtaken(request_id, key.fingerprint()) {
-                Some(by) if ordered => Err(CommandError::Overtaken { request_id, by }),
-                _ => return None,
+            None => match primitive.and_then(|p| session.overtaken(request_id, p)) {
+                Some(by) => Err(CommandError::Overtaken { request_id, by }),
+                None => return None,
             },
         };
         if answer.is_ok() {
