@@ -40,6 +40,10 @@ const EXCHANGE_ENTRY_BYTES: usize = 1024 * 1024;
 /// Keeps the entries of `rpc` that fit in [`EXCHANGE_ENTRY_BYTES`]; returns
 /// the last one kept if any were left out.
 fn keep_what_fits(rpc: &mut AppendEntriesRequest<TypeConfig>) -> Option<LogId<NodeId>> {
+    // One entry always goes: most exchanges carry one, and need no estimate.
+    if rpc.entries.len() <= 1 {
+        return None;
+    }
     let mut bytes = 0;
     let fits = rpc
         .entries

@@ -224,7 +224,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let raft_config = Arc::new(raft_config(&config)?);
     let (log_store, state_store) = baton_store::open(&config.data_dir, config.limits.clone())?;
     if config.join {
-        if baton_store::is_seeded(&state_store)? {
+        if state_store.is_seeded()? {
             return Err(NodeError::Config(
                 "this data directory was seeded from a backup: start it with --peers to form \
                  the restored cluster, or with an empty directory to join one"

@@ -139,9 +139,3 @@ pub async fn found_on_seed(
 ) -> Result<bool, OpenError> {
     state.found_on_seed(members, log.is_pristine()?).await
 }
-
-/// Whether `state` was seeded from a backup and has not founded a cluster
-/// on it yet.
-pub fn is_seeded(state: &StateMachineStore) -> Result<bool, OpenError> {
-    state.is_seeded()
-}

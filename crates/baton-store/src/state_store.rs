@@ -128,15 +128,21 @@ impl StateHandle {
         self.shared.feeds.subscribe(key)
     }
 
-    /// Counts the leadership changes among `events`, applied from log
-    /// index `index`, unless the entry was on disk when the node started
-    /// (a replay of what happened before).
-    fn count_leader_changes(&self, index: u64, events: &[ChangeEvent]) {
-        if index > self.shared.logged_before_start {
-            let led = events.iter().filter(|e| e.leader_changed()).count();
+    /// The leadership changes among `events`, applied from log index
+    /// `index`, that count as news: none if the entry was on disk when the
+    /// node started (a replay of what happened before).
+    fn news(&self, index: u64, events: &[ChangeEvent]) -> u64 {
+        if index <= self.shared.logged_before_start {
+            return 0;
+        }
+        events.iter().filter(|e| e.leader_changed()).count() as u64
+    }
+
+    fn count_leader_changes(&self, changes: u64) {
+        if changes > 0 {
             self.shared
                 .leader_changes
-                .fetch_add(led as u64, Ordering::Relaxed);
+                .fetch_add(changes, Ordering::Relaxed);
         }
     }
 
@@ -266,8 +272,9 @@ impl StateMachineStore {
         self.handle.clone()
     }
 
-    /// Whether this directory holds a seed not yet founded on.
-    pub(crate) fn is_seeded(&self) -> Result<bool, OpenError> {
+    /// Whether this directory was seeded from a backup and has not founded
+    /// a cluster on it yet.
+    pub fn is_seeded(&self) -> Result<bool, OpenError> {
         Ok(self.snapshots.contains_key(crate::backup::SEED)?)
     }
 
@@ -507,6 +514,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // hundreds of entries at once (a follower catching up), which must
         // not overflow a watcher's feed.
         let mut changes = Vec::new();
+        let mut leader_changes = 0;
         {
             let mut guard = self.handle.write_guard();
             for entry in entries {
@@ -521,8 +529,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let mut results = Vec::with_capacity(log_command.commands.len());
                         for command in &log_command.commands {
                             let applied = guard.machine.apply(command, log_command.stamp_ms);
-                            self.handle
-                                .count_leader_changes(entry.log_id.index, &applied.events);
+                            leader_changes += self.handle.news(entry.log_id.index, &applied.events);
                             changes.extend(applied.events);
                             results.push(applied.result);
                         }
@@ -535,6 +542,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
+        self.handle.count_leader_changes(leader_changes);
         self.handle.publish(last_index, changes);
         Ok(outcomes)
     }
@@ -646,7 +654,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             events
         };
         if let Some(id) = meta.last_log_id {
-            self.handle.count_leader_changes(id.index, &events);
+            self.handle
+                .count_leader_changes(self.handle.news(id.index, &events));
             self.handle.publish(id.index, events);
         }
         Ok(())
