@@ -119,6 +119,11 @@ pub async fn add_node(
     if voters.contains(&id) {
         return Ok(members(replicator));
     }
+    let _changing = replicator.membership_changes().await;
+    // The rules level as committed, not as applied so far: a new leader
+    // may not have applied an adoption its predecessor committed.
+    replicator.linearizable_barrier(deadline).await?;
+    let adopted = adopted_rules(replicator);
     match probe(replicator, peer_addr, deadline).await {
         None => {
             return Err(ApiError::Precondition(format!(
@@ -131,11 +136,10 @@ pub async fn add_node(
                 info.node_id
             )))
         }
-        Some(info) if info.rules < adopted_rules(replicator) => {
+        Some(info) if info.rules < adopted => {
             return Err(ApiError::Precondition(format!(
-                "node {id} runs a version that applies state-machine rules up to level {}, and the cluster has adopted level {}: upgrade it first",
-                info.rules,
-                adopted_rules(replicator)
+                "node {id} runs a version that applies state-machine rules up to level {}, and the cluster has adopted level {adopted}: upgrade it first",
+                info.rules
             )))
         }
         Some(_) => {}
@@ -211,13 +215,19 @@ pub async fn adopt_rules(replicator: Replicator, mut stop: tokio::sync::watch::R
         if adopted_rules(&replicator) >= target {
             return;
         }
-        if replicator.is_leader() && every_member_applies(&replicator, target).await {
-            let adopt = baton_state::Command::AdoptRules { level: target };
-            match replicator.propose_as_leader(adopt).await {
-                Ok(Ok(_)) => {
-                    tracing::info!(level = target, "the cluster adopted state-machine rules")
+        if replicator.is_leader() {
+            // No member is admitted between the check and the adoption.
+            let _changing = replicator.membership_changes().await;
+            if every_member_applies(&replicator, target).await {
+                let adopt = baton_state::Command::AdoptRules { level: target };
+                match replicator.propose_as_leader(adopt).await {
+                    Ok(Ok(_)) => {
+                        tracing::info!(level = target, "the cluster adopted state-machine rules")
+                    }
+                    other => {
+                        tracing::debug!(?other, "adopting the rules level did not commit yet")
+                    }
                 }
-                other => tracing::debug!(?other, "adopting the rules level did not commit yet"),
             }
         }
         tokio::select! {
@@ -236,7 +246,7 @@ async fn every_member_applies(replicator: &Replicator, level: u32) -> bool {
             continue;
         }
         match replicator.node_info_of(id).await {
-            Some(info) if info.rules >= level => {}
+            Some(info) if info.node_id == id && info.rules >= level => {}
             _ => return false,
         }
     }

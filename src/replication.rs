@@ -88,6 +88,9 @@ struct Inner {
     forwarded: Counter,
     /// Sessions expired by entries this node proposed as leader.
     expired: Counter,
+    /// Held while this node, as leader, changes the membership or adopts a
+    /// rules level: each decides on what the other changes.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 impl Replicator {
@@ -123,6 +126,7 @@ impl Replicator {
                 rejoining: AtomicBool::new(false),
                 forwarded: Counter::default(),
                 expired: Counter::default(),
+                membership_changes: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -168,6 +172,13 @@ impl Replicator {
     /// second leader). Cleared by [`Replicator::finish_rejoining`].
     pub fn start_rejoining(&self) {
         self.inner.rejoining.store(true, Ordering::SeqCst);
+    }
+
+    /// Serializes this node's membership changes and rules adoptions: a
+    /// node must not be admitted on a rules level about to be raised, nor
+    /// a level raised over a node being admitted.
+    pub async fn membership_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.membership_changes.lock().await
     }
 
     /// The node founds a new cluster after all: it votes.
