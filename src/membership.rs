@@ -329,7 +329,7 @@ fn change_on(
         .ok_or_else(|| tonic::Status::unavailable("no leader to pass the request on to"))
 }
 
-/// A request passed on to the leader, with what is left of `deadline`.
+/// A request to another node, with what is left of `deadline`.
 fn passed<T>(message: T, deadline: Instant) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -409,12 +409,12 @@ pub async fn ask_to_join(
             let Ok(mut client) = channels.client(member) else {
                 continue;
             };
-            let mut request = tonic::Request::new(JoinRequest {
+            let request = JoinRequest {
                 id,
                 peer_addr: ask.peer_addr.clone(),
                 passed_on: false,
-            });
-            request.set_timeout(JOIN_CALL);
+            };
+            let request = passed(request, Instant::now() + JOIN_CALL);
             match tokio::time::timeout(JOIN_CALL, client.join(request)).await {
                 Ok(Ok(added)) => {
                     let added = added.into_inner();
