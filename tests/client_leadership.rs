@@ -358,6 +358,53 @@ async fn a_dropped_leadership_is_released_before_the_next_campaign_joins() {
     }
 }
 
+/// A write made straight after dropping a leadership (not through
+/// `campaign`) comes after the release the drop sends in the background:
+/// that release must neither undo the write nor make it be refused as
+/// overtaken by a request the library numbered earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_straight_after_dropping_a_leadership_is_not_undone_by_its_release() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let (a, b) = clients_a_and_b(&cluster).await;
+    for round in 0..8 {
+        let name = format!("again-{round}");
+        let leadership = a.election(&name).campaign().await.expect("a leads");
+        b.election(&name).enter().await.expect("b enters");
+        drop(leadership);
+        a.election(&name).enter().await.expect("a enters again");
+
+        let held = a
+            .latch(&name)
+            .acquire(Some(Duration::from_secs(5)))
+            .await
+            .expect("acquire")
+            .expect("a leads the latch");
+        b.latch(&name).join().await.expect("b joins");
+        drop(held);
+        a.latch(&name).join().await.expect("a joins again");
+
+        // Time for a release that was sent late to land.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let term = b.election(&name).term().await.expect("term");
+        assert_eq!(term.leader.as_deref(), Some("b"), "round {round}: {term:?}");
+        assert!(
+            term.members.iter().any(|m| m == "a"),
+            "round {round}: a's second candidacy was undone: {term:?}"
+        );
+        let latch = b.latch(&name).get().await.expect("latch");
+        assert_eq!(
+            latch.leader.as_deref(),
+            Some("b"),
+            "round {round}: {latch:?}"
+        );
+        assert!(
+            latch.members.iter().any(|m| m == "a"),
+            "round {round}: a's second join was undone: {latch:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latch_is_acquired_released_observed_and_deleted_through_the_library() {
     use futures::StreamExt;

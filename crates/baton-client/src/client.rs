@@ -156,6 +156,20 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// The request id of a write, taken once every dropped leadership's
+    /// release has reached the cluster: a release numbered after the write
+    /// could undo it, and one numbered before it but arriving later would
+    /// be refused as overtaken (or, on a cluster without ordered requests,
+    /// undo it all the same).
+    pub async fn write_id(&self) -> u64 {
+        let _ = self
+            .releases
+            .subscribe()
+            .wait_for(|pending| *pending == 0)
+            .await;
+        next_request_id()
+    }
+
     /// A request header for this client on `name` of `kind`.
     pub fn header(&self, kind: Kind, name: &str, request_id: u64) -> Option<RequestHeader> {
         request_header(&self.client_id, kind, name, request_id)

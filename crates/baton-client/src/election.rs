@@ -14,7 +14,7 @@ use crate::observe::Observer;
 use crate::proto::atomix::primitive::election as el;
 use crate::proto::atomix::primitive::election::leader_election_service_client::LeaderElectionServiceClient as Service;
 use crate::proto::atomix::primitive::RequestHeader;
-use crate::transport::{applied, next_request_id, with_deadline};
+use crate::transport::{applied, with_deadline};
 use crate::view::{Kind, View};
 
 /// The leader election `name`, as seen by one client.
@@ -61,7 +61,7 @@ impl Election {
 
     /// Enters this client as a candidate (once, however often retried).
     pub async fn enter(&self) -> Result<View> {
-        let header = self.header(next_request_id());
+        let header = self.header(self.client.inner.write_id().await);
         let answer = self
             .client
             .call(|channel, left| {
@@ -83,7 +83,13 @@ impl Election {
     /// Withdraws this client's candidacy; if it led, the next candidate
     /// leads with a higher epoch.
     pub async fn withdraw(&self) -> Result<View> {
-        let header = self.header(next_request_id());
+        self.withdraw_as(self.client.inner.write_id().await).await
+    }
+
+    /// Withdraws with a request id taken earlier (a dropped leadership's
+    /// release, numbered when it was dropped).
+    pub(crate) async fn withdraw_as(&self, request_id: u64) -> Result<View> {
+        let header = self.header(request_id);
         let answer = self
             .client
             .call(|channel, left| {
@@ -103,7 +109,7 @@ impl Election {
     }
 
     async fn name_candidate(&self, naming: Naming, candidate: &str) -> Result<View> {
-        let header = self.header(next_request_id());
+        let header = self.header(self.client.inner.write_id().await);
         let candidate_id = candidate.to_owned();
         let answer = self
             .client
@@ -195,7 +201,7 @@ impl Election {
     /// Replaces the election's state with `view` (its epoch may not go
     /// backwards).
     pub async fn restore(&self, view: &View) -> Result<()> {
-        let header = self.header(next_request_id());
+        let header = self.header(self.client.inner.write_id().await);
         let term = el::Term::from(view);
         let answer = self
             .client
@@ -248,7 +254,8 @@ impl Election {
 
     /// Leaves the election (`PrimitiveService.Close`); the session stays open.
     pub async fn close(&self) -> Result<()> {
-        crate::lifecycle::close(&self.client, Kind::Election, &self.name).await
+        let request_id = self.client.inner.write_id().await;
+        crate::lifecycle::close(&self.client, Kind::Election, &self.name, request_id).await
     }
 
     /// Removes the election (`PrimitiveService.Delete`): every member loses its

@@ -14,7 +14,7 @@ use crate::observe::Observer;
 use crate::proto::atomix::primitive::leader as la;
 use crate::proto::atomix::primitive::leader::leader_latch_service_client::LeaderLatchServiceClient as Service;
 use crate::proto::atomix::primitive::RequestHeader;
-use crate::transport::{applied, next_request_id, with_deadline};
+use crate::transport::{applied, with_deadline};
 use crate::view::{Kind, View};
 
 /// The leader latch `name`, as seen by one client.
@@ -43,7 +43,7 @@ impl Latch {
     /// Joins the latch (once, however often retried); the first participant
     /// leads.
     pub async fn join(&self) -> Result<View> {
-        let header = self.header(next_request_id());
+        let header = self.header(self.client.inner.write_id().await);
         let answer = self
             .client
             .call(|channel, left| {
@@ -107,7 +107,7 @@ impl Latch {
     /// Replaces the latch's state with `view` (its epoch may not go
     /// backwards).
     pub async fn restore(&self, view: &View) -> Result<()> {
-        let header = self.header(next_request_id());
+        let header = self.header(self.client.inner.write_id().await);
         let latch = la::Latch::from(view);
         let answer = self
             .client
@@ -153,7 +153,8 @@ impl Latch {
 
     /// Leaves the latch (`PrimitiveService.Close`); the session stays open.
     pub async fn close(&self) -> Result<()> {
-        crate::lifecycle::close(&self.client, Kind::Latch, &self.name).await
+        let request_id = self.client.inner.write_id().await;
+        crate::lifecycle::close(&self.client, Kind::Latch, &self.name, request_id).await
     }
 
     /// Removes the latch (`PrimitiveService.Delete`): every member loses its

@@ -149,7 +149,10 @@ impl Leadership {
         let release = self.release.take();
         self.shared.end(Ended::Resigned);
         match release {
-            Some(release) => let_go(&self.shared, release).await,
+            Some(release) => {
+                let request_id = self.shared.client.inner.write_id().await;
+                let_go(&self.shared, release, request_id).await
+            }
             None => Ok(()),
         }
     }
@@ -165,8 +168,11 @@ impl Drop for Leadership {
             let shared = self.shared.clone();
             let releases = shared.client.inner.releases.clone();
             releases.send_modify(|pending| *pending += 1);
+            // Numbered now, below every write this client makes after the
+            // drop (those wait for it to land: `Inner::write_id`).
+            let request_id = crate::transport::next_request_id();
             runtime.spawn(async move {
-                if let Err(e) = let_go(&shared, release).await {
+                if let Err(e) = let_go(&shared, release, request_id).await {
                     tracing::warn!(name = %shared.name, "releasing a dropped leadership failed: {e}");
                 }
                 releases.send_modify(|pending| *pending -= 1);
@@ -175,15 +181,17 @@ impl Drop for Leadership {
     }
 }
 
-async fn let_go(shared: &Shared, release: Release) -> Result<()> {
+async fn let_go(shared: &Shared, release: Release, request_id: u64) -> Result<()> {
     match release {
         Release::Withdraw => shared
             .client
             .election(shared.name.clone())
-            .withdraw()
+            .withdraw_as(request_id)
             .await
             .map(|_| ()),
-        Release::Leave => shared.client.latch(shared.name.clone()).close().await,
+        Release::Leave => {
+            crate::lifecycle::close(&shared.client, Kind::Latch, &shared.name, request_id).await
+        }
     }
 }
 

@@ -5,13 +5,13 @@ use crate::client::Client;
 use crate::error::Result;
 use crate::proto::atomix::primitive::primitive_service_client::PrimitiveServiceClient;
 use crate::proto::atomix::primitive::{CloseRequest, DeleteRequest};
-use crate::transport::{applied, next_request_id, with_deadline};
+use crate::transport::{applied, with_deadline};
 use crate::view::Kind;
 
 /// Withdraws `client` from `name` (a latch participant leaves, a candidate
-/// withdraws); its session stays open.
-pub(crate) async fn close(client: &Client, kind: Kind, name: &str) -> Result<()> {
-    let header = client.inner.header(kind, name, next_request_id());
+/// withdraws) as request `request_id`; its session stays open.
+pub(crate) async fn close(client: &Client, kind: Kind, name: &str, request_id: u64) -> Result<()> {
+    let header = client.inner.header(kind, name, request_id);
     let answer = client
         .call(|channel, left| {
             let request = CloseRequest {
@@ -29,7 +29,9 @@ pub(crate) async fn close(client: &Client, kind: Kind, name: &str) -> Result<()>
 
 /// Removes `name`; NOT_FOUND if it does not exist.
 pub(crate) async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
-    let header = client.inner.header(kind, name, next_request_id());
+    let header = client
+        .inner
+        .header(kind, name, client.inner.write_id().await);
     let answer = client
         .call(|channel, left| {
             let request = DeleteRequest {
