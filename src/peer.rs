@@ -20,7 +20,7 @@ use crate::proto::baton::v1::{
     JoinRequest, Members, NodeInfoRequest, NodeInfoResponse, PreVoteRequest, PreVoteResponse,
     RaftPayload, ReadIndexRequest, ReadIndexResponse, RemoveRequest, TaggedPayload,
 };
-use crate::replication::{ProposeRejection, ProposeReply, Replicator};
+use crate::replication::{admit, ProposeRejection, ProposeReply, Replicator};
 
 /// Serves [`RaftService`] for one node.
 pub struct PeerService {
@@ -94,11 +94,33 @@ const FORWARDED_IN_FLIGHT: usize = 4096;
 /// `Propose` answers INVALID_ARGUMENT instead).
 async fn proposed(replicator: &Replicator, payload: &RaftPayload) -> ProposeReply {
     match decode::<Command>(payload) {
-        Ok(command) => replicator.propose_as_leader(command).await,
+        Ok(command) => propose_forwarded(replicator, command).await,
         Err(error) => Err(ProposeRejection::Unknown(format!(
             "undecodable forwarded command: {error}"
         ))),
     }
+}
+
+/// Proposes what a follower may forward: the commands its clients'
+/// requests and its keep-alives make, checked as the follower checked them
+/// (a peer of another version, or anything else on the peer port, gets no
+/// more). The leader's own duties are refused, and nothing is applied.
+async fn propose_forwarded(replicator: &Replicator, command: Command) -> ProposeReply {
+    match command {
+        Command::Client(_)
+        | Command::OpenSession { .. }
+        | Command::CloseSession { .. }
+        | Command::KeepAlive { .. } => {}
+        Command::ExpireDue | Command::LeaderGrace | Command::AdoptRules { .. } => {
+            return Err(ProposeRejection::Unknown(
+                "a leader's own duty cannot be forwarded".into(),
+            ))
+        }
+    }
+    if let Err(refused) = admit(&command, replicator.state()) {
+        return Ok(Err(refused));
+    }
+    replicator.propose_as_leader(command).await
 }
 
 #[tonic::async_trait]
@@ -157,7 +179,7 @@ impl RaftService for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let command: Command = decode(request.get_ref()).map_err(bad_payload)?;
-        reply(&self.replicator.propose_as_leader(command).await)
+        reply(&propose_forwarded(&self.replicator, command).await)
     }
 
     type ProposeStreamStream = TaggedStream;

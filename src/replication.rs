@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_state::{Command, CommandError, Response};
+use baton_state::{ClientRequest, Command, CommandError, Operation, Response};
 use baton_store::{LogStore, NodeId, StateHandle, TypeConfig};
 use openraft::error::RaftError;
 use openraft::{LogId, Raft, ServerState};
@@ -51,6 +51,41 @@ pub enum ProposeRejection {
 const LIVENESS_POLL: Duration = Duration::from_millis(25);
 /// How long to wait before retrying a write that a stale leader refused.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Largest encoded command a node proposes (see [`CommandError::TooLarge`]):
+/// twice a Restore of the most members of the longest plain names, half of
+/// what one AppendEntries carries (`network.rs`).
+pub const MAX_COMMAND_BYTES: usize = 512 * 1024;
+
+/// Refuses, before it costs a log entry, a command the state machine would
+/// refuse on its own ([`Command::validate`]) or one too large for the log: a
+/// Restore over the member limit, or any Restore or KeepAlive (the commands
+/// whose size the caller decides) encoding to more than
+/// [`MAX_COMMAND_BYTES`].
+pub fn admit(command: &Command, state: &StateHandle) -> Result<(), CommandError> {
+    command.validate()?;
+    let sized = match command {
+        Command::Client(ClientRequest {
+            operation: Operation::Restore { key, snapshot },
+            ..
+        }) => {
+            state.read(|machine, _| machine.check_restore_size(key, snapshot.members.len()))?;
+            true
+        }
+        Command::KeepAlive { .. } => true,
+        _ => false,
+    };
+    if sized {
+        let bytes = serde_json::to_vec(command).map_or(usize::MAX, |encoded| encoded.len());
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(CommandError::TooLarge {
+                bytes,
+                max: MAX_COMMAND_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
 
 /// The reply to a forwarded proposal.
 pub type ProposeReply = Result<CommandResult, ProposeRejection>;

@@ -649,3 +649,101 @@ async fn a_late_request_overtaken_on_its_primitive_is_not_applied() {
         .await
         .expect("id 7 on another primitive");
 }
+
+/// A Restore is bounded before it is proposed: a list of members over the
+/// per-primitive limit, or names that JSON escapes six bytes for one (control
+/// characters), would otherwise make a log entry of several MB that a
+/// follower cannot take within one AppendEntries' time, and every write
+/// after it would wait behind it for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_too_large_for_the_log_is_refused_and_the_cluster_goes_on() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+    let escaped = |i: usize| format!("{i:08}{}", "\u{1}".repeat(240));
+    for (count, what) in [
+        (4_000, "over the member limit"),
+        (1_024, "at the member limit"),
+    ] {
+        let members: Vec<String> = (0..count).map(escaped).collect();
+        let status = cluster
+            .latch(node)
+            .restore(la::RestoreRequest {
+                header: latch_header("op", "huge"),
+                snapshot: Some(la::Snapshot {
+                    latch: Some(la::Latch {
+                        meta: None,
+                        leader: members[0].clone(),
+                        participants: members,
+                    }),
+                }),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::ResourceExhausted, "{what}: {status:?}");
+    }
+    // Nothing of it reached the log: writes go on, on every node.
+    tokio::time::timeout(Duration::from_secs(5), join(&cluster, node, "a", "after"))
+        .await
+        .expect("a write after the refused restores is answered in time")
+        .expect("the write succeeds");
+    cluster.wait_converged().await;
+    let after = get_latch(&cluster, leader, "huge").await.unwrap();
+    assert!(after.members.is_empty(), "{after:?}");
+}
+
+/// The peer port's Propose takes only what a follower forwards (client
+/// commands and keep-alives), checked as the follower checks them: a
+/// leader's own duties sent there, such as adopting rules no node has, or a
+/// bad client command, are refused with nothing applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_peer_port_proposes_only_what_a_follower_forwards() {
+    use baton::network::{decode, encode};
+    use baton::proto::baton::v1::raft_service_client::RaftServiceClient;
+    use baton::replication::ProposeReply;
+    use baton_state::Command;
+
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    eventually(Duration::from_secs(10), "rules adopted", || async {
+        (cluster.status(leader).await?.rules == baton_state::RULES).then_some(())
+    })
+    .await;
+    let before = cluster.wait_converged().await;
+    let mut peer = RaftServiceClient::connect(format!("http://{}", cluster.node(leader).peer_addr))
+        .await
+        .expect("the leader's peer port");
+    let duties = [
+        Command::AdoptRules { level: u32::MAX },
+        Command::LeaderGrace,
+        Command::ExpireDue,
+        Command::OpenSession {
+            client_id: String::new(),
+            timeout_ms: 0,
+        },
+        Command::KeepAlive {
+            client_ids: vec!["x".repeat(300)],
+        },
+    ];
+    for command in duties {
+        let reply = peer
+            .propose(encode(&command).expect("encode"))
+            .await
+            .expect("an answer")
+            .into_inner();
+        let reply: ProposeReply = decode(&reply).expect("decode");
+        assert!(
+            matches!(reply, Err(_) | Ok(Err(_))),
+            "{command:?} was applied: {reply:?}"
+        );
+    }
+    let status = cluster.status(leader).await.expect("status");
+    assert_eq!(status.rules, baton_state::RULES, "{status:?}");
+    assert_eq!(
+        cluster.wait_converged().await,
+        before,
+        "something was applied"
+    );
+}

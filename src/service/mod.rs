@@ -157,10 +157,10 @@ impl Context {
     }
 
     /// Replicates a command and returns the state machine's answer. A
-    /// command that is bad on its own is refused here, before it costs a
-    /// log entry on every node (the state machine would refuse it too).
+    /// command that is bad on its own, or too large for the log, is refused
+    /// here, before it costs a log entry on every node.
     pub async fn apply(&self, command: Command, deadline: Instant) -> Result<Response, ApiError> {
-        command.validate()?;
+        crate::replication::admit(&command, self.replicator.state())?;
         Ok(self.replicator.write(command, deadline).await??)
     }
 

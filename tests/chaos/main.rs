@@ -104,9 +104,21 @@ struct Journal {
     ok: usize,
     failed: usize,
     unknown: usize,
+    /// Unknown outcomes by the status that made them unknown.
+    unknown_codes: BTreeMap<String, usize>,
     write_successes: Vec<Instant>,
     /// The latest state each watcher has seen, by primitive.
     watched: HashMap<usize, Ret>,
+}
+
+impl Journal {
+    fn count_unknown(&mut self, status: &Status) {
+        self.unknown += 1;
+        *self
+            .unknown_codes
+            .entry(format!("{:?}", status.code()))
+            .or_default() += 1;
+    }
 }
 
 type SharedJournal = Arc<Mutex<Journal>>;
@@ -635,8 +647,8 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
                 if completed.is_some() {
                     j.ok += 1;
                     j.write_successes.push(Instant::now());
-                } else {
-                    j.unknown += 1;
+                } else if let Err(status) = &closed {
+                    j.count_unknown(status);
                     generation += 1;
                 }
                 j.records.push((
@@ -674,7 +686,7 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
                     j.violations
                         .push(format!("{who}: its long session vanished: {status:?}"));
                 }
-                Err(_) => j.unknown += 1,
+                Err(status) => j.count_unknown(&status),
             }
             continue;
         }
@@ -738,9 +750,9 @@ async fn run_client(index: usize, seed: u64, journal_: SharedJournal, stop: Arc<
                 j.violations
                     .push(format!("{who}: unexpected rejection of {op:?}: {status:?}"));
             }
-            Err(_) if op == Op::Read => j.unknown += 1,
-            Err(_) => {
-                j.unknown += 1;
+            Err(status) if op == Op::Read => j.count_unknown(&status),
+            Err(status) => {
+                j.count_unknown(&status);
                 generation += 1;
                 j.records.push((
                     Some(p),
@@ -1345,10 +1357,11 @@ async fn run(seed: u64, soak: Option<Duration>) -> Vec<String> {
         lease::PRIMITIVES,
     ));
     summary.push(format!(
-        "operations: {} ok, {} failed, {} unknown; {} sightings of a leader",
+        "operations: {} ok, {} failed, {} unknown {:?}; {} sightings of a leader",
         j.ok,
         j.failed,
         j.unknown,
+        j.unknown_codes,
         j.sightings.len()
     ));
     summary.push(format!(

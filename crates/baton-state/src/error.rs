@@ -84,6 +84,17 @@ pub enum CommandError {
         /// The limit.
         max: usize,
     },
+    /// A command too large for one log entry, refused before it is
+    /// proposed (the state machine never sees it): an entry reaches a
+    /// follower whole, within one heartbeat interval, so one of several MB
+    /// would never arrive and every write after it would wait for ever.
+    #[error("the request encodes to {bytes} bytes in the log; at most {max} are allowed")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The cluster already holds the maximum number of primitives.
     #[error("the cluster already holds {max} primitives, the limit")]
     TooManyPrimitives {
@@ -182,6 +193,7 @@ impl CommandError {
             CommandError::AlreadyApplied { .. } => ErrorKind::Aborted,
             CommandError::PreviouslyRejected { kind, .. } => *kind,
             CommandError::TooManyMembers { .. }
+            | CommandError::TooLarge { .. }
             | CommandError::EpochExhausted { .. }
             | CommandError::TooManyPrimitives { .. }
             | CommandError::TooManySessions { .. } => ErrorKind::ResourceExhausted,

@@ -229,6 +229,36 @@ impl StateMachine {
         self.now_ms
     }
 
+    /// Refuses a Restore that applying it now would refuse for its number
+    /// of members: a node checks this before proposing one, so that no
+    /// oversized list of members reaches the log (see
+    /// [`CommandError::TooLarge`] for why the log's entries must stay small).
+    pub fn check_restore_size(
+        &self,
+        key: &PrimitiveKey,
+        members: usize,
+    ) -> Result<(), CommandError> {
+        let current = self.primitives.get(key).map_or(0, |p| p.members.len());
+        self.check_member_count(key, members, current)
+    }
+
+    /// A primitive may grow up to the member limit; one already above it
+    /// (the limit was lowered) may keep its size or shrink.
+    fn check_member_count(
+        &self,
+        key: &PrimitiveKey,
+        members: usize,
+        current: usize,
+    ) -> Result<(), CommandError> {
+        if members > self.limits.max_members_per_primitive && members > current {
+            return Err(CommandError::TooManyMembers {
+                name: key.name.clone(),
+                max: self.limits.max_members_per_primitive,
+            });
+        }
+        Ok(())
+    }
+
     /// The state of a primitive; one never written reads as empty, epoch 0.
     pub fn primitive(&self, key: &PrimitiveKey) -> Primitive {
         self.primitives.get(key).cloned().unwrap_or_default()
@@ -390,14 +420,7 @@ impl StateMachine {
         let current = self.primitive(&key);
         let members = plan_members(&request.client_id, &request.operation, &current)?;
 
-        if members.len() > self.limits.max_members_per_primitive
-            && members.len() > current.members.len()
-        {
-            return Err(CommandError::TooManyMembers {
-                name: key.name.clone(),
-                max: self.limits.max_members_per_primitive,
-            });
-        }
+        self.check_member_count(&key, members.len(), current.members.len())?;
         let restored_epoch = match &request.operation {
             Operation::Restore { snapshot, .. } => Some(snapshot.epoch),
             _ => None,
