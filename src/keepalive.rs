@@ -44,8 +44,16 @@ const KEEP_ALIVE_IDS: usize = 512;
 struct Confirmed {
     /// When it was sent (before it could have been stamped by the leader).
     sent_at: Instant,
-    /// The session timeout it confirmed.
+    /// The session timeout it confirmed, or the client's session's timeout
+    /// now if that is shorter: a session closed and opened again with a
+    /// shorter timeout may expire that much sooner after `sent_at`.
     timeout: Duration,
+}
+
+impl Confirmed {
+    fn lease_end(&self) -> Instant {
+        self.sent_at + self.timeout / LEASE_DIVISOR
+    }
 }
 
 #[derive(Default)]
@@ -65,6 +73,9 @@ struct Clients {
 #[derive(Clone, Default)]
 pub struct SessionKeeper {
     clients: Arc<Mutex<Clients>>,
+    /// Bumped whenever some client's lease got shorter, so that streams
+    /// waiting for their lease's old end look again.
+    shortened: Arc<watch::Sender<u64>>,
 }
 
 /// What keeps a client's session alive on this node.
@@ -166,9 +177,24 @@ impl SessionKeeper {
                 timeout: Duration::from_millis(timeout_ms),
             });
         if entry.sent_at <= sent_at {
+            let old_end = entry.lease_end();
             entry.sent_at = sent_at;
             entry.timeout = Duration::from_millis(timeout_ms);
+            if entry.lease_end() < old_end {
+                self.lease_shortened();
+            }
         }
+    }
+
+    fn lease_shortened(&self) {
+        self.shortened.send_modify(|generation| *generation += 1);
+    }
+
+    /// Changes whenever some client's lease got shorter (a session closed
+    /// and opened again with a shorter timeout): a stream waiting for its
+    /// lease's end must then look at it again.
+    pub fn lease_changes(&self) -> watch::Receiver<u64> {
+        self.shortened.subscribe()
     }
 
     /// When the lease of `client_id`'s streams on this node runs out, if
@@ -177,7 +203,7 @@ impl SessionKeeper {
         self.lock()
             .confirmed
             .get(client_id)
-            .map(|c| c.sent_at + c.timeout / LEASE_DIVISOR)
+            .map(Confirmed::lease_end)
     }
 
     /// Renews (or opens, with the default timeout) `client_id`'s session
@@ -221,12 +247,20 @@ impl SessionKeeper {
             confirmed,
             ..
         } = &mut *clients;
-        replicator.state().read(|machine, _| {
+        let mut shortened = false;
+        let found = replicator.state().read(|machine, _| {
             confirmed.retain(|id, c| {
+                let session = machine.session(id);
+                if let Some(session) = session {
+                    let timeout = Duration::from_millis(session.timeout_ms);
+                    if timeout < c.timeout {
+                        c.timeout = timeout;
+                        shortened = true;
+                    }
+                }
                 streams.contains_key(id)
                     || connections.contains_key(id)
-                    || (machine.session(id).is_some()
-                        && now.saturating_duration_since(c.sent_at) <= c.timeout)
+                    || (session.is_some() && now.saturating_duration_since(c.sent_at) <= c.timeout)
             });
             let mut shortest: Option<Duration> = None;
             let due = streams
@@ -258,7 +292,12 @@ impl SessionKeeper {
                 .cloned()
                 .collect();
             (due, shortest)
-        })
+        });
+        drop(clients);
+        if shortened {
+            self.lease_shortened();
+        }
+        found
     }
 
     /// Proposes keep-alive commands until `shutdown` turns true.

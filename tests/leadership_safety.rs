@@ -254,6 +254,62 @@ async fn a_session_reopened_with_a_longer_timeout_keeps_its_stream() {
     }
 }
 
+/// A streaming client that closes its session and opens it again with a
+/// shorter timeout may be expired that much sooner: its stream's lease must
+/// shrink with it, and the stream end on time once its node is cut off.
+/// Before, the stream waited for the end its first, long, renewal had
+/// given (a third of 30 s) while the session could expire 3 s after its
+/// last renewal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_reopened_with_a_shorter_timeout_shortens_its_streams_lease() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.followers_of(leader)[0];
+    let others = cluster.followers_of(node);
+    open_session(&cluster, node, "s", 30_000).await.unwrap();
+    let mut stream = latch_events(&cluster, node, "s", "shrinks").await.unwrap();
+    assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
+    cluster
+        .sessions(node)
+        .close_session(baton::proto::baton::v1::CloseSessionRequest {
+            client_id: "s".into(),
+            request_id: 0,
+        })
+        .await
+        .unwrap();
+    open_session(&cluster, node, "s", 3_000).await.unwrap();
+    // Renewals by the new timeout have been confirmed meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let cut = Instant::now();
+    for id in &others {
+        cluster.pause(*id);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(12), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let after = cut.elapsed();
+    for id in &others {
+        cluster.resume(*id);
+    }
+    match ended {
+        Ok(Some(Err(status))) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        other => panic!("the stream did not end with its lease: {other:?}"),
+    }
+    // The lease is a third of 3 s past the last renewal confirmed before
+    // the cut; the session could expire 3 s after it.
+    assert!(
+        after < Duration::from_millis(2_000),
+        "the stream ended {after:?} after its node was cut off"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_whose_lease_runs_out_is_told_unavailable() {
     let _serial = serial().await;

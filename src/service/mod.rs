@@ -75,19 +75,23 @@ struct WatchStream {
 }
 
 /// A stream's lease as [`WatchStream`] checks it: the end last read, read
-/// again (a lock on the session keeper) only once that has passed, since a
-/// lease is only ever extended.
+/// again (a lock on the session keeper) only once that has passed or some
+/// lease got shorter.
 struct StreamLease {
     sessions: SessionKeeper,
     client_id: String,
     known_end: Instant,
+    /// Says when some lease got shorter (then `known_end` may be too late).
+    shortened: watch::Receiver<u64>,
 }
 
 impl StreamLease {
     fn ran_out(&mut self) -> bool {
-        if Instant::now() < self.known_end {
+        let shortened = self.shortened.has_changed().unwrap_or(false);
+        if Instant::now() < self.known_end && !shortened {
             return false;
         }
+        self.shortened.mark_unchanged();
         if let Some(end) = self.sessions.lease_end(&self.client_id) {
             self.known_end = end;
         }
@@ -226,6 +230,7 @@ impl Context {
             sessions: self.sessions.clone(),
             client_id: caller.client_id.clone(),
             known_end: Instant::now(),
+            shortened: self.sessions.lease_changes(),
         };
         let caller = caller.clone();
         tokio::spawn(async move {
@@ -352,11 +357,21 @@ impl Context {
 
     /// Resolves with the error that ends the caller's stream: its lease on
     /// this node has run out (renewals committed meanwhile extend it, so it
-    /// is checked again when the old end comes), or the node is stopping.
+    /// is checked again when the old end comes, or when some lease got
+    /// shorter), or the node is stopping.
     async fn must_end(&self, caller: &Caller, shutdown: &mut watch::Receiver<bool>) -> Status {
+        let mut shortened = self.sessions.lease_changes();
         let lease_lost = async {
             loop {
-                tokio::time::sleep_until(self.lease_end(caller)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(self.lease_end(caller)) => {}
+                    changed = shortened.changed() => {
+                        if changed.is_err() {
+                            // The keeper is gone: only the old end is left.
+                            tokio::time::sleep_until(self.lease_end(caller)).await;
+                        }
+                    }
+                }
                 if self.lease_end(caller) <= Instant::now() {
                     return ReplicationError::LeaseLost;
                 }
