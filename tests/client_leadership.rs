@@ -358,6 +358,70 @@ async fn a_dropped_leadership_is_released_before_the_next_campaign_joins() {
     }
 }
 
+/// A dropped leadership is let go even when the cluster cannot take the
+/// release at that moment: the library retries it until it lands (or the
+/// session ends), or the client would stay first in line for as long as its
+/// process keeps the session alive, and nobody else would ever lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leadership_dropped_during_an_outage_is_released_once_the_cluster_is_back() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let endpoints = cluster.endpoints();
+    let connect = |id: &'static str| {
+        Client::builder(&endpoints)
+            .client_id(id)
+            .session_timeout(Duration::from_secs(10))
+            .call_timeout(Duration::from_secs(1))
+            .connect()
+    };
+    let (a, b) = (
+        connect("a").await.expect("a"),
+        connect("b").await.expect("b"),
+    );
+    let leadership = a.election("outage").campaign().await.expect("a leads");
+    b.election("outage").enter().await.expect("b enters");
+    cluster.kill(2);
+    cluster.kill(3);
+    drop(leadership);
+    // The release's first try runs out of time meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.restart(2);
+    cluster.restart(3);
+    cluster.wait_for_leader().await;
+    eventually(Duration::from_secs(15), "b leads", || async {
+        let term = b.election("outage").term().await.ok()?;
+        (term.leader.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    assert!(a.is_alive(), "a's session lived through the outage");
+}
+
+/// A leadership dropped inside a runtime that then shuts down (a sync
+/// wrapper's own runtime, say) cancels its release; the client's later
+/// writes must not wait for that release for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_cancelled_with_its_runtime_holds_up_no_later_write() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    let (a, _b) = clients_a_and_b(&cluster).await;
+    let leadership = a.election("cancelled").campaign().await.expect("a leads");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async move { drop(leadership) });
+    })
+    .join()
+    .expect("the other runtime's thread");
+    tokio::time::timeout(Duration::from_secs(10), a.election("other").campaign())
+        .await
+        .expect("a later campaign is not held up")
+        .expect("a leads another election");
+    tokio::time::timeout(Duration::from_secs(10), a.latch("other").join())
+        .await
+        .expect("a later write is not held up")
+        .expect("join");
+}
+
 /// A write made straight after dropping a leadership (not through
 /// `campaign`) comes after the release the drop sends in the background:
 /// that release must neither undo the write nor make it be refused as

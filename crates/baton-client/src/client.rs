@@ -161,13 +161,27 @@ impl Inner {
     /// could undo it, and one numbered before it but arriving later would
     /// be refused as overtaken (or, on a cluster without ordered requests,
     /// undo it all the same).
-    pub async fn write_id(&self) -> u64 {
-        let _ = self
-            .releases
-            .subscribe()
-            .wait_for(|pending| *pending == 0)
-            .await;
-        next_request_id()
+    pub async fn write_id(&self) -> Result<u64> {
+        self.releases_landed().await?;
+        Ok(next_request_id())
+    }
+
+    /// Waits until every dropped leadership's release has reached the
+    /// cluster: UNAVAILABLE if that takes longer than a call may (a release
+    /// is retried until the cluster takes it, which an outage delays).
+    pub async fn releases_landed(&self) -> Result<()> {
+        let mut pending = self.releases.subscribe();
+        let landed =
+            tokio::time::timeout(self.call_timeout, pending.wait_for(|pending| *pending == 0))
+                .await
+                .is_ok();
+        if landed {
+            return Ok(());
+        }
+        Err(tonic::Status::unavailable(
+            "a dropped leadership's release has not reached the cluster yet",
+        )
+        .into())
     }
 
     /// A request header for this client on `name` of `kind`.

@@ -61,7 +61,7 @@ impl Election {
 
     /// Enters this client as a candidate (once, however often retried).
     pub async fn enter(&self) -> Result<View> {
-        let header = self.header(self.client.inner.write_id().await);
+        let header = self.header(self.client.inner.write_id().await?);
         let answer = self
             .client
             .call(|channel, left| {
@@ -83,7 +83,7 @@ impl Election {
     /// Withdraws this client's candidacy; if it led, the next candidate
     /// leads with a higher epoch.
     pub async fn withdraw(&self) -> Result<View> {
-        self.withdraw_as(self.client.inner.write_id().await).await
+        self.withdraw_as(self.client.inner.write_id().await?).await
     }
 
     /// Withdraws with a request id taken earlier (a dropped leadership's
@@ -109,7 +109,7 @@ impl Election {
     }
 
     async fn name_candidate(&self, naming: Naming, candidate: &str) -> Result<View> {
-        let header = self.header(self.client.inner.write_id().await);
+        let header = self.header(self.client.inner.write_id().await?);
         let candidate_id = candidate.to_owned();
         let answer = self
             .client
@@ -201,7 +201,7 @@ impl Election {
     /// Replaces the election's state with `view` (its epoch may not go
     /// backwards).
     pub async fn restore(&self, view: &View) -> Result<()> {
-        let header = self.header(self.client.inner.write_id().await);
+        let header = self.header(self.client.inner.write_id().await?);
         let term = el::Term::from(view);
         let answer = self
             .client
@@ -254,7 +254,7 @@ impl Election {
 
     /// Leaves the election (`PrimitiveService.Close`); the session stays open.
     pub async fn close(&self) -> Result<()> {
-        let request_id = self.client.inner.write_id().await;
+        let request_id = self.client.inner.write_id().await?;
         crate::lifecycle::close(&self.client, Kind::Election, &self.name, request_id).await
     }
 

@@ -43,7 +43,7 @@ impl Latch {
     /// Joins the latch (once, however often retried); the first participant
     /// leads.
     pub async fn join(&self) -> Result<View> {
-        let header = self.header(self.client.inner.write_id().await);
+        let header = self.header(self.client.inner.write_id().await?);
         let answer = self
             .client
             .call(|channel, left| {
@@ -107,7 +107,7 @@ impl Latch {
     /// Replaces the latch's state with `view` (its epoch may not go
     /// backwards).
     pub async fn restore(&self, view: &View) -> Result<()> {
-        let header = self.header(self.client.inner.write_id().await);
+        let header = self.header(self.client.inner.write_id().await?);
         let latch = la::Latch::from(view);
         let answer = self
             .client
@@ -153,7 +153,7 @@ impl Latch {
 
     /// Leaves the latch (`PrimitiveService.Close`); the session stays open.
     pub async fn close(&self) -> Result<()> {
-        let request_id = self.client.inner.write_id().await;
+        let request_id = self.client.inner.write_id().await?;
         crate::lifecycle::close(&self.client, Kind::Latch, &self.name, request_id).await
     }
 

@@ -6,14 +6,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::feed::spawn_feed;
 use crate::session::{Ended, SessionState};
+use crate::transport::is_transient;
 use crate::view::{Kind, View};
 
 /// How the cluster is told when a leadership is let go.
@@ -144,16 +147,29 @@ impl Leadership {
 
     /// Stops leading (locally first, so nothing acts on it any more) and
     /// tells the cluster: this client withdraws from the election or leaves
-    /// the latch; its session stays open.
+    /// the latch; its session stays open. An error the cluster may get over
+    /// (it is unavailable, the call timed out) is returned, and the library
+    /// goes on telling it in the background until it lands or the session
+    /// ends.
     pub async fn resign(mut self) -> Result<()> {
-        let release = self.release.take();
+        let Some(release) = self.release.take() else {
+            return Ok(());
+        };
         self.shared.end(Ended::Resigned);
-        match release {
-            Some(release) => {
-                let request_id = self.shared.client.inner.write_id().await;
-                let_go(&self.shared, release, request_id).await
+        let request_id = match self.shared.client.inner.write_id().await {
+            Ok(request_id) => request_id,
+            Err(e) => {
+                let request_id = crate::transport::next_request_id();
+                release_in_background(&Handle::current(), self.shared.clone(), release, request_id);
+                return Err(e);
             }
-            None => Ok(()),
+        };
+        match let_go(&self.shared, release, request_id).await {
+            Err(e) if worth_retrying(&e) && self.shared.client.is_alive() => {
+                release_in_background(&Handle::current(), self.shared.clone(), release, request_id);
+                Err(e)
+            }
+            answer => answer,
         }
     }
 }
@@ -164,20 +180,71 @@ impl Drop for Leadership {
             return;
         };
         self.shared.end(Ended::Resigned);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let shared = self.shared.clone();
-            let releases = shared.client.inner.releases.clone();
-            releases.send_modify(|pending| *pending += 1);
+        if let Ok(runtime) = Handle::try_current() {
             // Numbered now, below every write this client makes after the
             // drop (those wait for it to land: `Inner::write_id`).
             let request_id = crate::transport::next_request_id();
-            runtime.spawn(async move {
-                if let Err(e) = let_go(&shared, release, request_id).await {
-                    tracing::warn!(name = %shared.name, "releasing a dropped leadership failed: {e}");
-                }
-                releases.send_modify(|pending| *pending -= 1);
-            });
+            release_in_background(&runtime, self.shared.clone(), release, request_id);
         }
+    }
+}
+
+/// First pause before a release is tried again; it doubles up to
+/// [`RELEASE_RETRY_MAX`].
+const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between tries of a release.
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Lets go in the background, trying again what the cluster could not take
+/// (an outage, a leader change) until it lands, is refused, or the session
+/// ends: a release given up would leave this client first in line for as
+/// long as its process keeps the session alive. Counted in
+/// `Inner::releases` meanwhile, so later writes wait for it.
+fn release_in_background(runtime: &Handle, shared: Arc<Shared>, release: Release, request_id: u64) {
+    let pending = PendingRelease::new(&shared.client.inner.releases);
+    runtime.spawn(async move {
+        let _pending = pending;
+        let mut pause = RELEASE_RETRY_FIRST;
+        loop {
+            match let_go(&shared, release, request_id).await {
+                Ok(()) => return,
+                Err(e) if worth_retrying(&e) && shared.client.is_alive() => {
+                    tracing::debug!(name = %shared.name, "letting go failed, trying again: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RELEASE_RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::warn!(name = %shared.name, "letting go of a leadership failed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Whether a release that failed this way may land if tried again.
+fn worth_retrying(error: &Error) -> bool {
+    error
+        .status()
+        .is_some_and(|status| is_transient(status) || status.code() == Code::DeadlineExceeded)
+}
+
+/// One release on its way, counted in `Inner::releases` until it is
+/// dropped: also when its task is cancelled (its runtime shut down), or
+/// every later write of the client would wait for it for ever.
+struct PendingRelease(tokio::sync::watch::Sender<usize>);
+
+impl PendingRelease {
+    fn new(releases: &tokio::sync::watch::Sender<usize>) -> Self {
+        releases.send_modify(|pending| *pending += 1);
+        PendingRelease(releases.clone())
+    }
+}
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        self.0
+            .send_modify(|pending| *pending = pending.saturating_sub(1));
     }
 }
 
@@ -317,12 +384,7 @@ pub(crate) async fn lead_after(
     }
     // A dropped leadership's withdraw must reach the cluster before this
     // join, or it would undo what the join wins.
-    let _ = client
-        .inner
-        .releases
-        .subscribe()
-        .wait_for(|pending| *pending == 0)
-        .await;
+    client.inner.releases_landed().await?;
     let stop = CancellationToken::new();
     let stop_unless_led = stop.clone().drop_guard();
     // Subscribed before joining, so the change that makes this client

@@ -31,7 +31,7 @@ pub(crate) async fn close(client: &Client, kind: Kind, name: &str, request_id: u
 pub(crate) async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
     let header = client
         .inner
-        .header(kind, name, client.inner.write_id().await);
+        .header(kind, name, client.inner.write_id().await?);
     let answer = client
         .call(|channel, left| {
             let request = DeleteRequest {
