@@ -119,7 +119,13 @@ pub async fn add_node(
     if voters.contains(&id) {
         return Ok(members(replicator));
     }
-    let _changing = replicator.membership_changes().await;
+    let _changing = tokio::time::timeout_at(deadline, replicator.membership_changes())
+        .await
+        .map_err(|_| {
+            ApiError::from(ReplicationError::DeadlineExceeded(
+                "another membership change took all the time there was".into(),
+            ))
+        })?;
     // The rules level as committed, not as applied so far: a new leader
     // may not have applied an adoption its predecessor committed.
     replicator.linearizable_barrier(deadline).await?;
@@ -181,18 +187,8 @@ async fn probe(
     deadline: Instant,
 ) -> Option<crate::proto::baton::v1::NodeInfoResponse> {
     let give_up = deadline.min(Instant::now() + PROBE_PATIENCE);
-    loop {
-        if let Some(info) = replicator.node_info_at(peer_addr).await {
-            return Some(info);
-        }
-        if Instant::now() + PROBE_PAUSE >= give_up {
-            return None;
-        }
-        tokio::time::sleep(PROBE_PAUSE).await;
-    }
+    replicator.probe(peer_addr, give_up).await
 }
-
-const PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// The rules level the cluster's state has adopted.
 fn adopted_rules(replicator: &Replicator) -> u32 {
@@ -270,6 +266,7 @@ fn address_of(replicator: &Replicator, id: NodeId) -> Option<String> {
 pub async fn remove_node(
     replicator: &Replicator,
     id: NodeId,
+    deadline: Instant,
 ) -> Result<(Vec<NodeId>, Vec<NodeId>), ApiError> {
     not_leader(replicator)?;
     let (voters, learners) = members(replicator);
@@ -302,10 +299,13 @@ pub async fn remove_node(
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
     // retain = false: a removed voter does not stay on as a learner.
-    replicator
-        .raft()
-        .change_membership(change, false)
+    tokio::time::timeout_at(deadline, replicator.raft().change_membership(change, false))
         .await
+        .map_err(|_| {
+            ApiError::from(ReplicationError::DeadlineExceeded(format!(
+                "the removal of node {id} was not committed in time; it may still be"
+            )))
+        })?
         .map_err(|e| write_error(replicator, e))?;
     Ok(members(replicator))
 }
@@ -376,7 +376,7 @@ pub async fn remove(
             Ok(leader.remove(passed(request, deadline)).await?.into_inner())
         }
         None => {
-            let (voters, learners) = remove_node(replicator, request.id)
+            let (voters, learners) = remove_node(replicator, request.id, deadline)
                 .await
                 .map_err(tonic::Status::from)?;
             Ok(Members { voters, learners })

@@ -403,11 +403,17 @@ pub struct RpcMetricsService<S> {
     metrics: Arc<Metrics>,
 }
 
-/// Known gRPC paths keep their name; anything else is one label, so a
-/// scanner cannot grow the label set without bound.
-fn method_label(path: &str) -> String {
+/// A served method keeps its path as its label; anything else is one
+/// label, so a scanner cannot grow the label set without bound. What the
+/// port does not serve is known from its answer: UNIMPLEMENTED, which no
+/// handler of the client port answers itself (an unknown method of a known
+/// service included, which a prefix of the path could not tell).
+fn method_label(path: &str, code: tonic::Code) -> String {
     let known = ["/atomix.", "/baton.", "/grpc."];
-    if known.iter().any(|prefix| path.starts_with(prefix)) && path.len() <= 128 {
+    let served = code != tonic::Code::Unimplemented
+        && known.iter().any(|prefix| path.starts_with(prefix))
+        && path.len() <= 128;
+    if served {
         path.to_owned()
     } else {
         "other".to_owned()
@@ -430,7 +436,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let path = request.uri().path().to_owned();
         let started = Instant::now();
         let answer = self.inner.call(request);
         let metrics = self.metrics.clone();
@@ -448,7 +454,11 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Unknown,
             };
-            metrics.observe_rpc(method, code, started.elapsed().as_secs_f64());
+            metrics.observe_rpc(
+                method_label(&path, code),
+                code,
+                started.elapsed().as_secs_f64(),
+            );
             answer
         })
     }

@@ -91,24 +91,42 @@ impl PeerChannels {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let scheme = if self.tls.is_some() { "https" } else { "http" };
-                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5));
-                if let Some(tls) = &self.tls {
-                    endpoint = endpoint.tls_config(tls.clone())?;
-                }
-                let channel = endpoint.connect_lazy();
+                let channel = self.connect_lazy(addr)?;
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
         };
-        Ok(RaftServiceClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+        Ok(peer_client(channel))
     }
+
+    /// A client for the peer service at `addr` on a channel of its own,
+    /// not kept: for an address a caller names (an AddNode's), which may
+    /// be anyone's, so that such calls leave nothing behind.
+    pub fn client_once(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        Ok(peer_client(self.connect_lazy(addr)?))
+    }
+
+    fn connect_lazy(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+fn peer_client(channel: Channel) -> RaftServiceClient<Channel> {
+    RaftServiceClient::new(channel)
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
 }
 
 /// Whether a failed call never reached the peer (so retrying cannot apply

@@ -87,6 +87,21 @@ pub fn admit(command: &Command, state: &StateHandle) -> Result<(), CommandError>
     Ok(())
 }
 
+/// Pause between a probe's tries.
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the node behind `client` says of itself, if it answers in time.
+async fn node_info(mut client: RaftServiceClient<Channel>) -> Option<NodeInfoResponse> {
+    let info = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.node_info(NodeInfoRequest {}),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(info.into_inner())
+}
+
 /// The reply to a forwarded proposal.
 pub type ProposeReply = Result<CommandResult, ProposeRejection>;
 
@@ -377,15 +392,23 @@ impl Replicator {
     /// What the node at peer address `addr` says of itself, if it answers
     /// within 500 ms (a node that is not a member yet, too).
     pub async fn node_info_at(&self, addr: &str) -> Option<NodeInfoResponse> {
-        let mut client = self.inner.channels.client(addr).ok()?;
-        let info = tokio::time::timeout(
-            Duration::from_millis(500),
-            client.node_info(NodeInfoRequest {}),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        Some(info.into_inner())
+        node_info(self.inner.channels.client(addr).ok()?).await
+    }
+
+    /// Asks whoever is at `addr` what it says of itself until it answers
+    /// or `give_up` comes, over a channel that is not kept (`addr` may be
+    /// any caller's guess).
+    pub async fn probe(&self, addr: &str, give_up: Instant) -> Option<NodeInfoResponse> {
+        let client = self.inner.channels.client_once(addr).ok()?;
+        loop {
+            if let Some(info) = node_info(client.clone()).await {
+                return Some(info);
+            }
+            if Instant::now() + PROBE_PAUSE >= give_up {
+                return None;
+            }
+            tokio::time::sleep(PROBE_PAUSE).await;
+        }
     }
 
     /// The client address of node `id`, if already known.

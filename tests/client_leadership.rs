@@ -800,6 +800,44 @@ async fn closing_a_client_ends_its_observers_and_their_streams() {
     .await;
 }
 
+/// An observer nobody reads fills its buffer; closing the client must end
+/// its Events stream all the same, or the node would keep the closed
+/// client's session alive for it (had the close not reached the cluster)
+/// or hold the stream until its lease ran out.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_client_ends_an_observer_nobody_reads() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let a = Client::builder(&cluster.endpoints())
+        .client_id("a")
+        .session_timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .expect("a");
+    let b = client_on(&cluster, 1, "b");
+    let mut views = entered_and_observed(&a, "unread").await;
+    for _ in 0..25 {
+        b.election("unread").enter().await.expect("b enters");
+        b.election("unread").withdraw().await.expect("b withdraws");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.close().await.expect("close");
+    eventually(Duration::from_secs(5), "no stream left open", || async {
+        for id in [1, 2, 3] {
+            if cluster.status(id).await?.open_streams != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let end = end_of(&mut views, Duration::from_secs(5))
+        .await
+        .expect("the observer ends");
+    assert!(matches!(end, Some(Err(_))), "{end:?}");
+}
+
 /// A client cut off for longer than its session timeout has lost its
 /// session: the library says so (`session_ended`, an error on `observe()`)
 /// and never opens the session again behind the caller's back. Before, the

@@ -16,6 +16,45 @@ async fn scrape(addr: &str) -> String {
         .unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
 }
 
+/// Methods the client port does not serve, even under a served service's
+/// name, are counted under one label: a scanner calling made-up methods
+/// must not grow the metrics (and the node's memory) without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_to_unknown_methods_share_one_metric_label() {
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    let _serial = serial().await;
+    let cluster = Cluster::start_with_metrics().await;
+    let leader = cluster.wait_for_leader().await;
+    let mut grpc = tonic::client::Grpc::new(cluster.channel(leader));
+    for i in 0..20 {
+        for path in [
+            format!("/atomix.primitive.PrimitiveService/Made{i}Up"),
+            format!("/baton.v1.Made{i}Up/Call"),
+        ] {
+            grpc.ready().await.expect("ready");
+            let status = grpc
+                .unary(
+                    tonic::Request::new(()),
+                    PathAndQuery::try_from(path.as_str()).expect("path"),
+                    tonic::codec::ProstCodec::<(), ()>::default(),
+                )
+                .await
+                .expect_err("an unknown method");
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
+        }
+    }
+    let text = scrape(&cluster.node(leader).metrics_addr).await;
+    assert!(
+        !text.contains("Made"),
+        "unknown methods got labels:\n{text}"
+    );
+    assert!(
+        text.contains(r#"baton_rpc_requests_total{method="other",code="Unimplemented"} 40"#),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_load_exports_its_metrics_and_they_move() {
     let _serial = serial().await;

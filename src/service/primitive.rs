@@ -37,7 +37,7 @@ impl PrimitiveApi {
             .into_iter()
             .find(|kind| kind.type_name() == given)
             .ok_or_else(|| CommandError::WrongPrimitiveType {
-                given: given.to_owned(),
+                given: baton_state::shown(given),
                 expected: "LeaderLatch or Election".to_owned(),
             })?;
         self.context.caller(request, kind)

@@ -114,10 +114,14 @@ struct Journal {
 impl Journal {
     fn count_unknown(&mut self, status: &Status) {
         self.unknown += 1;
-        *self
+        let count = self
             .unknown_codes
             .entry(format!("{:?}", status.code()))
-            .or_default() += 1;
+            .or_default();
+        if *count == 0 {
+            println!("first unknown outcome of its kind: {status:?}");
+        }
+        *count += 1;
     }
 }
 

@@ -9,6 +9,9 @@ use std::process::Command;
 /// The test's own address, as nodes see it.
 pub const CLIENT_ADDR: &str = "10.77.1.1";
 
+/// The nodes' addresses.
+const NODES_NET: &str = "10.77.0.0/24";
+
 pub fn node_addr(id: u64) -> String {
     format!("10.77.0.{id}")
 }
@@ -99,6 +102,12 @@ impl Topology {
         };
         topology.teardown();
         must(&["addr", "replace", &format!("{CLIENT_ADDR}/32"), "dev", "lo"]);
+        // A node whose link to the test is down must be silent, as across a
+        // real partition. Without this route, its address fell to the
+        // default route, and whatever answers there did: on one machine an
+        // egress proxy answered every call HTTP 404 ("server: keryx"),
+        // which clients read as UNIMPLEMENTED.
+        must(&["route", "replace", "blackhole", NODES_NET]);
         for &id in nodes {
             let ns = topology.netns(id);
             must(&["netns", "add", &ns]);
@@ -218,6 +227,7 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.teardown();
+        let _ = ip(&["route", "del", "blackhole", NODES_NET]);
         let _ = ip(&["addr", "del", &format!("{CLIENT_ADDR}/32"), "dev", "lo"]);
     }
 }

@@ -121,7 +121,7 @@ pub(crate) fn spawn_feed(
 
 async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Result<View>>) {
     let endpoints = &client.inner.endpoints;
-    let mut index = endpoints.preferred();
+    let mut rotation = endpoints.rotation();
     let mut last: Option<View> = None;
     let mut failures = 0usize;
     loop {
@@ -140,7 +140,7 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
         }
         let opened = tokio::time::timeout(
             client.inner.call_timeout,
-            Events::open(client, kind, name, index),
+            Events::open(client, kind, name, rotation.index()),
         )
         .await
         .unwrap_or_else(|_| {
@@ -151,8 +151,8 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
         let mut events = match opened {
             Ok(events) => events,
             Err(status) if is_retryable(&status) => {
-                tracing::debug!(index, "Events refused: {status}");
-                index = endpoints.after_failure(index, &status);
+                tracing::debug!(index = rotation.index(), "Events refused: {status}");
+                endpoints.after_failure(&mut rotation, &status);
                 failures += 1;
                 if failures.is_multiple_of(endpoints.len()) {
                     tokio::time::sleep(REOPEN_PAUSE).await;
@@ -177,12 +177,7 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
             // feed at once: its open stream would otherwise keep the session
             // alive on the cluster.
             let next = tokio::select! {
-                _ = ended.cancelled() => {
-                    if let Err(error) = client.inner.check_session() {
-                        let _ = tx.send(Err(error)).await;
-                    }
-                    return;
-                }
+                _ = ended.cancelled() => return end_feed(client, events, tx).await,
                 next = events.next_view() => next,
             };
             match next {
@@ -194,15 +189,21 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
                     failures = 0;
                     if is_news(last.as_ref(), &view) {
                         last = Some(view.clone());
-                        if tx.send(Ok(view)).await.is_err() {
+                        // A reader that fell behind holds this up: the
+                        // session's end must not wait for it.
+                        let sent = tokio::select! {
+                            sent = tx.send(Ok(view)) => sent,
+                            _ = ended.cancelled() => return end_feed(client, events, tx).await,
+                        };
+                        if sent.is_err() {
                             return;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(status) => {
-                    tracing::debug!(index, "Events ended: {status}");
-                    index = endpoints.after_failure(index, &status);
+                    tracing::debug!(index = rotation.index(), "Events ended: {status}");
+                    endpoints.after_failure(&mut rotation, &status);
                     break;
                 }
             }
@@ -211,6 +212,16 @@ async fn run_feed(client: &Client, kind: Kind, name: &str, tx: &mpsc::Sender<Res
         if failures.is_multiple_of(endpoints.len()) {
             tokio::time::sleep(REOPEN_PAUSE).await;
         }
+    }
+}
+
+/// Ends a feed whose session is over on this side (closed, or found gone):
+/// its Events stream first, which would otherwise keep the session alive on
+/// the cluster, then the feed, with the error once the reader has room.
+async fn end_feed(client: &Client, events: Events, tx: &mpsc::Sender<Result<View>>) {
+    drop(events);
+    if let Err(error) = client.inner.check_session() {
+        let _ = tx.send(Err(error)).await;
     }
 }
 

@@ -50,7 +50,7 @@ pub use latch::Latch;
 pub use leadership::Leadership;
 pub use session::Ended;
 pub use transport::{
-    is_session_gone, is_transient, next_request_id, with_deadline, Endpoints, LEADER_HINT_METADATA,
-    SESSION_GONE_METADATA,
+    is_session_gone, is_transient, next_request_id, with_deadline, Endpoints, Rotation,
+    LEADER_HINT_METADATA, SESSION_GONE_METADATA,
 };
 pub use view::{Kind, View};

@@ -109,6 +109,22 @@ pub fn with_deadline<T>(message: T, remaining: Duration) -> tonic::Request<T> {
     request
 }
 
+/// Where a call (or a feed) stands among the endpoints: the endpoint whose
+/// turn it is, and the one being tried, which differs while a leader hint
+/// is followed.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    in_turn: usize,
+    at: usize,
+}
+
+impl Rotation {
+    /// The endpoint to try now.
+    pub fn index(&self) -> usize {
+        self.at
+    }
+}
+
 /// Endpoints learned from leader hints beyond those given: enough for a
 /// cluster that grew, bounded against a flood of odd hints.
 const MAX_LEARNED_ENDPOINTS: usize = 16;
@@ -215,19 +231,38 @@ impl Endpoints {
         Some(known.len() - 1)
     }
 
-    /// The endpoint to try after `index` failed with `status`: the leader it
-    /// hinted at (learned if it is not one of ours yet), else the next one.
-    pub fn after_failure(&self, index: usize, status: &Status) -> usize {
+    /// A rotation over the endpoints starting at the one that answered
+    /// last.
+    pub fn rotation(&self) -> Rotation {
+        let preferred = self.preferred();
+        Rotation {
+            in_turn: preferred,
+            at: preferred,
+        }
+    }
+
+    /// Moves `rotation` on after its endpoint failed with `status`, and
+    /// returns the endpoint to try next: the leader it hinted at (learned
+    /// if it is not one of ours yet), unless the failed try was itself such
+    /// a detour; else the endpoint after the last one tried in turn. So a
+    /// stale hint to an unreachable node costs one try, instead of keeping
+    /// the call between those two nodes and away from the others.
+    pub fn after_failure(&self, rotation: &mut Rotation, status: &Status) -> usize {
         let len = self.len();
         let hinted = status
             .metadata()
             .get(LEADER_HINT_METADATA)
             .and_then(|v| v.to_str().ok())
             .and_then(|address| self.index_of(address));
+        let detour = rotation.at != rotation.in_turn;
         match hinted {
-            Some(hinted) if hinted != index % len => hinted,
-            _ => (index + 1) % self.len(),
+            Some(hinted) if !detour && hinted != rotation.at % len => rotation.at = hinted,
+            _ => {
+                rotation.in_turn = (rotation.in_turn + 1) % len;
+                rotation.at = rotation.in_turn;
+            }
         }
+        rotation.at
     }
 
     /// Calls `rpc` (given a channel and the time it may take) on one
@@ -256,7 +291,8 @@ impl Endpoints {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + timeout;
-        let mut index = self.preferred();
+        let mut rotation = self.rotation();
+        let mut index = rotation.index();
         let mut attempts = 0usize;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -287,7 +323,7 @@ impl Endpoints {
                 }
             };
             attempts += 1;
-            index = self.after_failure(index, &status);
+            index = self.after_failure(&mut rotation, &status);
             if attempts.is_multiple_of(self.len()) {
                 tokio::time::sleep(ROUND_PAUSE.min(remaining)).await;
             }
@@ -324,6 +360,42 @@ mod tests {
         assert!(!is_transient(&Status::unknown("something else")));
         assert!(!is_transient(&Status::invalid_argument("bad name")));
         assert!(!is_transient(&Status::deadline_exceeded("too late")));
+    }
+
+    /// A stale hint to a node the client cannot reach sent every other try
+    /// back to the node that gave it: with `[a, b, c]`, `a` hinting at `c`
+    /// and `c` unreachable, `b` was never tried.
+    // A runtime: a learned endpoint's channel is made on one.
+    #[tokio::test]
+    async fn a_hint_is_one_detour_and_the_rotation_goes_on_past_the_node_that_gave_it() {
+        let given = ["a:1", "b:2", "c:3"].map(String::from);
+        let endpoints = Endpoints::new(&given).expect("endpoints");
+        let mut hinting = Status::unavailable("not the leader");
+        hinting
+            .metadata_mut()
+            .insert(LEADER_HINT_METADATA, "c:3".parse().expect("metadata value"));
+        let unreachable = Status::unavailable("connection refused");
+        let mut rotation = endpoints.rotation();
+        assert_eq!(rotation.index(), 0);
+        assert_eq!(endpoints.after_failure(&mut rotation, &hinting), 2);
+        assert_eq!(endpoints.after_failure(&mut rotation, &unreachable), 1);
+        // `b` hints at `c` too: one more detour, then on to `c` in turn.
+        assert_eq!(endpoints.after_failure(&mut rotation, &hinting), 2);
+        assert_eq!(endpoints.after_failure(&mut rotation, &unreachable), 2);
+        assert_eq!(endpoints.after_failure(&mut rotation, &unreachable), 0);
+        // A hint naming the endpoint that gave it is no detour.
+        let mut rotation = endpoints.rotation();
+        let mut own = Status::unavailable("no quorum");
+        own.metadata_mut()
+            .insert(LEADER_HINT_METADATA, "a:1".parse().expect("metadata value"));
+        assert_eq!(endpoints.after_failure(&mut rotation, &own), 1);
+        // A hint naming a node not given is learned and tried.
+        let mut rotation = endpoints.rotation();
+        let mut new = Status::unavailable("not the leader");
+        new.metadata_mut()
+            .insert(LEADER_HINT_METADATA, "d:4".parse().expect("metadata value"));
+        assert_eq!(endpoints.after_failure(&mut rotation, &new), 3);
+        assert_eq!(endpoints.after_failure(&mut rotation, &unreachable), 1);
     }
 
     #[test]

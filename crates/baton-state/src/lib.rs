@@ -32,7 +32,7 @@ mod session;
 pub use command::{Applied, ChangeEvent, ClientRequest, Command, Operation, Response};
 pub use error::{CommandError, ErrorKind};
 pub use limits::{
-    resolve_session_timeout, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_EPOCH,
+    resolve_session_timeout, shown, validate_id, Limits, DEFAULT_SESSION_TIMEOUT_MS, MAX_EPOCH,
     MAX_ID_BYTES, MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS,
 };
 pub use machine::{StateMachine, Tombstone, ORDERED_REQUESTS, RULES, TOMBSTONE_TTL_MS};

@@ -39,6 +39,19 @@ impl Default for Limits {
     }
 }
 
+/// Characters of a client's string an error message quotes at most: a
+/// message travels in a header, and a field no check bounds (a type name, a
+/// snapshot's leader) may be up to a whole message long.
+const SHOWN_CHARS: usize = 64;
+
+/// `text` as an error message quotes it: cut short past [`SHOWN_CHARS`].
+pub fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// Checks that a required identifier is present and not oversized.
 pub fn validate_id(what: &'static str, id: &str) -> Result<(), CommandError> {
     if id.is_empty() {
@@ -70,4 +83,23 @@ pub fn resolve_session_timeout(requested_ms: u64) -> Result<u64, CommandError> {
         });
     }
     Ok(requested_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PrimitiveKind;
+
+    #[test]
+    fn an_error_quotes_a_long_string_cut_short_on_a_character_boundary() {
+        assert_eq!(shown("Election"), "Election");
+        let long = "é".repeat(100_000);
+        let quoted = shown(&long);
+        assert_eq!(quoted.chars().count(), SHOWN_CHARS + 1);
+        assert!(quoted.ends_with('…'));
+        let refused = PrimitiveKind::Latch
+            .check_type_name(&"x".repeat(1 << 20))
+            .expect_err("a wrong type");
+        assert!(refused.to_string().len() < 200, "{refused}");
+    }
 }

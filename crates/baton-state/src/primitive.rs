@@ -34,7 +34,7 @@ impl PrimitiveKind {
             Ok(())
         } else {
             Err(CommandError::WrongPrimitiveType {
-                given: given.to_owned(),
+                given: crate::limits::shown(given),
                 expected: self.type_name().to_owned(),
             })
         }
@@ -187,7 +187,7 @@ impl PrimitiveSnapshot {
         if !self.leader.is_empty() && self.leader != first {
             return Err(malformed(format!(
                 "leader {:?} is not the first member {first:?}",
-                self.leader
+                crate::limits::shown(&self.leader)
             )));
         }
         Ok(())
