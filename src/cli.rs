@@ -99,8 +99,9 @@ struct ServeArgs {
     /// --client-address-template, else --listen.
     #[arg(long, env = "BATON_ADVERTISE")]
     advertise: Option<String>,
-    /// Join the cluster at these client endpoints instead of forming one:
-    /// the node starts empty and waits for `baton cluster add-node`.
+    /// Join an existing cluster instead of forming one: the node starts
+    /// empty and waits for `baton cluster add-node` (which the cluster's
+    /// endpoints given here are not asked for: any non-empty value will do).
     #[arg(long, env = "BATON_JOIN", value_delimiter = ',')]
     join: Vec<String>,
     /// StatefulSet pod name, e.g. baton-2 (Kubernetes sets HOSTNAME to it).
@@ -416,8 +417,37 @@ async fn watch_forever(
     Ok(())
 }
 
+/// The commands that act as one client on places it holds: with a
+/// generated id they would change nothing (leave, withdraw, close, renew)
+/// or leave a place that nobody keeps alive behind (join, enter). `None`
+/// for the rest: reads, commands naming their candidate, and a campaign,
+/// which keeps its own session.
+fn acts_as_a_client(command: &Commands) -> Option<&'static str> {
+    match command {
+        Commands::Latch { action } => match action {
+            LatchAction::Join { .. } => Some("latch join"),
+            LatchAction::Close { .. } => Some("latch close"),
+            _ => None,
+        },
+        Commands::Election { action } => match action {
+            ElectionAction::Enter { .. } => Some("election enter"),
+            ElectionAction::Withdraw { .. } => Some("election withdraw"),
+            ElectionAction::Close { .. } => Some("election close"),
+            _ => None,
+        },
+        Commands::Session { .. } => Some("session"),
+        _ => None,
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(args: Args) -> CliResult {
+    if let (None, Some(command)) = (&args.client_id, acts_as_a_client(&args.command)) {
+        return Err(format!(
+            "`baton {command}` acts as a client: name it with --client-id (or BATON_CLIENT_ID)"
+        )
+        .into());
+    }
     let client_id = args
         .client_id
         .clone()
@@ -454,7 +484,7 @@ pub async fn run(args: Args) -> CliResult {
             let tls = tls_ca.as_ref().map(|ca| {
                 ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca))
             });
-            cluster_status(&args.endpoints, tls, &out).await
+            cluster_status(&args.endpoints, tls, timeout, &out).await
         }
         Commands::Cluster {
             action: ClusterAction::AddNode { id, peer_addr },
@@ -712,14 +742,26 @@ async fn election_command(
 
 /// `baton election campaign NAME`: campaigns, says "leading with epoch N"
 /// once it leads, keeps the session alive, resigns on Ctrl-C or SIGTERM, and
-/// fails the moment leadership is lost.
+/// fails the moment leadership is lost. However it ends, its session is
+/// closed on the way out, so that it is nobody's candidate any more.
 async fn campaign(client: &Client, name: &str, out: &Output) -> CliResult {
+    let ended = campaign_until_done(client, name, out).await;
+    let closed = client.close().await;
+    ended?;
+    closed?;
+    Ok(())
+}
+
+async fn campaign_until_done(client: &Client, name: &str, out: &Output) -> CliResult {
+    // One subscription for the whole campaign: a signal that came while
+    // the campaign turned into a leadership is not lost.
+    let terminated = termination();
+    tokio::pin!(terminated);
     let election = client.election(name);
     let leadership = tokio::select! {
         leadership = election.campaign() => leadership?,
-        _ = termination() => {
+        _ = &mut terminated => {
             election.withdraw().await?;
-            client.close().await?;
             return Ok(());
         }
     };
@@ -735,9 +777,8 @@ async fn campaign(client: &Client, name: &str, out: &Output) -> CliResult {
         why = leadership.lost() => {
             Err(format!("lost leadership of {name} (epoch {}): {why}", leadership.epoch()).into())
         }
-        _ = termination() => {
+        _ = &mut terminated => {
             leadership.resign().await?;
-            client.close().await?;
             println!("resigned");
             Ok(())
         }
@@ -784,7 +825,9 @@ async fn session_command(
 /// the whole new one: a temporary file beside it, fsynced, then renamed.
 fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let temporary = file.with_extension("partial");
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = std::path::PathBuf::from(temporary);
     let mut out = std::fs::File::create(&temporary)?;
     out.write_all(bytes)?;
     out.sync_all()?;
@@ -809,6 +852,7 @@ struct NodeStatus {
 async fn cluster_status(
     endpoints: &[String],
     tls: Option<ClientTlsConfig>,
+    timeout: Duration,
     out: &Output,
 ) -> CliResult {
     let client = Endpoints::with_tls(endpoints, tls)?;
@@ -819,8 +863,8 @@ async fn cluster_status(
     for (index, endpoint) in endpoints.iter().enumerate() {
         let mut admin = AdminServiceClient::new(client.channel(index));
         let reply: Option<StatusResponse> = tokio::time::timeout(
-            Duration::from_secs(1),
-            admin.status(with_deadline(StatusRequest {}, Duration::from_secs(1))),
+            timeout,
+            admin.status(with_deadline(StatusRequest {}, timeout)),
         )
         .await
         .ok()

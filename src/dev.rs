@@ -66,10 +66,16 @@ pub async fn run(data_dir: PathBuf, base_port: u16) -> Result<(), Box<dyn std::e
             status = c[0].wait() => status,
         }
     };
-    tokio::select! {
-        _ = crate::cli::termination() => println!("stopping"),
-        status = first_exit => println!("a node exited ({status:?}); stopping the others"),
-    }
+    let failed = tokio::select! {
+        _ = crate::cli::termination() => {
+            println!("stopping");
+            None
+        }
+        status = first_exit => {
+            println!("a node exited ({status:?}); stopping the others");
+            Some(format!("a node exited by itself ({status:?}); see its output above"))
+        }
+    };
     for child in &mut children {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) with a pid we spawned and a valid signal number.
@@ -82,5 +88,8 @@ pub async fn run(data_dir: PathBuf, base_port: u16) -> Result<(), Box<dyn std::e
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
         let _ = child.start_kill();
     }
-    Ok(())
+    match failed {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
 }

@@ -4,7 +4,6 @@
 //! kept where things happen (forwarding, expiry, leadership changes).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -331,13 +330,12 @@ impl Metrics {
 /// cannot speak TLS, so a node with TLS on its client port could not be
 /// probed there.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     context: Context,
     ready: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = crate::node::listen(addr)?;
     let readiness = move || {
         let serving = *ready.borrow();
         async move {

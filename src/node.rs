@@ -284,6 +284,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Raft RPCs time out by design (heartbeats wait at most one interval),
     // and every timeout resets an HTTP/2 stream; h2's rapid-reset guard
     // would otherwise close the peer connection under a partition.
+    if config.client_tls.is_some() && config.peer_tls.is_none() {
+        // Allowed (a cluster on a private network), but the peer port
+        // takes AppendEntries and membership changes from anyone who can
+        // reach it, whatever the client port asks of its clients.
+        tracing::warn!(
+            "the client port speaks TLS and the peer port does not: give --peer-tls-* too, or keep the peer port where only the nodes can reach it"
+        );
+    }
     let mut peer_server = Server::builder();
     if let Some(tls) = &config.peer_tls {
         let mutual = ServerTlsConfig::new()
@@ -374,8 +382,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let leader_watcher = tokio::spawn(metrics.clone().watch_raft_leader(context.clone()));
     let (ready, ready_rx) = watch::channel(false);
     if let Some(addr) = config.metrics_listen {
+        // Bound here, so that a port taken stops the node: left to the
+        // task, it was one log line, and a pod probed there never ready.
+        let listener = listen(addr).map_err(|source| NodeError::Bind { addr, source })?;
         let serving = crate::metrics::serve(
-            addr,
+            listener,
             metrics.clone(),
             context.clone(),
             ready_rx,

@@ -167,6 +167,33 @@ async fn a_paused_leader_never_leads_again_and_exits_as_lost() {
     }
 }
 
+/// A campaigner whose leadership is taken from it exits non-zero, and is
+/// nobody's candidate any more by then: it closes its session on the way
+/// out. Before, it stayed in line until its session expired, so that a
+/// leader leaving meanwhile handed the election to a process that was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaigner_that_lost_its_leadership_is_no_candidate_once_it_exits() {
+    let _serial = serial().await;
+    let cluster = Cluster::start(&[]).await;
+    cluster.wait_for_leader().await;
+    let mut campaigners = vec![Campaigner::start(&cluster, "taken", "job-a")];
+    next_leader(&mut campaigners, Duration::from_secs(20));
+    let b = client_on(&cluster, 1, "b");
+    b.election("taken").enter().await.expect("b enters");
+    b.election("taken").anoint("b").await.expect("b takes over");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let success = loop {
+        if let Some((_, Said::Exited { success })) = campaigners[0].drain().pop() {
+            break success;
+        }
+        assert!(Instant::now() < deadline, "job-a did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!success, "losing leadership is a failure");
+    let term = b.election("taken").term().await.expect("term");
+    assert_eq!(term.members, ["b"], "{term:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_passes_on_when_the_leader_is_killed_or_resigns() {
     let _serial = serial().await;

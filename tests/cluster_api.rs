@@ -535,6 +535,26 @@ async fn the_cli_opens_sessions_with_the_default_or_a_given_timeout() {
         "20000",
     ]);
     assert!(both.contains("timeout 20000 ms"), "{both}");
+    // Acting as a client without naming it would change nothing (a
+    // generated id leaves, closes or renews nothing) or leave a place that
+    // nobody keeps alive behind.
+    for args in [
+        &["latch", "close", "l"][..],
+        &["latch", "join", "l"],
+        &["election", "withdraw", "e"],
+        &["election", "enter", "e"],
+        &["session", "close"],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["--endpoints", &c.endpoints().join(",")])
+            .args(args)
+            .env_remove("BATON_CLIENT_ID")
+            .output()
+            .expect("baton runs");
+        assert!(!output.status.success(), "baton {args:?}: {output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("--client-id"), "baton {args:?}: {said}");
+    }
 }
 
 /// `baton cluster status` prints what it found and exits 1 when no node

@@ -244,7 +244,10 @@ async fn a_session_reopened_with_a_longer_timeout_keeps_its_stream() {
     let cluster = Cluster::start(&[]).await;
     let leader = cluster.wait_for_leader().await;
     let node = cluster.followers_of(leader)[0];
-    open_session(&cluster, node, "w", 1_000).await.unwrap();
+    // 3 s, not less: the stream must live on a lease of a third of it
+    // through whatever stalls a loaded machine's disk (1 s, a 333 ms lease,
+    // ended once in six fresh CI runs); the bug needs only short → long.
+    open_session(&cluster, node, "w", 3_000).await.unwrap();
     let mut stream = latch_events(&cluster, node, "w", "kept").await.unwrap();
     assert!(participants(&stream.next().await.unwrap().unwrap()).is_empty());
     open_session(&cluster, node, "w", 120_000).await.unwrap();

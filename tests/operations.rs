@@ -286,3 +286,42 @@ async fn the_ready_endpoint_follows_the_nodes_health() {
     )
     .await;
 }
+
+/// A node whose metrics port is taken stops with an error: left running,
+/// it served clients while its readiness probe, on that port, could never
+/// answer (one log line said why).
+#[tokio::test]
+async fn a_node_whose_metrics_port_is_taken_does_not_start() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let ports = free_ports(2);
+    let (client, peer) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            &client,
+            "--peer-listen",
+            &peer,
+        ])
+        .args(["--peers", &format!("1={peer}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--metrics-listen", &taken.local_addr().unwrap().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn baton serve");
+    let exit = wait_exit(&mut node, Duration::from_secs(20));
+    let _ = node.kill();
+    let _ = node.wait();
+    let exit = exit.expect("the node stops");
+    assert!(!exit.success(), "{exit:?}");
+}
