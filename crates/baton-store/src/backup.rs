@@ -147,9 +147,19 @@ pub fn seed(dir: &Path, bytes: &[u8]) -> Result<BackupHeader, BackupError> {
     if crate::holds_files(dir)? {
         return Err(BackupError::NotEmpty(dir.display().to_string()));
     }
+    // Marked unfinished first, unmarked last: a restore cut short leaves a
+    // directory no node starts from (it would have started empty and
+    // founded a cluster without the restored state).
+    std::fs::create_dir_all(dir)?;
+    let marker = dir.join(crate::RESTORING);
+    std::fs::File::create(&marker)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
     let db = crate::sled_config(dir).open()?;
     db.open_tree("snapshot")?.insert(SEED, state)?;
     crate::durable::Durable::open(dir, &db)?.flush_blocking()?;
+    drop(db);
+    std::fs::remove_file(&marker)?;
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(header)
 }
 
@@ -178,6 +188,28 @@ mod tests {
         assert!(matches!(
             decode(other.as_bytes()),
             Err(BackupError::Unsupported { .. })
+        ));
+    }
+
+    /// A restore cut short (the process killed while it wrote the seed)
+    /// leaves its marker, and no node starts from such a directory: before
+    /// session 14 one started empty and could found a cluster without the
+    /// restored state.
+    #[test]
+    fn a_directory_whose_restore_did_not_finish_is_not_opened() {
+        let state = serde_json::to_vec(&StateMachine::default()).expect("state");
+        let bytes = encode("cafe0001", 42, &state);
+        let done = tempfile::tempdir().expect("dir");
+        seed(done.path(), &bytes).expect("seeded");
+        assert!(!done.path().join(crate::RESTORING).exists());
+        crate::open(done.path(), baton_state::Limits::default()).expect("a finished restore opens");
+
+        let cut_short = tempfile::tempdir().expect("dir");
+        std::fs::write(cut_short.path().join(crate::RESTORING), b"").expect("marker");
+        drop(crate::sled_config(cut_short.path()).open().expect("sled"));
+        assert!(matches!(
+            crate::open(cut_short.path(), baton_state::Limits::default()),
+            Err(crate::OpenError::RestoreUnfinished(_))
         ));
     }
 

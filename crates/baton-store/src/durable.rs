@@ -93,10 +93,13 @@ impl Durable {
     }
 
     fn flush_once(&self) -> io::Result<()> {
-        self.db.flush().map_err(io::Error::from)?;
         // Blobs first: a durable log record must not point at a blob that
-        // is not on disk yet.
+        // is not on disk yet. sled writes a blob before the record that
+        // points at it, so those of everything written so far are there to
+        // sync; until session 14 they were synced after sled's flush, which
+        // had already sent the records to the disk.
         self.sync_new_blobs()?;
+        self.db.flush().map_err(io::Error::from)?;
         self.inner.file.sync_data()
     }
 

@@ -69,7 +69,14 @@ pub enum OpenError {
     /// A stored snapshot could not be decoded.
     #[error("stored snapshot is corrupt: {0}")]
     CorruptSnapshot(#[from] serde_json::Error),
+    /// A restore into the directory did not finish.
+    #[error("a restore into {0} did not finish: empty the directory and restore again")]
+    RestoreUnfinished(String),
 }
+
+/// The file a restore keeps in the data directory while it writes the
+/// seed ([`backup::seed`]).
+const RESTORING: &str = "restoring";
 
 /// sled's page cache. Its default (1 GiB) let a node holding 100,000
 /// sessions and primitives grow past 400 MB; the hot data here is the
@@ -93,10 +100,15 @@ fn holds_files(dir: &Path) -> std::io::Result<bool> {
 }
 
 /// The one sled configuration, for the node's storage and the probe.
+/// sled's own flusher (every 500 ms by default) is off: every flush that
+/// matters is made, durably, by `durable.rs`, which syncs blob files before
+/// the records that point at them; sled's would write such records out
+/// on its own schedule.
 fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()
         .path(dir)
         .cache_capacity(PAGE_CACHE_BYTES)
+        .flush_every_ms(None)
 }
 
 /// Opens (or creates) the node's storage in `dir`: the log store and the
@@ -105,6 +117,9 @@ pub fn open(
     dir: &Path,
     limits: baton_state::Limits,
 ) -> Result<(LogStore, StateMachineStore), OpenError> {
+    if dir.join(RESTORING).exists() {
+        return Err(OpenError::RestoreUnfinished(dir.display().to_string()));
+    }
     let db = sled_config(dir).open()?;
     let durable = durable::Durable::open(dir, &db)?;
     // How far the stored snapshot reaches, and whether one is on its way
