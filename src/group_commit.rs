@@ -44,6 +44,12 @@ const ENTRY_ANSWER_LIMIT: Duration = Duration::from_secs(30);
 struct Proposal {
     command: Command,
     reply: oneshot::Sender<ProposeReply>,
+    /// For a leader's own duty, the term it was decided in: it is appended
+    /// in that term or not at all. An expiry decided in one term and
+    /// appended in a later one of the same node (deposed and elected again
+    /// while it waited) would come before that term's grace entry, and
+    /// expire sessions by a clock that may have started far ahead.
+    term: Option<u64>,
 }
 
 /// The leader's queue of proposals waiting for an entry.
@@ -74,8 +80,23 @@ impl GroupCommit {
     /// Proposes `command` in the next entry and waits for its result. The
     /// caller must have checked that this node leads.
     pub async fn propose(&self, command: Command) -> ProposeReply {
+        self.propose_as(command, None).await
+    }
+
+    /// Proposes a leader's own duty decided in `term`: refused as
+    /// NotLeader (nothing appended) unless it is appended in that term.
+    pub async fn propose_in_term(&self, command: Command, term: u64) -> ProposeReply {
+        self.propose_as(command, Some(term)).await
+    }
+
+    async fn propose_as(&self, command: Command, term: Option<u64>) -> ProposeReply {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Proposal { command, reply }).await.is_err() {
+        let proposal = Proposal {
+            command,
+            reply,
+            term,
+        };
+        if self.queue.send(proposal).await.is_err() {
             return Err(ProposeRejection::NotLeader);
         }
         answer
@@ -136,6 +157,19 @@ async fn gather(
                 batch.into_iter().map(|proposal| proposal.reply).collect(),
                 ProposeRejection::NotLeader,
             );
+            continue;
+        }
+        let (batch, outdated): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|proposal| proposal.term.is_none_or(|decided| decided == term));
+        answer_all(
+            outdated
+                .into_iter()
+                .map(|proposal| proposal.reply)
+                .collect(),
+            ProposeRejection::NotLeader,
+        );
+        if batch.is_empty() {
             continue;
         }
         entry_commands.observe(batch.len() as f64);

@@ -504,18 +504,34 @@ impl Replicator {
     /// joins the next entry (group commit), stamped with the leader's term
     /// clock.
     pub async fn propose_as_leader(&self, command: Command) -> ProposeReply {
-        {
-            let metrics = self.inner.raft.metrics();
-            let metrics = metrics.borrow();
-            if !leads(&metrics) {
-                return Err(ProposeRejection::NotLeader);
-            }
-            if let Err(loss) = self.inner.liveness.working_leader(&metrics) {
-                return Err(ProposeRejection::NoQuorum(loss.to_string()));
-            }
-        }
+        self.check_office(None)?;
         self.while_leader_reachable(self.inner.group_commit.propose(command))
             .await
+    }
+
+    /// Proposes a leader's own duty decided in `term`, appended in that
+    /// term or not at all.
+    async fn propose_duty(&self, command: Command, term: u64) -> ProposeReply {
+        self.check_office(Some(term))?;
+        let proposed = self.inner.group_commit.propose_in_term(command, term);
+        self.while_leader_reachable(proposed).await
+    }
+
+    /// Whether this node may propose now (in `term`, if given).
+    fn check_office(&self, term: Option<u64>) -> Result<(), ProposeRejection> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let in_office = match term {
+            Some(term) => leads_in(&metrics, term),
+            None => leads(&metrics),
+        };
+        if !in_office {
+            return Err(ProposeRejection::NotLeader);
+        }
+        if let Err(loss) = self.inner.liveness.working_leader(&metrics) {
+            return Err(ProposeRejection::NoQuorum(loss.to_string()));
+        }
+        Ok(())
     }
 
     async fn forward(&self, leader: NodeId, command: &Command) -> ProposeReply {
@@ -666,7 +682,7 @@ impl Replicator {
                     graced = false;
                 }
                 if !graced {
-                    match self.propose_as_leader(Command::LeaderGrace).await {
+                    match self.propose_duty(Command::LeaderGrace, term).await {
                         Ok(_) => {
                             graced = true;
                             let applied = self.inner.state.applied_index().unwrap_or(0);
@@ -687,7 +703,7 @@ impl Replicator {
                 let now = self.leader_now_ms(term);
                 match due {
                     Some(due) if due <= now => {
-                        match self.propose_as_leader(Command::ExpireDue).await {
+                        match self.propose_duty(Command::ExpireDue, term).await {
                             Ok(Ok(Response::Expired { client_ids })) => {
                                 self.inner.expired.inc_by(client_ids.len() as u64);
                             }

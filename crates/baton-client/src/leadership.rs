@@ -88,10 +88,10 @@ impl Leadership {
         kind: Kind,
         name: String,
         view: &View,
+        lapses: u64,
         feed: Feed,
         release: Release,
     ) -> Leadership {
-        let lapses = client.inner.session.lapses();
         let shared = Arc::new(Shared {
             client,
             kind,
@@ -394,6 +394,12 @@ pub(crate) async fn lead_after(
         stop,
         last_epoch: None,
     };
+    // The lease's lapses when the request whose answer is `view` was sent:
+    // an answer that took longer than a lapse and a renewal may name this
+    // client leader of a session the cluster has since expired (and a
+    // late request opened again), so only an answer sent and received
+    // within one run of the lease may start a leadership.
+    let mut sent_in = client.inner.session.lapses();
     let mut view = join.await?;
     // Whether `view` came from the feed, which opened before the join: it
     // may show a state from before the join, even from before a Delete
@@ -404,24 +410,35 @@ pub(crate) async fn lead_after(
     let mut lease = client.inner.session.lease.subscribe();
     loop {
         let stands = view.members.contains(&me);
-        let leads = view.is_led_by(&me) && client.is_alive();
-        if from_feed && (leads || !stands) {
-            // Only the current state may start a leadership or end the
-            // wait: the feed's may be from before the join.
+        let named = view.is_led_by(&me) && client.is_alive();
+        let stale = client.inner.session.lapses() != sent_in;
+        if (from_feed || stale) && (named || !stands) {
+            // Only the current state, read within this run of the lease,
+            // may start a leadership or end the wait: the feed's may be
+            // from before the join.
+            sent_in = client.inner.session.lapses();
             view = current(client, kind, name).await?;
             from_feed = false;
             continue;
         }
+
         if !stands {
             return Err(tonic::Status::aborted(format!(
                 "this client no longer stands in {name:?} (evicted, or the primitive deleted)"
             ))
             .into());
         }
-        if leads {
+        if named {
             stop_unless_led.disarm();
-            let leadership =
-                Leadership::start(client.clone(), kind, name.to_owned(), &view, feed, release);
+            let leadership = Leadership::start(
+                client.clone(),
+                kind,
+                name.to_owned(),
+                &view,
+                sent_in,
+                feed,
+                release,
+            );
             return Ok(Some(leadership));
         }
         // Named leader while the lease has lapsed: no change may come to
@@ -433,6 +450,7 @@ pub(crate) async fn lead_after(
             next = feed.recv() => next,
             Ok(()) = lease.changed(), if lapsed => {
                 if client.is_alive() {
+                    sent_in = client.inner.session.lapses();
                     view = current(client, kind, name).await?;
                     from_feed = false;
                 }
@@ -452,6 +470,7 @@ pub(crate) async fn lead_after(
             // the join's epoch and never hears of it. The current state
             // says whether this client still stands.
             Some(Ok(Fed::Deleted(_) | Fed::Next(_))) => {
+                sent_in = client.inner.session.lapses();
                 view = current(client, kind, name).await?;
                 from_feed = false;
             }
