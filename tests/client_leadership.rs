@@ -816,15 +816,7 @@ async fn closing_a_client_ends_its_observers_and_their_streams() {
         .await
         .expect("the observer ends once its client closed the session");
     assert!(matches!(end, Some(Err(_))), "{end:?}");
-    eventually(Duration::from_secs(5), "no stream left open", || async {
-        for id in [1, 2, 3] {
-            if cluster.status(id).await?.open_streams != 0 {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    no_stream_left_open(&cluster).await;
 }
 
 /// An observer nobody reads fills its buffer; closing the client must end
@@ -850,15 +842,7 @@ async fn closing_a_client_ends_an_observer_nobody_reads() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.close().await.expect("close");
-    eventually(Duration::from_secs(5), "no stream left open", || async {
-        for id in [1, 2, 3] {
-            if cluster.status(id).await?.open_streams != 0 {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    no_stream_left_open(&cluster).await;
     let end = end_of(&mut views, Duration::from_secs(5))
         .await
         .expect("the observer ends");
@@ -939,6 +923,19 @@ async fn end_of(
         }
     })
     .await
+}
+
+/// Waits until no node holds an Events stream open.
+async fn no_stream_left_open(cluster: &Cluster) {
+    eventually(Duration::from_secs(5), "no stream left open", || async {
+        for id in [1, 2, 3] {
+            if cluster.status(id).await?.open_streams != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
 }
 
 /// Library clients "a" and "b", each with its own session, on all nodes.
