@@ -69,6 +69,10 @@ pub enum OpenError {
     /// A stored snapshot could not be decoded.
     #[error("stored snapshot is corrupt: {0}")]
     CorruptSnapshot(#[from] serde_json::Error),
+    /// sled gave up on the directory's contents by panicking (it unwraps
+    /// some of what it reads at open).
+    #[error("the data directory is unreadable: {0}")]
+    Unreadable(String),
     /// A restore into the directory did not finish.
     #[error("a restore into {0} did not finish: empty the directory and restore again")]
     RestoreUnfinished(String),
@@ -111,6 +115,24 @@ fn sled_config(dir: &Path) -> sled::Config {
         .flush_every_ms(None)
 }
 
+/// Opens sled in `dir`. sled 0.34 unwraps some of what it reads at open
+/// (a blob file name that is not UTF-8 panicked the node), and what is on
+/// the disk must end in an error, not a panic.
+fn open_sled(dir: &Path) -> Result<sled::Db, OpenError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_config(dir).open()));
+    match opened {
+        Ok(db) => Ok(db?),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "sled panicked".to_owned());
+            Err(OpenError::Unreadable(why))
+        }
+    }
+}
+
 /// Opens (or creates) the node's storage in `dir`: the log store and the
 /// state machine store share one sled database.
 pub fn open(
@@ -120,7 +142,7 @@ pub fn open(
     if dir.join(RESTORING).exists() {
         return Err(OpenError::RestoreUnfinished(dir.display().to_string()));
     }
-    let db = sled_config(dir).open()?;
+    let db = open_sled(dir)?;
     let durable = durable::Durable::open(dir, &db)?;
     // How far the stored snapshot reaches, and whether one is on its way
     // from the leader: the state machine store says, the log store waits
@@ -153,4 +175,30 @@ pub async fn found_on_seed(
     members: std::collections::BTreeMap<NodeId, openraft::BasicNode>,
 ) -> Result<bool, OpenError> {
     state.found_on_seed(members, log.is_pristine()?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    /// sled 0.34 unwraps file names in its blob directory at open: a name
+    /// that is not UTF-8 (a stray file, a damaged directory) panicked the
+    /// node. Such disk contents must end in an error instead.
+    #[test]
+    fn a_data_directory_that_makes_sled_panic_is_an_error() {
+        let dir = tempfile::tempdir().expect("dir");
+        drop(open(dir.path(), baton_state::Limits::default()).expect("a new store"));
+        let stray = dir
+            .path()
+            .join("blobs")
+            .join(std::ffi::OsStr::from_bytes(b"\xff"));
+        std::fs::write(stray, b"x").expect("a stray blob");
+        match open(dir.path(), baton_state::Limits::default()) {
+            Err(OpenError::Unreadable(why)) => assert!(!why.is_empty()),
+            Err(other) => panic!("another error: {other}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
 }
