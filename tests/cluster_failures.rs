@@ -275,7 +275,9 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     let leader = cluster.wait_for_leader().await;
     let node = cluster.followers_of(leader)[0];
 
-    open_session(&cluster, node, "short", 1_000).await.unwrap();
+    // 2 s: a renewal refused for a moment on a loaded machine must not
+    // end it (1 s did not leave that room).
+    open_session(&cluster, node, "short", 2_000).await.unwrap();
     open_session(&cluster, node, "next", LONG_SESSION_MS)
         .await
         .unwrap();
@@ -283,10 +285,10 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     let latch = join(&cluster, node, "next", "lease").await.unwrap();
     assert_eq!((latch.leader.as_deref(), latch.epoch), (Some("short"), 1));
 
-    // Kept alive by explicit keep-alives for three timeouts: keeps its place.
+    // Kept alive by explicit keep-alives for two timeouts: keeps its place.
     let started = Instant::now();
     let mut stopped = started;
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(4) {
         keep_alive(&cluster, node, "short").await.unwrap();
         stopped = Instant::now();
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -312,7 +314,7 @@ async fn a_lapsed_session_hands_over_and_a_closed_one_hands_over_at_once() {
     )
     .await;
     assert!(
-        stopped.elapsed() >= Duration::from_millis(500),
+        stopped.elapsed() >= Duration::from_millis(1_000),
         "expired before its timeout"
     );
     assert_eq!(latch.members, ["next"]);

@@ -753,20 +753,22 @@ pub async fn keep_alive(
     .await
 }
 
-/// `call` again, 25 ms later, while it answers UNAVAILABLE (up to 20
-/// times), as every client does: a follower that has not heard from its
-/// leader for the leader lease (200 ms) — just resumed, or starved of CPU
-/// on a loaded machine — refuses at once. Any other answer is returned.
+/// `call` again, 25 ms later, while it answers UNAVAILABLE (for up to 5 s),
+/// as every client does: a follower that has not heard from its leader for
+/// the leader lease (200 ms) — just resumed, or starved of CPU on a loaded
+/// machine — refuses at once. Any other answer is returned. (Up to 20
+/// tries, 0.5 s, until session 14: short for a loaded CI machine.)
 pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let mut tries = 0;
+    let give_up = Instant::now() + Duration::from_secs(5);
     loop {
         match call().await {
-            Err(status) if status.code() == tonic::Code::Unavailable && tries < 20 => {
-                tries += 1;
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < give_up =>
+            {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             answer => return answer,
