@@ -66,6 +66,10 @@ pub struct Caller {
     pub request_id: u64,
     /// The primitive named by `RequestHeader.primitive_id`.
     pub key: PrimitiveKey,
+    /// For a connection-bound identity, its connection's hold: its session
+    /// is closed only once the connection and everything done under its
+    /// name have ended (see [`crate::identity`]).
+    pub connection: Option<crate::identity::ConnectionGuard>,
 }
 
 /// Checks a request header sent to the service of `kind`.
@@ -89,6 +93,7 @@ pub fn caller(header: Option<&RequestHeader>, kind: PrimitiveKind) -> Result<Cal
             kind,
             name: primitive.name.clone(),
         },
+        connection: None,
     })
 }
 

@@ -157,6 +157,7 @@ impl Context {
         named.client_id = "-".into();
         let mut checked = caller(Some(&named), kind)?;
         checked.client_id = connection.identity(&self.sessions);
+        checked.connection = Some(connection.guard());
         Ok(checked)
     }
 
@@ -258,9 +259,14 @@ impl Context {
         let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
         let replicator = &self.replicator;
         // A client that gave up before the stream opened costs no more.
+        let wanted = || !tx.is_closed();
         tokio::select! {
+            biased;
             _ = tx.closed() => return Ok(()),
-            renewed = self.sessions.renew_now(replicator, &caller.client_id, deadline) => renewed?,
+            renewed = self.sessions.renew_now(replicator, &caller.client_id, deadline, wanted) => renewed?,
+        }
+        if tx.is_closed() {
+            return Ok(());
         }
         let mut shutdown = self.shutdown.clone();
         // From the first renewal on, one future for the whole stream (it
