@@ -207,16 +207,12 @@ impl SessionKeeper {
     }
 
     /// Renews (or opens, with the default timeout) `client_id`'s session
-    /// now and starts its lease; used when a stream opens. A session found
-    /// missing is opened only if the stream is still `wanted` then: one
-    /// abandoned meanwhile may have had its connection's close applied
-    /// already, and an open after it would leave a session nobody holds.
+    /// now and starts its lease; used when a stream opens.
     pub async fn renew_now(
         &self,
         replicator: &Replicator,
         client_id: &str,
         deadline: Instant,
-        wanted: impl Fn() -> bool,
     ) -> Result<(), ApiError> {
         let sent_at = Instant::now();
         let keep = Command::KeepAlive {
@@ -224,7 +220,6 @@ impl SessionKeeper {
         };
         let timeout_ms = match replicator.write(keep, deadline).await?? {
             Response::KeptAlive { renewed, .. } if !renewed.is_empty() => renewed[0].1,
-            Response::KeptAlive { .. } if !wanted() => return Ok(()),
             Response::KeptAlive { .. } => {
                 let open = Command::OpenSession {
                     client_id: client_id.to_owned(),

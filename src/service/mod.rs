@@ -259,14 +259,9 @@ impl Context {
         let deadline = Instant::now() + crate::convert::DEFAULT_DEADLINE;
         let replicator = &self.replicator;
         // A client that gave up before the stream opened costs no more.
-        let wanted = || !tx.is_closed();
         tokio::select! {
-            biased;
             _ = tx.closed() => return Ok(()),
-            renewed = self.sessions.renew_now(replicator, &caller.client_id, deadline, wanted) => renewed?,
-        }
-        if tx.is_closed() {
-            return Ok(());
+            renewed = self.sessions.renew_now(replicator, &caller.client_id, deadline) => renewed?,
         }
         let mut shutdown = self.shutdown.clone();
         // From the first renewal on, one future for the whole stream (it

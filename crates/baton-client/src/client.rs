@@ -162,26 +162,20 @@ impl Inner {
     /// be refused as overtaken (or, on a cluster without ordered requests,
     /// undo it all the same).
     pub async fn write_id(&self) -> Result<u64> {
-        self.releases_landed().await?;
-        Ok(next_request_id())
-    }
-
-    /// Waits until every dropped leadership's release has reached the
-    /// cluster: UNAVAILABLE if that takes longer than a call may (a release
-    /// is retried until the cluster takes it, which an outage delays).
-    pub async fn releases_landed(&self) -> Result<()> {
+        // At most a call's time: a release is retried until the cluster
+        // takes it, which an outage delays (then UNAVAILABLE).
         let mut pending = self.releases.subscribe();
-        let landed =
-            tokio::time::timeout(self.call_timeout, pending.wait_for(|pending| *pending == 0))
-                .await
-                .is_ok();
-        if landed {
-            return Ok(());
+        let landed = pending.wait_for(|pending| *pending == 0);
+        if tokio::time::timeout(self.call_timeout, landed)
+            .await
+            .is_err()
+        {
+            return Err(tonic::Status::unavailable(
+                "a dropped leadership's release has not reached the cluster yet",
+            )
+            .into());
         }
-        Err(tonic::Status::unavailable(
-            "a dropped leadership's release has not reached the cluster yet",
-        )
-        .into())
+        Ok(next_request_id())
     }
 
     /// A request header for this client on `name` of `kind`.

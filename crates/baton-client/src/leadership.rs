@@ -382,9 +382,9 @@ pub(crate) async fn lead_after(
         )
         .into());
     }
-    // A dropped leadership's withdraw must reach the cluster before this
-    // join, or it would undo what the join wins.
-    client.inner.releases_landed().await?;
+    // A dropped leadership's withdraw reaches the cluster before the join
+    // is sent (its request id waits for it: `Inner::write_id`), or it
+    // would undo what the join wins.
     let stop = CancellationToken::new();
     let stop_unless_led = stop.clone().drop_guard();
     // Subscribed before joining, so the change that makes this client
@@ -416,12 +416,10 @@ pub(crate) async fn lead_after(
             // Only the current state, read within this run of the lease,
             // may start a leadership or end the wait: the feed's may be
             // from before the join.
-            sent_in = client.inner.session.lapses();
-            view = current(client, kind, name).await?;
+            (sent_in, view) = current_in_lease(client, kind, name).await?;
             from_feed = false;
             continue;
         }
-
         if !stands {
             return Err(tonic::Status::aborted(format!(
                 "this client no longer stands in {name:?} (evicted, or the primitive deleted)"
@@ -450,8 +448,7 @@ pub(crate) async fn lead_after(
             next = feed.recv() => next,
             Ok(()) = lease.changed(), if lapsed => {
                 if client.is_alive() {
-                    sent_in = client.inner.session.lapses();
-                    view = current(client, kind, name).await?;
+                    (sent_in, view) = current_in_lease(client, kind, name).await?;
                     from_feed = false;
                 }
                 continue;
@@ -470,8 +467,7 @@ pub(crate) async fn lead_after(
             // the join's epoch and never hears of it. The current state
             // says whether this client still stands.
             Some(Ok(Fed::Deleted(_) | Fed::Next(_))) => {
-                sent_in = client.inner.session.lapses();
-                view = current(client, kind, name).await?;
+                (sent_in, view) = current_in_lease(client, kind, name).await?;
                 from_feed = false;
             }
             Some(Err(e)) => return Err(e),
@@ -489,6 +485,13 @@ async fn until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// `name`'s state now, with the lease's lapses when the read was sent
+/// (see `sent_in` in [`lead_after`]).
+async fn current_in_lease(client: &Client, kind: Kind, name: &str) -> Result<(u64, View)> {
+    let sent_in = client.inner.session.lapses();
+    Ok((sent_in, current(client, kind, name).await?))
 }
 
 /// `name`'s state now (a linearizable read).
