@@ -58,7 +58,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Who is asking, about which primitive.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// `RequestHeader.client_id`.
     pub client_id: String,

@@ -190,15 +190,6 @@ impl std::fmt::Debug for ConnectionGuard {
     }
 }
 
-/// Guards say nothing of who is asking: two callers differ by their ids.
-impl PartialEq for ConnectionGuard {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for ConnectionGuard {}
-
 impl ConnectionInfo {
     /// A hold on this connection's identity (see [`ConnectionGuard`]).
     pub fn guard(&self) -> ConnectionGuard {
