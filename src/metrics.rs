@@ -406,13 +406,13 @@ pub struct RpcMetricsService<S> {
 /// port does not serve is known from its answer: UNIMPLEMENTED, which no
 /// handler of the client port answers itself (an unknown method of a known
 /// service included, which a prefix of the path could not tell).
-fn method_label(path: &str, code: tonic::Code) -> String {
+fn method_label(path: String, code: tonic::Code) -> String {
     let known = ["/atomix.", "/baton.", "/grpc."];
     let served = code != tonic::Code::Unimplemented
         && known.iter().any(|prefix| path.starts_with(prefix))
         && path.len() <= 128;
     if served {
-        path.to_owned()
+        path
     } else {
         "other".to_owned()
     }
@@ -453,7 +453,7 @@ where
                 Err(_) => tonic::Code::Unknown,
             };
             metrics.observe_rpc(
-                method_label(&path, code),
+                method_label(path, code),
                 code,
                 started.elapsed().as_secs_f64(),
             );
